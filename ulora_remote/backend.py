@@ -1,0 +1,203 @@
+"""The backend protocol and its data types, with Tinker's semantics (shared/DESIGN.md §5).
+
+Every backend (local torch+peft, the Tinker SDK, ...) implements ``TrainingBackend``. Training
+calls return a ``Future`` at once, so that the runner can pipeline; a synchronous call is
+``backend.forward_backward(batch).result()``. Requests execute in submission order.
+
+Units: losses are natural-log negative log-likelihoods (nats); ``nll_sums`` are *sums* over the
+weighted target tokens of one example, as Tinker's ``cross_entropy`` is a sum. The mean
+per-token loss the controller sees is ``sum(nll_sums) / sum(weight_sums)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar, runtime_checkable
+
+from ulora_remote.errors import InputError
+
+__all__ = [
+    "AdamParams",
+    "Completed",
+    "Datum",
+    "Example",
+    "ForwardBackwardResult",
+    "Future",
+    "OptimStepResult",
+    "TrainingBackend",
+]
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A text example: the loss falls on ``completion`` only, conditioned on ``prompt``."""
+
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class Datum:
+    """A rendered example: model inputs, next-token targets and per-target weights.
+
+    ``input_tokens[i]`` predicts ``target_tokens[i]``; the three sequences have equal length.
+    Weights are 1.0 on completion targets and 0.0 on prompt targets.
+    """
+
+    input_tokens: tuple[int, ...]
+    target_tokens: tuple[int, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.input_tokens)
+        if len(self.target_tokens) != n or len(self.weights) != n:
+            raise InputError(
+                f"datum lengths differ: {n} inputs, {len(self.target_tokens)} targets, "
+                f"{len(self.weights)} weights"
+            )
+
+    @property
+    def weight_sum(self) -> float:
+        return float(sum(self.weights))
+
+
+@dataclass(frozen=True)
+class ForwardBackwardResult:
+    """Per-example weighted NLL sums (nats) and weight totals of one batch."""
+
+    nll_sums: tuple[float, ...]
+    weight_sums: tuple[float, ...]
+
+    @property
+    def loss_sum(self) -> float:
+        """Σ weight·(−log p(target)) over the batch: Tinker's ``loss:sum``."""
+        return float(sum(self.nll_sums))
+
+    @property
+    def tokens(self) -> float:
+        """Σ weights over the batch (the number of completion tokens when weights are 0/1)."""
+        return float(sum(self.weight_sums))
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean NLL per weighted token; NaN when the batch had no weight."""
+        total = self.tokens
+        return self.loss_sum / total if total > 0 else math.nan
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdamParams:
+    """One optimizer step's AdamW parameters; every field may change on every step.
+
+    ``grad_clip_norm`` ≤ 0 means no clipping. Defaults are Tinker's.
+    """
+
+    learning_rate: float
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-12
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise InputError(f"learning_rate={self.learning_rate!r} must be finite and ≥ 0")
+
+
+@dataclass(frozen=True)
+class OptimStepResult:
+    """The result of ``optim_step``: the global L2 norm of the gradient before clipping, when
+    the backend reports it (Tinker reports it only when clipping is on)."""
+
+    grad_norm: float | None = None
+
+
+class Future(Protocol[T_co]):
+    """A handle to a submitted request."""
+
+    def result(self, timeout: float | None = None) -> T_co:
+        """Block until the request finished and return its value.
+
+        Args:
+            timeout: seconds to wait at most; None waits without a deadline.
+
+        Raises:
+            RemoteTimeoutError: the deadline passed (the request may still run).
+            BackendError: the request failed.
+        """
+        ...
+
+
+class Completed(Generic[T]):
+    """A future that is already done: what a synchronous backend returns."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: T) -> None:
+        self._value = value
+
+    def result(self, timeout: float | None = None) -> T:
+        return self._value
+
+
+@runtime_checkable
+class TrainingBackend(Protocol):
+    """What every backend provides. Requests of one backend run in submission order.
+
+    Methods that return a ``Future`` only submit (they block at most for rendering and the
+    send); ``result()`` blocks. The other methods block until done.
+    """
+
+    def render(self, example: Example) -> Datum:
+        """Tokenize one example with this backend's tokenizer.
+
+        Raises:
+            InputError: the completion renders to no tokens, or a character cannot be encoded.
+        """
+        ...
+
+    def forward_backward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
+        """Accumulate gradients of Σ weight·(−log p(target)) over the batch.
+
+        Raises:
+            InputError: the batch is empty or an example cannot be rendered.
+        """
+        ...
+
+    def forward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
+        """The same numbers as ``forward_backward``, with no gradients and no state change."""
+        ...
+
+    def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
+        """Apply one AdamW step with ``params`` to the accumulated gradients, then clear them."""
+        ...
+
+    def save_state(self, name: str) -> str:
+        """Save adapter weights and optimizer state; return a reference for ``load_state``.
+
+        Blocks until the checkpoint is complete. Raises CheckpointError on a bad name.
+        """
+        ...
+
+    def load_state(self, ref: str) -> None:
+        """Restore weights and optimizer state saved by ``save_state`` (same model and rank).
+
+        Raises:
+            CheckpointError: missing, incomplete, or from another base model or rank.
+        """
+        ...
+
+    def sample(
+        self, prompts: Sequence[str], max_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
+        """Generate a completion for each prompt (greedy at temperature 0). Blocks."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (sessions, threads). Safe to call twice."""
+        ...

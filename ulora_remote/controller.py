@@ -1,0 +1,334 @@
+"""The Unified-LoRA controller: loss in, stress signal φ, mode and learning rate out.
+
+Pure Python, no I/O, no torch. The exact semantics are those of shared/DESIGN.md §3; the README
+explains the two formulas and why the report's form cannot reach Mirror with θ1 ≥ 0.5.
+
+Default ("readme") form, seed 000 and the reference ``controller.py``::
+
+    Ê_t = β·Ê_{t-1} + (1-β)·L_t
+    D_t = (1-α_E)·Ê_t/(1+Ê_t) + α_E·E_t
+    φ_t = (1-α)·φ_{t-1} + α·D_t
+
+Report form (seed 001)::
+
+    X_t = α_E·E_t + (1-α_E)·L_t/(1+L_t)
+    Ê_t = β·Ê_{t-1} + (1-β)·X_t
+    D_t = Ê_t/(1+Ê_t)                      (≤ 1/2, since X_t ≤ 1)
+    φ_t = (1-α)·φ_{t-1} + α·D_t
+
+Both start at φ = 0.5, Ê = 1.0, mode 1 (Multi), step 0.
+
+Options on top of either form, each off by default:
+
+* derivative reaction (gain k_d): φ is fed ``min(1, D_t + k_d·max(0, D_t − D_{t-1}))`` instead of
+  D_t, so a rising stress moves φ sooner. D_{-1} is taken to be D_0 (no boost on the first step).
+* cooldown N_s: a switch at step t is allowed only if ``t − t_last_switch ≥ N_s``; the first
+  switch is always allowed. A switch goes straight to the target mode (0→2 is one switch).
+* Mirror-lock (h, m): once in Mirror, leave only when ``φ_t < θ1 − h`` *and* Ê has not risen for
+  the last m consecutive updates (``Ê_t ≤ Ê_{t-1}``, counted by ``calm_steps``).
+
+Bad input: a NaN or infinite loss is the strongest stress. The EMA is not fed (Ê keeps its value,
+so it stays finite) and the normalised loss term counts as 1. A negative loss raises InputError.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+from ulora_remote.errors import ConfigurationError, InputError
+
+__all__ = [
+    "MODE_NAMES",
+    "PRESETS",
+    "ControllerConfig",
+    "Decision",
+    "UnifiedController",
+]
+
+Formula = Literal["readme", "report"]
+
+MODE_NAMES: tuple[str, str, str] = ("Single", "Multi", "Mirror")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControllerConfig:
+    """Every knob of the controller. Validated on construction; see the module docstring.
+
+    Learning rates are per mode: ``lr_single`` (mode 0), ``lr_multi`` (1), ``lr_mirror`` (2).
+    """
+
+    alpha: float = 0.1
+    beta: float = 0.9
+    theta0: float = 0.3
+    theta1: float = 0.7
+    lr_single: float = 5e-5
+    lr_multi: float = 3e-5
+    lr_mirror: float = 1e-5
+    cooldown: int = 0
+    formula: Formula = "readme"
+    alpha_e: float = 0.0
+    derivative_gain: float = 0.0
+    mirror_lock: bool = False
+    lock_hysteresis: float = 0.05
+    lock_patience: int = 10
+
+    def __post_init__(self) -> None:
+        _check_unit_interval("alpha", self.alpha)
+        _check_unit_interval("beta", self.beta)
+        for name in ("theta0", "theta1"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0.0 < value < 1.0):
+                raise ConfigurationError(f"{name}={value!r}: a threshold must lie in (0, 1)")
+        if self.theta0 >= self.theta1:
+            raise ConfigurationError(
+                f"theta0={self.theta0} must be below theta1={self.theta1}: "
+                "θ0 separates Single from Multi and θ1 Multi from Mirror"
+            )
+        for name in ("lr_single", "lr_multi", "lr_mirror"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigurationError(f"{name}={value!r}: a learning rate must be finite and ≥ 0")
+        for name in ("cooldown", "lock_patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigurationError(f"{name}={value!r}: must be an integer number of steps ≥ 0")
+        if self.formula not in ("readme", "report"):
+            raise ConfigurationError(
+                f"formula={self.formula!r}: choose 'readme' (default) or 'report'"
+            )
+        if not (0.0 <= self.alpha_e <= 1.0):
+            raise ConfigurationError(f"alpha_e={self.alpha_e!r}: must lie in [0, 1]")
+        if not (math.isfinite(self.derivative_gain) and self.derivative_gain >= 0):
+            raise ConfigurationError(
+                f"derivative_gain={self.derivative_gain!r}: must be ≥ 0 (0 turns it off)"
+            )
+        if not (0.0 <= self.lock_hysteresis < 1.0):
+            raise ConfigurationError(
+                f"lock_hysteresis={self.lock_hysteresis!r}: must lie in [0, 1)"
+            )
+        if self.formula == "report" and self.theta1 >= 0.5:
+            warnings.warn(
+                f"formula='report' keeps φ ≤ 1/2, so theta1={self.theta1} ≥ 0.5 makes Mirror "
+                "unreachable; lower theta1 or use formula='readme'",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    @property
+    def lrs(self) -> tuple[float, float, float]:
+        """Learning rates of modes 0, 1, 2."""
+        return (self.lr_single, self.lr_multi, self.lr_mirror)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ControllerConfig:
+        """A named preset (see ``PRESETS``) with optional field overrides."""
+        if name not in PRESETS:
+            raise ConfigurationError(
+                f"unknown controller preset {name!r}; choose one of {sorted(PRESETS)}"
+            )
+        return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
+
+
+def _check_unit_interval(name: str, value: object) -> None:
+    if not (isinstance(value, int | float) and 0.0 < value <= 1.0):
+        raise ConfigurationError(f"{name}={value!r}: must lie in (0, 1]")
+
+
+PRESETS: dict[str, ControllerConfig] = {
+    # Seed 000 and the reference controller.py (DistilBERT): the bare constructor's default.
+    "reference": ControllerConfig(),
+    # Report and v2 logs (Llama-3.2-1B on Tinker); the v2 log switches exactly 30 steps apart.
+    "tinker": ControllerConfig(lr_single=2e-3, lr_multi=5e-4, lr_mirror=1e-4, cooldown=30),
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the controller decided on one update.
+
+    ``step`` is the 0-based index of this update; ``lr`` is the learning rate of ``mode``.
+    """
+
+    step: int
+    loss: float
+    e_smooth: float
+    phi: float
+    mode: int
+    mode_name: str
+    lr: float
+    switched: bool
+
+
+@dataclass
+class _State:
+    phi: float = 0.5
+    e_smooth: float = 1.0
+    mode: int = 1
+    step: int = 0
+    last_switch: int | None = None
+    prev_drive: float | None = None
+    prev_e_smooth: float | None = None
+    calm_steps: int = 0
+
+
+class UnifiedController:
+    """Smooths the loss into φ ∈ (0, 1) and maps φ to a mode and a learning rate.
+
+    The seed's quick start runs as written::
+
+        controller = UnifiedController(alpha=0.1, beta=0.9, theta0=0.3, theta1=0.7)
+        new_lr = controller.update(loss.item())
+
+    Args:
+        config: a full ``ControllerConfig``; or give its fields as keyword arguments.
+        **fields: any ``ControllerConfig`` field, e.g. ``alpha=0.1``; not with ``config``.
+
+    Raises:
+        ConfigurationError: an invalid field (the message names it).
+    """
+
+    def __init__(self, config: ControllerConfig | None = None, **fields_: Any) -> None:
+        if config is not None and fields_:
+            raise ConfigurationError("pass either config=ControllerConfig(...) or fields, not both")
+        known = {f.name for f in fields(ControllerConfig)}
+        unknown = sorted(set(fields_) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown controller option(s) {unknown}; valid options are {sorted(known)}"
+            )
+        self.config = config if config is not None else ControllerConfig(**fields_)
+        self._s = _State()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> UnifiedController:
+        """A controller from a named preset ('reference' or 'tinker') with overrides."""
+        return cls(ControllerConfig.preset(name, **overrides))
+
+    # -- the seed's attribute names ---------------------------------------------------------
+    @property
+    def phi(self) -> float:
+        return self._s.phi
+
+    @property
+    def mode(self) -> int:
+        return self._s.mode
+
+    @property
+    def E_smooth(self) -> float:  # noqa: N802 - the seed's name
+        return self._s.e_smooth
+
+    @property
+    def step(self) -> int:
+        """How many updates have been made."""
+        return self._s.step
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the current mode (what the next step would use at lag 1)."""
+        return self.config.lrs[self._s.mode]
+
+    @property
+    def mode_name(self) -> str:
+        return MODE_NAMES[self._s.mode]
+
+    # -- the update --------------------------------------------------------------------------
+    def update(self, loss: float, external_stress: float | None = None) -> float:
+        """Feed one step's loss; return the learning rate to use (the seed's API)."""
+        return self.decide(loss, external_stress).lr
+
+    def decide(self, loss: float, external_stress: float | None = None) -> Decision:
+        """Feed one step's loss (and optional external stress E_t in [0, 1]); return the decision.
+
+        Raises:
+            InputError: the loss is negative, or the external stress lies outside [0, 1].
+        """
+        loss = float(loss)
+        if loss < 0:
+            raise InputError(
+                f"loss={loss} is negative; the controller needs a non-negative loss such as a "
+                "mean negative log-likelihood (D = L/(1+L) is meaningless below 0)"
+            )
+        e_ext = 0.0 if external_stress is None else float(external_stress)
+        if not (0.0 <= e_ext <= 1.0):
+            raise InputError(f"external_stress={external_stress!r} must lie in [0, 1]")
+        cfg, s = self.config, self._s
+        finite = math.isfinite(loss)
+
+        if cfg.formula == "readme":
+            if finite:
+                s.e_smooth = cfg.beta * s.e_smooth + (1 - cfg.beta) * loss
+            drive = (1 - cfg.alpha_e) * _squash(s.e_smooth) + cfg.alpha_e * e_ext
+            if not finite:
+                drive = 1.0
+        else:
+            x = cfg.alpha_e * e_ext + (1 - cfg.alpha_e) * (_squash(loss) if finite else 1.0)
+            s.e_smooth = cfg.beta * s.e_smooth + (1 - cfg.beta) * x
+            drive = _squash(s.e_smooth)
+
+        fed = drive
+        if cfg.derivative_gain > 0 and s.prev_drive is not None:
+            fed = min(1.0, drive + cfg.derivative_gain * max(0.0, drive - s.prev_drive))
+        s.prev_drive = drive
+        s.phi = (1 - cfg.alpha) * s.phi + cfg.alpha * fed
+        rising = s.prev_e_smooth is not None and s.e_smooth > s.prev_e_smooth
+        s.calm_steps = 0 if rising else s.calm_steps + 1
+        s.prev_e_smooth = s.e_smooth
+
+        t = s.step
+        target = self._target_mode()
+        switched = False
+        if target != s.mode and (s.last_switch is None or t - s.last_switch >= cfg.cooldown):
+            s.mode, s.last_switch, switched = target, t, True
+        s.step = t + 1
+        return Decision(
+            step=t,
+            loss=loss,
+            e_smooth=s.e_smooth,
+            phi=s.phi,
+            mode=s.mode,
+            mode_name=MODE_NAMES[s.mode],
+            lr=cfg.lrs[s.mode],
+            switched=switched,
+        )
+
+    def _target_mode(self) -> int:
+        cfg, s = self.config, self._s
+        target = 0 if s.phi < cfg.theta0 else (1 if s.phi < cfg.theta1 else 2)
+        if cfg.mirror_lock and s.mode == 2 and target != 2:
+            released = (
+                s.phi < cfg.theta1 - cfg.lock_hysteresis and s.calm_steps >= cfg.lock_patience
+            )
+            if not released:
+                return 2
+        return target
+
+    # -- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically (plain JSON-able values)."""
+        return {
+            "config": asdict(self.config),
+            "state": asdict(self._s),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned; the config must match this controller's.
+
+        Raises:
+            ConfigurationError: the saved config differs from this controller's.
+        """
+        saved = state.get("config")
+        if saved is not None and saved != asdict(self.config):
+            diff = sorted(k for k, v in saved.items() if asdict(self.config).get(k) != v)
+            raise ConfigurationError(
+                f"controller state was saved with a different config (fields {diff}); "
+                "build the controller with the saved config to restore it"
+            )
+        self._s = _State(**state["state"])
+
+
+def _squash(x: float) -> float:
+    """x/(1+x), in [0, 1) for x ≥ 0."""
+    return x / (1.0 + x)

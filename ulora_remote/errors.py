@@ -1,0 +1,73 @@
+"""The exceptions of ulora-remote.
+
+One root, a few subclasses, each also deriving from the standard exception it stands for, so
+callers can catch either ours or the builtin::
+
+    UloraError(Exception)
+    ├── ConfigurationError(UloraError, ValueError)   a config, scenario or option is invalid
+    │   └── MissingExtraError(ConfigurationError, ImportError)
+    │                                                an optional extra is not installed
+    ├── InputError(UloraError, ValueError)           data the caller passed is unusable
+    │                                                (negative loss, empty batch, bad character)
+    └── BackendError(UloraError, RuntimeError)       a backend failed to do what it was asked
+        ├── CheckpointError(BackendError)            a checkpoint is missing, corrupt or foreign
+        └── RemoteError(BackendError, ConnectionError)
+            │                                        a remote service failed or refused
+            └── RemoteTimeoutError(RemoteError, TimeoutError)
+                                                     a wait passed its wall-clock deadline
+
+Messages name the problem and, where there is one, the fix. They never contain an API key.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "CheckpointError",
+    "ConfigurationError",
+    "InputError",
+    "MissingExtraError",
+    "RemoteError",
+    "RemoteTimeoutError",
+    "UloraError",
+]
+
+
+class UloraError(Exception):
+    """Root of every exception this package raises on purpose."""
+
+
+class ConfigurationError(UloraError, ValueError):
+    """A configuration, scenario file or option is invalid; the message names the field."""
+
+
+class MissingExtraError(ConfigurationError, ImportError):
+    """An optional dependency group is not installed; the message gives the pip command."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(
+            f"this feature needs the '{extra}' extra ({module} is not installed); "
+            f"install it with: pip install 'ulora-remote[{extra}]'"
+        )
+        self.extra = extra
+        self.module = module
+
+
+class InputError(UloraError, ValueError):
+    """Data passed by the caller cannot be used (a negative loss, an empty batch, ...)."""
+
+
+class BackendError(UloraError, RuntimeError):
+    """A backend could not carry out a request."""
+
+
+class CheckpointError(BackendError):
+    """A checkpoint is missing, incomplete, or belongs to another model or adapter shape."""
+
+
+class RemoteError(BackendError, ConnectionError):
+    """A remote service failed, refused the request, or could not be reached."""
+
+
+class RemoteTimeoutError(RemoteError, TimeoutError):
+    """A wait on a remote request passed its wall-clock deadline."""
