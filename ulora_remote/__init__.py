@@ -29,6 +29,7 @@ from ulora_remote.errors import (
     MissingExtraError,
     RemoteError,
     RemoteTimeoutError,
+    StateLostError,
     UloraError,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "OptimStepResult",
     "RemoteError",
     "RemoteTimeoutError",
+    "StateLostError",
     "TrainingBackend",
     "UloraError",
     "UnifiedController",

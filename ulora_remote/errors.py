@@ -13,8 +13,11 @@ callers can catch either ours or the builtin::
         ├── CheckpointError(BackendError)            a checkpoint is missing, corrupt or foreign
         └── RemoteError(BackendError, ConnectionError)
             │                                        a remote service failed or refused
-            └── RemoteTimeoutError(RemoteError, TimeoutError)
-                                                     a wait passed its wall-clock deadline
+            ├── RemoteTimeoutError(RemoteError, TimeoutError)
+            │                                        a wait passed its wall-clock deadline
+            └── StateLostError(RemoteError)          the remote training state is gone (a 410
+                                                     on a training future, retries exhausted):
+                                                     reload the last checkpoint and replay
 
 Messages name the problem and, where there is one, the fix. They never contain an API key.
 """
@@ -29,6 +32,7 @@ __all__ = [
     "MissingExtraError",
     "RemoteError",
     "RemoteTimeoutError",
+    "StateLostError",
     "UloraError",
 ]
 
@@ -71,3 +75,9 @@ class RemoteError(BackendError, ConnectionError):
 
 class RemoteTimeoutError(RemoteError, TimeoutError):
     """A wait on a remote request passed its wall-clock deadline."""
+
+
+class StateLostError(RemoteError):
+    """The remote training state can no longer be trusted (a training request was lost or its
+    outcome is unknown). Nothing may be resubmitted: the caller rebuilds the client from the last
+    checkpoint (with its optimizer) and replays the steps after it."""
