@@ -1,0 +1,88 @@
+"""Console output of a run: the seed's log lines, evaluation lines, a progress bar on a TTY.
+
+Log line format (seed 000's Tinker log)::
+
+    [350] Mode=2 φ=0.827 E_s=4.979 lr=1e-4 shock
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["Console", "format_lr"]
+
+
+def format_lr(lr: float) -> str:
+    """A learning rate the way the seed writes it: ``1e-4``, ``5e-4``, ``2.5e-3``, ``0``."""
+    if lr == 0:
+        return "0"
+    mantissa, exponent = f"{lr:.3e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+class Console:
+    """Writes log lines; on a terminal also a one-line progress bar redrawn with ``\\r``.
+
+    Args:
+        out: the stream; the bar is drawn only when ``out.isatty()``.
+        total_steps: the run's length, for the bar.
+    """
+
+    def __init__(self, out: TextIO, total_steps: int) -> None:
+        self.out, self.total = out, total_steps
+        isatty = getattr(out, "isatty", None)
+        self.tty = bool(isatty()) if callable(isatty) else False
+        self._bar_shown = False
+
+    def line(self, text: str) -> None:
+        """One permanent line (clears the bar first on a terminal)."""
+        if self._bar_shown:
+            self.out.write("\r\x1b[2K")
+            self._bar_shown = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def step(self, row: Mapping[str, Any], log_every: int) -> None:
+        """Log a step row every ``log_every`` steps and on every switch; redraw the bar."""
+        u = int(row["step"])
+        if (log_every > 0 and u % log_every == 0) or row["switched"]:
+            text = (
+                f"[{u}] Mode={row['mode']} φ={row['phi']:.3f} E_s={row['e_smooth']:.3f} "
+                f"lr={format_lr(row['lr'])}"
+            )
+            if row["shock"]:
+                text += " shock"
+            if row["switched"]:
+                text += f" -> {row['mode_name']}"
+            self.line(text)
+        if self.tty:
+            self._bar(u + 1, float(row["loss"]))
+
+    def eval(self, row: Mapping[str, Any]) -> None:
+        self.line(
+            f"[{row['step']}] eval loss={row['eval_loss']:.4f} "
+            f"exact_match={row['exact_match']:.3f}"
+        )
+
+    def interrupted(self, rows: int, run_dir: Path) -> None:
+        self.line(
+            f"interrupted after {rows} steps; the run directory is kept. "
+            f"Continue with: ulora run --resume {run_dir}"
+        )
+
+    def done(self) -> None:
+        if self._bar_shown:
+            self.out.write("\n")
+            self.out.flush()
+            self._bar_shown = False
+
+    def _bar(self, done: int, loss: float) -> None:
+        width = 30
+        filled = int(width * done / max(1, self.total))
+        bar = "#" * filled + "." * (width - filled)
+        self.out.write(f"\r[{bar}] {done}/{self.total} loss={loss:.3f}")
+        self.out.flush()
+        self._bar_shown = True

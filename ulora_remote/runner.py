@@ -1,0 +1,279 @@
+"""The training loop: batches in, controller decisions, one row a step, evaluations, checkpoints.
+
+One generic loop over futures covers every control lag L ≥ 0 and pipelines on Tinker for free::
+
+    for t in range(start, steps):
+        fb[t] = backend.forward_backward(batch_t)        # submit; may run ahead of reading
+        read every unread step u ≤ t − L, in order:      # loss_u → controller → row u
+        opt[t] = backend.optim_step(lr_t)                # lr_t from the decision of step t − L
+
+With L = 0 that is the seed's quick start; with L = 1 the next batch is submitted before the
+current loss is read (one Tinker clock cycle a step). ``lr_t`` is ``warmup_lr`` for
+``t < warmup_steps``, else ``fixed_lr`` for a fixed baseline, else the LR of the controller's
+mode after loss_{t−L} (its initial mode, Multi, while ``t < L``). The controller observes every
+loss, also during warm-up and in a fixed baseline, so φ is always logged.
+
+Boundaries. At a step boundary k (k optimizer steps applied) the pipeline is drained, then the
+clean evaluation runs (k = 0, every ``eval_every``, and k = steps), then a checkpoint is saved
+(k = 0, every ``checkpoint_every`` when > 0, and k = steps). An evaluation row's ``step`` is k:
+the model after k updates, before the update of step k. The step-0 checkpoint makes in-process
+recovery possible before the first periodic one.
+
+Resume and recovery restore the last checkpoint k (backend state, controller, the LRs already
+decided for steps k..k+L−1), truncate the tables to rows < k and replay from k. Batches are a
+function of (seed, step), so a resumed run reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TextIO
+
+from ulora_remote.backend import AdamParams, Example, Future, TrainingBackend
+from ulora_remote.controller import UnifiedController
+from ulora_remote.errors import BackendError, CheckpointError, StateLostError
+from ulora_remote.rundir import CsvAppender, RunDir
+from ulora_remote.console import Console
+
+__all__ = ["BatchSource", "RunSettings", "Runner"]
+
+
+class BatchSource(Protocol):
+    """What the runner needs of a task: deterministic batches by step and a clean eval set."""
+
+    def batch(self, step: int) -> tuple[Sequence[Example], bool]:
+        """The batch of ``step`` and whether it is a shock batch; a pure function of the step."""
+        ...
+
+    def eval_examples(self) -> Sequence[Example]:
+        """The clean held-out examples (the same on every call)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """Plain values the loop needs; built from a scenario by ``ulora_remote.builders``.
+
+    ``fixed_lr`` None means the controller drives the LR; a number makes a fixed baseline.
+    ``optimizer`` holds AdamParams fields other than ``learning_rate``.
+    """
+
+    run_name: str
+    steps: int
+    lag: int = 0
+    warmup_steps: int = 0
+    warmup_lr: float = 5e-4
+    fixed_lr: float | None = None
+    optimizer: Mapping[str, float] = field(default_factory=dict)
+    eval_every: int = 25
+    eval_max_tokens: int = 24
+    checkpoint_every: int = 100
+    log_every: int = 25
+    max_recoveries: int = 3
+    result_timeout_s: float | None = None
+
+
+class Runner:
+    """Runs one scenario's steps on a backend and writes the run directory's tables.
+
+    Args:
+        backend: any ``TrainingBackend``; closed when ``run`` returns or raises.
+        controller: a fresh controller (restored from the checkpoint on resume).
+        source: batches and eval examples.
+        settings: the loop's parameters.
+        rundir: where tables and checkpoint records go (config.json is the caller's job).
+        out: the console stream (stdout by default).
+    """
+
+    def __init__(
+        self,
+        backend: TrainingBackend,
+        controller: UnifiedController,
+        source: BatchSource,
+        settings: RunSettings,
+        rundir: RunDir,
+        out: TextIO | None = None,
+    ) -> None:
+        self.backend, self.controller, self.source = backend, controller, source
+        self.s, self.rundir = settings, rundir
+        self.console = Console(out or sys.stdout, settings.steps)
+        self.recoveries = 0
+        self._decided_lr: dict[int, float] = {}
+        self._wall_offset_s = 0.0
+        self._t0 = time.monotonic()
+        self._rows_written = 0
+        self._steps_csv: CsvAppender | None = None
+        self._evals_csv: CsvAppender | None = None
+
+    # -- entry point ----------------------------------------------------------------------------
+    def run(self, *, resume: bool = False) -> None:
+        """Train from step 0, or from the last checkpoint when ``resume``; always closes.
+
+        Raises:
+            BackendError: the backend failed, or lost its state more than ``max_recoveries``
+                times.
+            KeyboardInterrupt: after flushing the files and printing how to resume.
+        """
+        try:
+            start = self._restore(required=False) if resume else 0
+            while True:
+                try:
+                    self._train_from(start)
+                    return
+                except StateLostError as exc:
+                    start = self._recover(exc)
+        except KeyboardInterrupt:
+            self._close_tables()
+            self.console.interrupted(self._rows_written, self.rundir.path)
+            raise
+        finally:
+            self._close_tables()
+            self.backend.close()
+
+    def _recover(self, exc: StateLostError) -> int:
+        self.recoveries += 1
+        if self.recoveries > self.s.max_recoveries:
+            raise BackendError(
+                f"the backend lost its training state {self.recoveries} times "
+                f"(limit {self.s.max_recoveries}); last error: {exc}. The run directory is "
+                f"consistent: continue later with `ulora run --resume {self.rundir.path}`"
+            ) from exc
+        self.console.line(f"state lost ({exc}); reloading the last checkpoint "
+                          f"(recovery {self.recoveries}/{self.s.max_recoveries})")
+        return self._restore(required=True)
+
+    def _restore(self, *, required: bool) -> int:
+        """Load the last checkpoint into backend and controller, truncate tables; return k."""
+        self._close_tables()
+        ckpt = self.rundir.last_checkpoint()
+        if ckpt is None:
+            if required:
+                raise CheckpointError(
+                    f"no checkpoint in {self.rundir.checkpoints_path} to recover from"
+                )
+            # Killed before the step-0 checkpoint: nothing was trained yet, start over.
+            self.rundir.truncate_tables(0)
+            return 0
+        k = int(ckpt["step"])
+        self.backend.load_state(str(ckpt["ref"]))
+        self.controller.load_state_dict(ckpt["controller"])
+        self._decided_lr = {int(u): float(lr) for u, lr in ckpt.get("decided_lrs", {}).items()}
+        self._wall_offset_s = float(ckpt.get("wall_s", 0.0))
+        self._t0 = time.monotonic()
+        self.rundir.truncate_tables(k)
+        self.console.line(f"resuming from the checkpoint at step {k}")
+        return k
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _train_from(self, start: int) -> None:
+        self._open_tables()
+        self._rows_written = start
+        fb: dict[int, Future[Any]] = {}
+        opt: dict[int, Future[Any]] = {}
+        shock: dict[int, bool] = {}
+        self._next_read = start
+        for t in range(start, self.s.steps):
+            self._boundary(t, fb, opt, shock, skip_checkpoint=(t == start and t > 0))
+            batch, shock[t] = self.source.batch(t)
+            fb[t] = self.backend.forward_backward(batch)
+            self._read_until(t - self.s.lag, fb, opt, shock)
+            params = AdamParams(learning_rate=self._lr(t), **dict(self.s.optimizer))
+            opt[t] = self.backend.optim_step(params)
+        self._boundary(self.s.steps, fb, opt, shock, skip_checkpoint=(start == self.s.steps))
+        self.console.done()
+
+    def _boundary(self, k: int, fb: dict[int, Future[Any]], opt: dict[int, Future[Any]],
+                  shock: dict[int, bool], *, skip_checkpoint: bool) -> None:
+        last = k == self.s.steps
+        eval_due = last or k % self.s.eval_every == 0
+        ckpt_due = not skip_checkpoint and (
+            k == 0 or last or (self.s.checkpoint_every > 0 and k % self.s.checkpoint_every == 0)
+        )
+        if not (eval_due or ckpt_due):
+            return
+        self._read_until(k - 1, fb, opt, shock)
+        for u in sorted(opt):  # with lag 0 the last optim step is still in flight
+            opt.pop(u).result(self.s.result_timeout_s)
+        if eval_due:
+            self._evaluate(k)
+        if ckpt_due:
+            self._checkpoint(k)
+
+    def _read_until(self, limit: int, fb: dict[int, Future[Any]], opt: dict[int, Future[Any]],
+                    shock: dict[int, bool]) -> None:
+        """Read results of steps ``next_read..limit`` in order, decide, and write their rows."""
+        while self._next_read <= limit:
+            u = self._next_read
+            result = fb.pop(u).result(self.s.result_timeout_s)
+            loss = float(result.mean_loss)
+            decision = self.controller.decide(loss)
+            self._decided_lr[u] = decision.lr
+            if u in opt:
+                opt.pop(u).result(self.s.result_timeout_s)
+            row = {
+                "step": u, "shock": shock.pop(u), "loss": loss,
+                "e_smooth": decision.e_smooth, "phi": decision.phi, "mode": decision.mode,
+                "mode_name": decision.mode_name, "lr": self._lr(u),
+                "switched": decision.switched, "tokens": float(result.tokens),
+                "wall_s": round(self._wall_s(), 4),
+            }
+            assert self._steps_csv is not None
+            self._steps_csv.write(row)
+            self._rows_written = u + 1
+            self._next_read = u + 1
+            self.console.step(row, self.s.log_every)
+
+    def _lr(self, t: int) -> float:
+        """The learning rate applied at step t (see the module docstring)."""
+        if t < self.s.warmup_steps:
+            return self.s.warmup_lr
+        if self.s.fixed_lr is not None:
+            return self.s.fixed_lr
+        source = t - self.s.lag
+        if source < 0:
+            return self.controller.config.lrs[1]  # the controller starts in Multi
+        return self._decided_lr[source]
+
+    # -- evaluation and checkpoints -------------------------------------------------------------
+    def _evaluate(self, k: int) -> None:
+        examples = list(self.source.eval_examples())
+        result = self.backend.forward(examples).result(self.s.result_timeout_s)
+        outputs = self.backend.sample([e.prompt for e in examples], self.s.eval_max_tokens)
+        hits = sum(o.strip() == e.completion.strip() for o, e in zip(outputs, examples, strict=True))
+        row = {"step": k, "eval_loss": float(result.mean_loss),
+               "exact_match": hits / len(examples) if examples else math.nan}
+        assert self._evals_csv is not None
+        self._evals_csv.write(row)
+        self.console.eval(row)
+
+    def _checkpoint(self, k: int) -> None:
+        assert self._steps_csv is not None and self._evals_csv is not None
+        self._steps_csv.flush()
+        self._evals_csv.flush()
+        ref = self.backend.save_state(f"{self.s.run_name}-step{k:06d}")
+        keep = range(max(0, k - self.s.lag), k)
+        self._decided_lr = {u: lr for u, lr in self._decided_lr.items() if u >= keep.start}
+        self.rundir.append_checkpoint({
+            "step": k, "ref": ref, "controller": self.controller.state_dict(),
+            "rows": k, "decided_lrs": {str(u): self._decided_lr[u] for u in keep},
+            "wall_s": round(self._wall_s(), 4),
+        })
+
+    # -- files ------------------------------------------------------------------------------------
+    def _wall_s(self) -> float:
+        return self._wall_offset_s + (time.monotonic() - self._t0)
+
+    def _open_tables(self) -> None:
+        self._close_tables()
+        self._steps_csv = self.rundir.steps_appender()
+        self._evals_csv = self.rundir.evals_appender()
+
+    def _close_tables(self) -> None:
+        for table in (self._steps_csv, self._evals_csv):
+            if table is not None:
+                table.close()
+        self._steps_csv = self._evals_csv = None
