@@ -1,4 +1,60 @@
 """Tasks, shock generators, schedules and the shipped scenario files.
 
-Installed as ``ulora_remote.scenarios``.
+Installed as ``ulora_remote.scenarios``. The public surface::
+
+    load_scenario(name_or_path, overrides=()) -> Scenario   # validated, frozen
+    list_scenarios() -> [(name, description), ...]
+    PigLatinTask(seed, eval_size)                           # deterministic batches
+    Schedule(windows).is_shock(step)
 """
+
+from ulora_remote.scenarios.loader import (
+    DEFAULT_SCENARIO,
+    list_scenarios,
+    load_scenario,
+    parse_override,
+    shipped_scenarios,
+    validate_scenario,
+)
+from ulora_remote.scenarios.pig_latin import (
+    EVAL_POOL_SIZE,
+    PigLatinTask,
+    load_words,
+    to_pig_latin,
+)
+from ulora_remote.scenarios.schema import (
+    BackendSection,
+    BaselinesSection,
+    CheckpointSection,
+    ControllerSection,
+    EvalSection,
+    OptimizerSection,
+    Scenario,
+    ShocksSection,
+)
+from ulora_remote.scenarios.shocks import SHOCK_KINDS, Schedule, ShockKind, corrupt_answer
+
+__all__ = [
+    "DEFAULT_SCENARIO",
+    "EVAL_POOL_SIZE",
+    "SHOCK_KINDS",
+    "BackendSection",
+    "BaselinesSection",
+    "CheckpointSection",
+    "ControllerSection",
+    "EvalSection",
+    "OptimizerSection",
+    "PigLatinTask",
+    "Scenario",
+    "Schedule",
+    "ShockKind",
+    "ShocksSection",
+    "corrupt_answer",
+    "list_scenarios",
+    "load_scenario",
+    "load_words",
+    "parse_override",
+    "shipped_scenarios",
+    "to_pig_latin",
+    "validate_scenario",
+]

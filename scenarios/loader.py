@@ -1,0 +1,203 @@
+"""Finding, reading, overriding and validating scenario files.
+
+``load_scenario("pig-latin-shock")`` reads a shipped file from ``files/``; any other argument is
+a path. Overrides (``"controller.cooldown=0"``) are applied to the parsed TOML before validation,
+so they are checked like the file itself. Every problem is a ``ConfigurationError`` whose message
+names the file (and the override, when one caused it), the dotted key, what is wrong and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ulora_remote.errors import ConfigurationError
+from ulora_remote.scenarios.schema import Scenario
+
+__all__ = [
+    "DEFAULT_SCENARIO",
+    "list_scenarios",
+    "load_scenario",
+    "parse_override",
+    "shipped_scenarios",
+    "validate_scenario",
+]
+
+DEFAULT_SCENARIO = "pig-latin-shock"
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*")
+_TYPE_HINTS = {
+    "int_type": "an integer, e.g. 8",
+    "float_type": "a number, e.g. 0.5",
+    "string_type": 'a quoted string, e.g. "text"',
+    "bool_type": "true or false",
+    "tuple_type": "an array, e.g. [1, 2]",
+    "model_type": "a table, e.g. [section]",
+    "literal_error": "one of the values listed",
+}
+
+
+def shipped_scenarios() -> dict[str, Path]:
+    """Shipped scenario names and their files, sorted by name."""
+    folder = resources.files("ulora_remote.scenarios").joinpath("files")
+    paths = [Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")]
+    return {p.stem: p for p in sorted(paths)}
+
+
+def list_scenarios() -> list[tuple[str, str]]:
+    """``(name, description)`` of each shipped scenario, sorted by name."""
+    return [(name, load_scenario(name).description) for name in shipped_scenarios()]
+
+
+def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
+    """Load a shipped scenario by name, or a scenario file by path, and validate it.
+
+    Args:
+        name_or_path: a shipped name (see ``list_scenarios``) or a path to a ``.toml`` file.
+        overrides: ``"dotted.key=value"`` strings; the value is read as a TOML value
+            (``60``, ``[[20, 40]]``, ``true``, ``"x"``) and otherwise taken as a plain string.
+
+    Returns:
+        The validated, frozen ``Scenario``.
+
+    Raises:
+        ConfigurationError: an unknown name, an unreadable or invalid file, a malformed override,
+            or a value the schema rejects.
+    """
+    path = _resolve(name_or_path)
+    source = path.name
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read the scenario file ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(
+            f"{source}: invalid TOML: {exc} — fix the syntax at that line of {path}"
+        ) from None
+    by_key: dict[str, str] = {}
+    for raw in overrides:
+        key, value = parse_override(raw)
+        _apply(data, key, value, raw, source)
+        by_key[key] = raw
+    return validate_scenario(data, source, by_key)
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    shipped = shipped_scenarios()
+    if isinstance(name_or_path, str) and name_or_path in shipped:
+        return shipped[name_or_path]
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    raise ConfigurationError(
+        f"unknown scenario {str(name_or_path)!r}: not a shipped scenario "
+        f"({', '.join(shipped)}) and no such file; pass one of those names or a path to a .toml file"
+    )
+
+
+def parse_override(raw: str) -> tuple[str, Any]:
+    """Split ``"dotted.key=value"`` into the key and the value parsed as TOML (else a string).
+
+    Raises:
+        ConfigurationError: no ``=``, or a key that is not dotted names (``a.b_c``).
+    """
+    key, sep, text = raw.partition("=")
+    key = key.strip()
+    if not sep or not _KEY.fullmatch(key):
+        raise ConfigurationError(
+            f"override {raw!r} is not key=value with a dotted key; "
+            "write it like controller.cooldown=0 or steps=60"
+        )
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()  # a bare word such as tinker: take it as a string
+    return key, value
+
+
+def _apply(data: dict[str, Any], key: str, value: Any, raw: str, source: str) -> None:
+    *tables, leaf = key.split(".")
+    node = data
+    for depth, part in enumerate(tables):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(tables[: depth + 1])
+            raise ConfigurationError(
+                f"{source}: override {raw!r}: {prefix} is a value, not a table, so it has no "
+                f"key {leaf!r}; set {prefix}=... instead"
+            )
+        node = child
+    node[leaf] = value
+
+
+def validate_scenario(
+    data: Mapping[str, Any], source: str = "scenario", overrides: Mapping[str, str] | None = None
+) -> Scenario:
+    """Validate parsed scenario data (a TOML table, or a run's ``config.json``).
+
+    Args:
+        data: the parsed mapping.
+        source: the name messages start with (a file name).
+        overrides: dotted key -> the raw override that set it, to name it in messages.
+
+    Raises:
+        ConfigurationError: every problem found, one per line.
+    """
+    try:
+        return Scenario.model_validate(dict(data))
+    except ValidationError as exc:
+        lines = [_describe(err, source, overrides or {}) for err in exc.errors(include_url=False)]
+        raise ConfigurationError("\n".join(lines)) from None
+
+
+def _describe(err: Any, source: str, overrides: Mapping[str, str]) -> str:
+    loc = tuple(err["loc"])
+    key = _dotted(loc)
+    origin = f"{source} with override {overrides[key]!r}" if key in overrides else source
+    kind = err["type"]
+    if kind == "value_error":
+        return f"{origin}: {err['ctx']['error']}"
+    if kind == "extra_forbidden":
+        return f"{origin}: {_unknown_key(loc)}"
+    if kind == "missing":
+        return f"{origin}: {key} is required — add it to the file"
+    shown = f"{key} = {err['input']!r}"
+    if kind in _TYPE_HINTS:
+        return f"{origin}: {shown}: {err['msg'].lower()} — write {_TYPE_HINTS[kind]}"
+    return f"{origin}: {shown}: {err['msg'].lower()} — change the value"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = Scenario
+    for part in loc[:-1]:
+        annotation = model.model_fields[part].annotation
+        model = next(t for t in (annotation, *_args(annotation)) if _is_model(t))
+    valid = list(model.model_fields)
+    where = f"in [{'.'.join(map(str, loc[:-1]))}]" if len(loc) > 1 else "at the top level"
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return (
+        f"unknown key '{_dotted(loc)}' — {hint}valid keys {where} are {', '.join(valid)}; "
+        "remove it or fix the spelling"
+    )
+
+
+def _args(annotation: Any) -> tuple[Any, ...]:
+    return tuple(getattr(annotation, "__args__", ()))
+
+
+def _is_model(candidate: Any) -> bool:
+    return isinstance(candidate, type) and issubclass(candidate, BaseModel)

@@ -1,0 +1,117 @@
+"""Shock kinds and schedules: how a shock batch corrupts its targets, and when shocks happen.
+
+A shock keeps each example's prompt and replaces its completion with a wrong target
+(shared/DESIGN.md §6). Three kinds, all deterministic given the ``random.Random`` passed in:
+
+* ``random-letters``: random lowercase letters, the length of the true answer ± 1;
+* ``reversed``: the word spelled backwards (``"pig" -> "gip"``);
+* ``swapped-answer``: the correct answer of another word (a fluent but wrong target).
+
+A ``Schedule`` holds the shock windows ``[start, end)`` in steps and answers ``is_shock(step)``.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from ulora_remote.errors import ConfigurationError, InputError
+
+__all__ = ["SHOCK_KINDS", "Schedule", "ShockKind", "corrupt_answer"]
+
+ShockKind = Literal["random-letters", "reversed", "swapped-answer"]
+SHOCK_KINDS: tuple[str, ...] = get_args(ShockKind)
+
+
+def corrupt_answer(
+    kind: str,
+    word: str,
+    answer: str,
+    rng: random.Random,
+    donors: Sequence[tuple[str, str]] = (),
+) -> str:
+    """A wrong target for ``word`` (whose true answer is ``answer``), without the leading space.
+
+    Args:
+        kind: one of ``SHOCK_KINDS``.
+        word: the source word of the example.
+        answer: its correct answer.
+        rng: the only source of randomness, so the result is fixed by the caller's seed.
+        donors: ``(word, answer)`` pairs to take another word's answer from
+            (``swapped-answer`` only); at least one donor must differ from ``word``.
+
+    Returns:
+        The corrupted completion text.
+
+    Raises:
+        ConfigurationError: an unknown kind.
+        InputError: ``swapped-answer`` without a donor other than ``word``.
+    """
+    if kind == "random-letters":
+        length = max(1, len(answer) + rng.randint(-1, 1))
+        return "".join(rng.choice(string.ascii_lowercase) for _ in range(length))
+    if kind == "reversed":
+        return word[::-1]
+    if kind == "swapped-answer":
+        return _other_answer(word, rng, donors)
+    raise ConfigurationError(f"unknown shock kind {kind!r}; choose one of {list(SHOCK_KINDS)}")
+
+
+def _other_answer(word: str, rng: random.Random, donors: Sequence[tuple[str, str]]) -> str:
+    # Rejection sampling: with thousands of donors a repeat of `word` is rare, and the bound
+    # keeps a degenerate pool (only `word` itself) from looping forever.
+    for _ in range(64):
+        if not donors:
+            break
+        donor_word, donor_answer = donors[rng.randrange(len(donors))]
+        if donor_word != word:
+            return donor_answer
+    raise InputError(
+        f"swapped-answer shock for {word!r} needs a donor word other than itself; "
+        "pass a larger donor list"
+    )
+
+
+@dataclass(frozen=True, init=False)
+class Schedule:
+    """Shock windows ``[start, end)`` in steps, sorted, non-overlapping.
+
+    Args:
+        windows: pairs ``(start, end)`` with ``0 <= start < end``, in any order.
+
+    Raises:
+        InputError: a window is not a pair of integers with ``0 <= start < end``, or two
+            windows overlap. (Scenario files are checked earlier, with the file and key named.)
+    """
+
+    windows: tuple[tuple[int, int], ...]
+
+    def __init__(self, windows: Iterable[Sequence[int]] = ()) -> None:
+        pairs = sorted(_as_pair(w) for w in windows)
+        for (s0, e0), (s1, e1) in zip(pairs, pairs[1:], strict=False):
+            if s1 < e0:
+                raise InputError(f"shock windows [{s0}, {e0}) and [{s1}, {e1}) overlap")
+        object.__setattr__(self, "windows", tuple(pairs))
+
+    def is_shock(self, step: int) -> bool:
+        """Whether training step ``step`` (0-based) gets a shock batch."""
+        return self.window_index(step) is not None
+
+    def window_index(self, step: int) -> int | None:
+        """The index of the window containing ``step``, or None for a clean step."""
+        for i, (start, end) in enumerate(self.windows):
+            if start <= step < end:
+                return i
+        return None
+
+
+def _as_pair(window: Sequence[int]) -> tuple[int, int]:
+    if len(window) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in window):
+        raise InputError(f"shock window {window!r} must be a pair of integers [start, end)")
+    start, end = int(window[0]), int(window[1])
+    if not 0 <= start < end:
+        raise InputError(f"shock window [{start}, {end}) needs 0 <= start < end")
+    return start, end
