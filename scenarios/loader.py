@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from ulora_remote.scenarios.schema import Scenario
 
 from ulora_remote.errors import ConfigurationError
-from ulora_remote.scenarios.schema import Scenario
 
 __all__ = [
     "DEFAULT_SCENARIO",
@@ -75,7 +75,9 @@ def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Sc
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read the scenario file ({exc.strerror})") from None
+        raise ConfigurationError(
+            f"{path}: cannot read the scenario file ({exc.strerror})"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(
             f"{source}: invalid TOML: {exc} — fix the syntax at that line of {path}"
@@ -97,7 +99,8 @@ def _resolve(name_or_path: str | Path) -> Path:
         return path
     raise ConfigurationError(
         f"unknown scenario {str(name_or_path)!r}: not a shipped scenario "
-        f"({', '.join(shipped)}) and no such file; pass one of those names or a path to a .toml file"
+        f"({', '.join(shipped)}) and no such file; "
+        "pass one of those names or a path to a .toml file"
     )
 
 
@@ -162,15 +165,34 @@ def _describe(err: Any, source: str, overrides: Mapping[str, str]) -> str:
     origin = f"{source} with override {overrides[key]!r}" if key in overrides else source
     kind = err["type"]
     if kind == "value_error":
-        return f"{origin}: {err['ctx']['error']}"
+        text = str(err["ctx"]["error"])
+        causes = [
+            raw for k, raw in overrides.items() if re.search(rf"(?<![\w.]){re.escape(k)}\b", text)
+        ]
+        origin = f"{source} with override {', '.join(map(repr, causes))}" if causes else source
+        return f"{origin}: {text}"
     if kind == "extra_forbidden":
         return f"{origin}: {_unknown_key(loc)}"
     if kind == "missing":
         return f"{origin}: {key} is required — add it to the file"
     shown = f"{key} = {err['input']!r}"
+    return f"{origin}: {shown}: {err['msg'].lower()} — {_fix(kind, err.get('ctx', {}))}"
+
+
+def _fix(kind: str, ctx: Mapping[str, Any]) -> str:
     if kind in _TYPE_HINTS:
-        return f"{origin}: {shown}: {err['msg'].lower()} — write {_TYPE_HINTS[kind]}"
-    return f"{origin}: {shown}: {err['msg'].lower()} — change the value"
+        return f"write {_TYPE_HINTS[kind]}"
+    bounds = {
+        "greater_than": "use a value above {gt}",
+        "greater_than_equal": "use a value of at least {ge}",
+        "less_than": "use a value below {lt}",
+        "less_than_equal": "use a value of at most {le}",
+        "too_long": "give at most {max_length} items",
+        "too_short": "give at least {min_length} items",
+        "string_too_short": "give at least {min_length} character(s)",
+    }
+    template = bounds.get(kind)
+    return template.format(**ctx) if template else "change the value"
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

@@ -20,9 +20,10 @@ import random
 from functools import cache, lru_cache
 from importlib import resources
 
+from ulora_remote.scenarios.shocks import corrupt_answer
+
 from ulora_remote.backend import Example
 from ulora_remote.errors import ConfigurationError, InputError
-from ulora_remote.scenarios.shocks import corrupt_answer
 
 __all__ = ["EVAL_POOL_SIZE", "PigLatinTask", "load_words", "to_pig_latin"]
 

@@ -19,14 +19,22 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, ValidationError
-from pydantic import create_model, model_validator
-
-from ulora_remote.backend import AdamParams
-from ulora_remote.controller import PRESETS, ControllerConfig
-from ulora_remote.errors import ConfigurationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictInt,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 from ulora_remote.scenarios.pig_latin import EVAL_POOL_SIZE
 from ulora_remote.scenarios.shocks import Schedule, ShockKind
+
+from ulora_remote.backend import AdamParams
+from ulora_remote.controller import ControllerConfig
+from ulora_remote.errors import ConfigurationError
 
 __all__ = [
     "BackendSection",
@@ -64,8 +72,9 @@ class EvalSection(BaseModel):
 
 
 class BackendSection(BaseModel):
-    """``[backend]``: where training runs. ``base_url`` and ``tokenizer`` are Tinker's only;
-    ``lora_alpha`` is the local backend's only (Tinker fixes its own scaling)."""
+    """``[backend]``: where training runs. ``base_url`` and ``tokenizer`` are Tinker's only (an
+    error on the local backend); Tinker ignores ``lora_alpha`` (it fixes its own scaling), which
+    is not an error so that ``--set backend.kind=tinker`` works on a local scenario file."""
 
     model_config = _STRICT
     kind: Literal["local", "tinker"] = "local"
@@ -104,7 +113,9 @@ class ControllerSection(BaseModel):
         try:
             self.controller_config()
         except ConfigurationError as exc:
-            raise ValueError(f"controller: {exc} (preset {self.preset!r} with {overrides})") from None
+            raise ValueError(
+                f"controller: {exc} (preset {self.preset!r} with {overrides})"
+            ) from None
         return self
 
 
@@ -133,7 +144,7 @@ def _override_problem(exc: ValidationError) -> str:
             f"unknown key '{key}' — {hint}valid keys in [controller] are {', '.join(valid)}; "
             "remove it or fix the spelling"
         )
-    return f"{key} = {err['input']!r}: {err['msg'].lower()} — fix the value's type"
+    return f"{key} = {err['input']!r}: {err['msg'].lower()} — fix the value"
 
 
 class OptimizerSection(BaseModel):
@@ -252,8 +263,3 @@ def _check_backend(backend: BackendSection) -> None:
                 f"({', '.join(BUILTIN_MODELS)}) nor a local model directory; pick one of those "
                 "or set backend.kind = 'tinker' for a hosted model"
             )
-    elif "lora_alpha" in backend.model_fields_set:
-        raise ValueError(
-            "backend.lora_alpha is a local-backend option, but backend.kind = 'tinker' "
-            "(Tinker sets its own LoRA scaling); remove backend.lora_alpha"
-        )
