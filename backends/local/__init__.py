@@ -1,0 +1,31 @@
+"""The local backend: LoRA training with torch + transformers + peft, offline, CPU or CUDA.
+
+Installed as ``ulora_remote.backends.local``; needs the 'local' extra
+(``pip install 'ulora-remote[local]'``)::
+
+    from ulora_remote.backends.local import LocalBackend
+    backend = LocalBackend("medium", rank=8, seed=0)        # built-in model, no download
+    backend = LocalBackend("/models/Llama-3.2-1B", rank=32, dtype="bfloat16")  # a local HF dir
+"""
+
+from ulora_remote.errors import MissingExtraError
+
+for _module in ("torch", "transformers", "peft", "safetensors", "tokenizers"):
+    try:
+        __import__(_module)
+    except ImportError as _exc:
+        raise MissingExtraError("local", _module) from _exc
+
+from .backend import DatumsResult, LocalBackend  # noqa: E402
+from .builtin import BUILTIN_SIZES, build_builtin_model, builtin_cache_path  # noqa: E402
+from .tokenizer import CHAR_VOCAB, build_char_tokenizer  # noqa: E402
+
+__all__ = [
+    "BUILTIN_SIZES",
+    "CHAR_VOCAB",
+    "DatumsResult",
+    "LocalBackend",
+    "build_builtin_model",
+    "build_char_tokenizer",
+    "builtin_cache_path",
+]

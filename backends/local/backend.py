@@ -1,0 +1,268 @@
+"""``LocalBackend``: the TrainingBackend protocol on torch + transformers + peft, in-process.
+
+Every training call runs synchronously when it is submitted and returns a ``Completed`` future,
+so requests execute in submission order. Determinism: the constructor seeds torch's global RNG
+(LoRA initialisation) and owns a private ``torch.Generator`` for sampling; with the same seed and
+thread count the loss sequence on CPU is bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ulora_remote.backend import (
+    AdamParams,
+    Completed,
+    Datum,
+    Example,
+    ForwardBackwardResult,
+    OptimStepResult,
+)
+from ulora_remote.errors import BackendError, ConfigurationError, InputError
+
+from . import state
+from .models import attach_lora, load_base
+from .render import check_datums, encode_prompts, pad_datums, render_examples
+from .sampling import generate
+
+__all__ = ["DatumsResult", "LocalBackend"]
+
+
+@dataclass(frozen=True)
+class DatumsResult:
+    """Token-level result of a batch of datums (what the Tinker-compatible server returns).
+
+    ``logprobs[i][j]`` is log p(target j of datum i), float32 values, every position (weighted
+    or not). ``nll_sums[i]`` = −Σ_j weights[i][j]·logprobs[i][j] (nats).
+    """
+
+    nll_sums: tuple[float, ...]
+    weight_sums: tuple[float, ...]
+    logprobs: list[list[float]]
+
+    def to_forward_backward_result(self) -> ForwardBackwardResult:
+        return ForwardBackwardResult(self.nll_sums, self.weight_sums)
+
+
+class LocalBackend:
+    """LoRA training on a local causal LM: the built-in "small"/"medium" model or a local
+    Hugging Face directory. See the module docstring and README for the contract.
+
+    Raises (constructor):
+        ConfigurationError: a bad option, an unknown model, a directory without tokenizer.
+        MissingExtraError: (at import) the 'local' extra is not installed.
+    """
+
+    def __init__(
+        self,
+        base_model: str = "small",
+        *,
+        rank: int = 8,
+        lora_alpha: float = 16,
+        target_modules: str | list[str] = "all-linear",
+        dtype: str = "float32",
+        device: str | None = None,
+        seed: int = 0,
+        threads: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        _check_options(rank, lora_alpha, threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda":  # cuBLAS needs this for deterministic algorithms
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(seed)
+        base = load_base(base_model, dtype, self.device, cache_dir)
+        self.model = attach_lora(base.model, rank, lora_alpha, target_modules)
+        self.model.eval()  # no dropout anywhere: training and evaluation compute the same
+        self.tokenizer = base.tokenizer
+        self.tokenizer_dir: Path = base.tokenizer_dir
+        self.base_model_name: str = base.name
+        self.base_fingerprint: str = base.fingerprint
+        self.rank, self.lora_alpha, self.dtype = rank, float(lora_alpha), dtype
+        self.eos_token_id: int = int(self.tokenizer.eos_token_id)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id: int = self.eos_token_id if pad is None else int(pad)
+        self.vocab_size: int = int(self.model.get_input_embeddings().num_embeddings)
+        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW([p for _, p in self.params], lr=0.0)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._owned_dir = None if checkpoint_dir else tempfile.mkdtemp(prefix="ulora-ckpt-")
+        self.checkpoint_dir = Path(checkpoint_dir or self._owned_dir or ".")
+        self._closed = False
+
+    # -- rendering and token-level calls -------------------------------------------------
+
+    def render(self, example: Example) -> Datum:
+        """Tokenize one example (see ``render.render_examples``). Raises InputError."""
+        return render_examples(self.tokenizer, [example], self.eos_token_id)[0]
+
+    def forward_backward_datums(self, datums: Sequence[Datum]) -> Completed[DatumsResult]:
+        """Accumulate gradients of Σ weight·(−log p(target)) over ``datums``.
+
+        Raises:
+            InputError: an empty batch, an empty datum, a token outside the vocabulary.
+        """
+        return Completed(self._run(datums, train=True, want_logprobs=True))
+
+    def forward_datums(self, datums: Sequence[Datum]) -> Completed[DatumsResult]:
+        """The same numbers as ``forward_backward_datums``; no gradients, no state change."""
+        return Completed(self._run(datums, train=False, want_logprobs=True))
+
+    def _run(self, datums: Sequence[Datum], *, train: bool, want_logprobs: bool) -> DatumsResult:
+        self._check_open()
+        check_datums(datums, self.vocab_size)
+        inputs, targets, weights = pad_datums(datums, self.pad_token_id, self.device)
+        with torch.enable_grad() if train else torch.inference_mode():
+            logits = self.model(input_ids=inputs).logits.float()
+            logprobs = -torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), targets, reduction="none"
+            )
+            nll = -(logprobs * weights).sum(dim=1)
+            if train:
+                nll.sum().backward()
+        lp: list[list[float]] = []
+        if want_logprobs:  # one transfer and one tolist for the whole batch
+            rows = logprobs.detach().cpu().tolist()
+            lp = [row[: len(d.input_tokens)] for row, d in zip(rows, datums, strict=True)]
+        return DatumsResult(
+            tuple(nll.detach().cpu().tolist()), tuple(d.weight_sum for d in datums), lp
+        )
+
+    # -- the TrainingBackend protocol ----------------------------------------------------
+
+    def forward_backward(self, batch: Sequence[Example]) -> Completed[ForwardBackwardResult]:
+        """Render ``batch`` and accumulate its gradients. Raises InputError on bad examples."""
+        datums = render_examples(self.tokenizer, batch, self.eos_token_id)
+        res = self._run(datums, train=True, want_logprobs=False)
+        return Completed(res.to_forward_backward_result())
+
+    def forward(self, batch: Sequence[Example]) -> Completed[ForwardBackwardResult]:
+        """Per-example NLL sums without gradients. Raises InputError on bad examples."""
+        datums = render_examples(self.tokenizer, batch, self.eos_token_id)
+        res = self._run(datums, train=False, want_logprobs=False)
+        return Completed(res.to_forward_backward_result())
+
+    def optim_step(self, params: AdamParams) -> Completed[OptimStepResult]:
+        """One AdamW step with exactly ``params``, then clear the gradients.
+
+        Returns the global L2 norm of the gradients before clipping (0.0 when none were
+        accumulated; AdamW then leaves the weights and its state untouched).
+        """
+        self._check_open()
+        for group in self.optimizer.param_groups:
+            group.update(lr=params.learning_rate, betas=(params.beta1, params.beta2),
+                         eps=params.eps, weight_decay=params.weight_decay)
+        with_grad = [p for _, p in self.params if p.grad is not None]
+        if not with_grad:
+            norm = torch.zeros(())
+        elif params.grad_clip_norm > 0:  # returns the pre-clip norm
+            norm = torch.nn.utils.clip_grad_norm_(with_grad, params.grad_clip_norm)
+        else:
+            norm = _total_norm([p.grad for p in with_grad])
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return Completed(OptimStepResult(grad_norm=float(norm)))
+
+    def save_state(self, name: str) -> str:
+        """Write adapter, optimizer and RNG state to ``checkpoint_dir/name``; return its path.
+
+        Raises:
+            CheckpointError: the name escapes ``checkpoint_dir``, or writing failed.
+        """
+        self._check_open()
+        return str(state.save(self, name))
+
+    def load_state(self, ref: str) -> None:
+        """Restore a checkpoint (a path from ``save_state``, or a name in ``checkpoint_dir``).
+
+        Pending gradients are discarded. Raises CheckpointError when it is missing, incomplete,
+        or was made for another base model or LoRA shape.
+        """
+        self._check_open()
+        state.load(self, ref)
+
+    def sample(
+        self, prompts: Sequence[str], max_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
+        """Complete each prompt (greedy at temperature 0), stopping at EOS; the text returned
+        is the completion only, without special tokens. Raises InputError on a bad prompt."""
+        if len(prompts) == 0:
+            return []
+        outs = self._generate(encode_prompts(self.tokenizer, prompts), max_tokens, temperature, ())
+        return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+
+    def sample_tokens(
+        self,
+        prompt_tokens: Sequence[int],
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop_tokens: Sequence[int] = (),
+        seed: int | None = None,
+    ) -> list[int]:
+        """Generate up to ``max_tokens`` tokens after ``prompt_tokens``.
+
+        Stops after EOS or any of ``stop_tokens`` (the stop token is included). ``seed`` gives
+        a private generator for this call; None uses the backend's sampling generator.
+
+        Raises:
+            InputError: an empty prompt or a token outside the vocabulary.
+        """
+        check_datums([Datum(tuple(prompt_tokens), tuple(prompt_tokens),
+                            (0.0,) * len(prompt_tokens))], self.vocab_size)
+        gen = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        return self._generate([list(prompt_tokens)], max_tokens, temperature, stop_tokens,
+                              gen)[0]
+
+    def _generate(self, prompts: list[list[int]], max_tokens: int, temperature: float,
+                  stop_tokens: Sequence[int], gen: Any = None) -> list[list[int]]:
+        self._check_open()
+        if max_tokens < 1 or not math.isfinite(temperature) or temperature < 0:
+            raise InputError(f"max_tokens={max_tokens} must be ≥ 1 and temperature="
+                             f"{temperature} finite and ≥ 0")
+        with torch.inference_mode():
+            return generate(self.model, prompts, max_tokens=max_tokens, temperature=temperature,
+                            stop_ids={self.eos_token_id, *stop_tokens}, pad_id=self.pad_token_id,
+                            generator=gen or self.generator)
+
+    def close(self) -> None:
+        """Drop the model and remove a checkpoint directory the backend created itself."""
+        if self._closed:
+            return
+        self._closed = True
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._owned_dir is not None:
+            shutil.rmtree(self._owned_dir, ignore_errors=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError("this LocalBackend is closed; create a new one")
+
+
+def _total_norm(grads: list[Any]) -> Any:
+    """The global L2 norm of ``grads``, computed as ``clip_grad_norm_`` computes it."""
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if get_total_norm is not None:
+        return get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _check_options(rank: int, lora_alpha: float, threads: int | None) -> None:
+    if not isinstance(rank, int) or rank < 1:
+        raise ConfigurationError(f"rank={rank!r} must be a positive integer")
+    if not (isinstance(lora_alpha, (int, float)) and math.isfinite(lora_alpha) and lora_alpha > 0):
+        raise ConfigurationError(f"lora_alpha={lora_alpha!r} must be a positive number")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigurationError(f"threads={threads!r} must be a positive integer or None")

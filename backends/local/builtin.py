@@ -1,0 +1,235 @@
+"""The built-in base models: small Llama-architecture configs, pre-trained in code, cached on disk.
+
+A LoRA on a randomly initialised base does not learn (issue 3 measured q/v LoRA stuck at loss 2–3
+after 1,500 steps), so each built-in base gets a short, deterministic generic pre-training: full
+fine-tuning to copy random letter strings (``"qzx ->"`` → ``" qzx"``). That teaches attention to
+find and copy characters of the prompt, which is what a LoRA then bends into Pig Latin.
+
+The result is cached under ``cache_dir/builtin-<size>-<key>`` where ``key`` hashes the config, the
+recipe, the vocabulary and torch's major.minor version; only the first use pays. Pre-training
+always runs on CPU with one thread, so the cached weights do not depend on the caller's device or
+thread count (and two processes racing to build the same entry write the same bits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ulora_remote.errors import ConfigurationError
+
+from .tokenizer import CHAR_VOCAB, EOS_TOKEN, build_char_tokenizer, save_char_tokenizer
+
+__all__ = [
+    "BUILTIN_SIZES",
+    "PretrainRecipe",
+    "build_builtin_model",
+    "builtin_cache_path",
+    "load_builtin",
+]
+
+_FORMAT = 1  # bump when the on-disk layout or the meaning of the recipe changes
+
+#: LlamaConfig fields per size. "small" is for tests (pre-trains in seconds on one thread);
+#: "medium" is the default scenario's base model.
+BUILTIN_SIZES: dict[str, dict[str, Any]] = {
+    "small": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64),
+    "medium": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128),
+}
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """The generic pre-training: full fine-tuning on copying random lowercase strings."""
+
+    steps: int
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_len: int = 1
+    max_len: int = 10
+    seed: int = 1234
+
+
+_RECIPES = {"small": PretrainRecipe(steps=300), "medium": PretrainRecipe(steps=300)}
+
+
+def _llama_config(size: str) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(CHAR_VOCAB), pad_token_id=CHAR_VOCAB["<pad>"],
+        bos_token_id=CHAR_VOCAB["<bos>"], eos_token_id=CHAR_VOCAB[EOS_TOKEN],
+        tie_word_embeddings=False, rms_norm_eps=1e-5, rope_theta=10000.0,
+        attention_dropout=0.0, **BUILTIN_SIZES[size],
+    )
+
+
+def _cache_key(size: str) -> str:
+    import torch
+
+    torch_mm = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    blob = json.dumps(
+        {"format": _FORMAT, "config": BUILTIN_SIZES[size], "recipe": asdict(_RECIPES[size]),
+         "vocab": CHAR_VOCAB, "torch": torch_mm},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """``$ULORA_CACHE_DIR``, else ``~/.cache/ulora-remote``."""
+    env = os.environ.get("ULORA_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "ulora-remote"
+
+
+def builtin_cache_path(size: str, cache_dir: str | Path | None = None) -> Path:
+    """The directory where the pre-trained built-in model of ``size`` is (or will be) cached.
+
+    Raises:
+        ConfigurationError: ``size`` is not one of ``BUILTIN_SIZES``.
+    """
+    if size not in BUILTIN_SIZES:
+        raise ConfigurationError(
+            f"unknown built-in model size {size!r}; choose one of {sorted(BUILTIN_SIZES)} "
+            "or pass the path of a local Hugging Face model directory"
+        )
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / f"builtin-{size}-{_cache_key(size)}"
+
+
+def _copy_batch(gen: Any, recipe: PretrainRecipe) -> tuple[Any, Any, Any]:
+    """One batch of the copy task as right-padded (inputs, targets, weights) tensors."""
+    import torch
+
+    letters = [CHAR_VOCAB[c] for c in "abcdefghijklmnopqrstuvwxyz"]
+    bos, eos, pad = CHAR_VOCAB["<bos>"], CHAR_VOCAB[EOS_TOKEN], CHAR_VOCAB["<pad>"]
+    arrow = [CHAR_VOCAB[c] for c in " ->"]
+    lens = torch.randint(recipe.min_len, recipe.max_len + 1, (recipe.batch_size,), generator=gen)
+    rows, n_prompt = [], []
+    for n in lens.tolist():
+        word = [letters[i] for i in torch.randint(0, 26, (n,), generator=gen).tolist()]
+        prompt = [bos, *word, *arrow]
+        rows.append(prompt + [CHAR_VOCAB[" "], *word, eos])
+        n_prompt.append(len(prompt))
+    width = max(len(r) for r in rows) - 1
+    inputs = torch.full((len(rows), width), pad)
+    targets = torch.full((len(rows), width), pad)
+    weights = torch.zeros((len(rows), width))
+    for i, (row, p) in enumerate(zip(rows, n_prompt, strict=True)):
+        inputs[i, : len(row) - 1] = torch.tensor(row[:-1])
+        targets[i, : len(row) - 1] = torch.tensor(row[1:])
+        weights[i, p - 1 : len(row) - 1] = 1.0  # completion and EOS targets only
+    return inputs, targets, weights
+
+
+def _pretrain(size: str) -> Any:
+    """Build the model of ``size`` and run its recipe; CPU, one thread, private RNG state."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    recipe = _RECIPES[size]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            model = LlamaForCausalLM(_llama_config(size))
+        gen = torch.Generator().manual_seed(recipe.seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
+                                weight_decay=0.0)
+        for step in range(recipe.steps):
+            for group in opt.param_groups:  # linear decay to 10% keeps the end of training calm
+                group["lr"] = recipe.lr * (1.0 - 0.9 * step / recipe.steps)
+            inputs, targets, weights = _copy_batch(gen, recipe)
+            logits = model(input_ids=inputs).logits.float()
+            nll = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), targets, reduction="none"
+            )
+            ((nll * weights).sum() / weights.sum()).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    finally:
+        torch.set_num_threads(threads)
+    return model
+
+
+def _save_model(model: Any, directory: Path) -> None:
+    """``config.json`` + ``model.safetensors``: what ``from_pretrained`` reads (no progress bar)."""
+    from safetensors.torch import save_file
+
+    model.config.save_pretrained(str(directory))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def build_builtin_model(size: str = "small", cache_dir: str | Path | None = None) -> Path:
+    """Return the directory of the pre-trained built-in model, building it on first use.
+
+    The directory holds a Hugging Face model (``config.json``, ``model.safetensors``), the
+    character tokenizer and ``recipe.json``; load it with ``from_pretrained(local_files_only=True)``.
+    It is written into a temporary sibling, fsynced, then renamed, so a crash never leaves a
+    half-written cache entry.
+
+    Args:
+        size: "small" or "medium".
+        cache_dir: cache root; default ``$ULORA_CACHE_DIR`` or ``~/.cache/ulora-remote``.
+
+    Returns:
+        The cache entry's directory.
+
+    Raises:
+        ConfigurationError: unknown size.
+    """
+    target = builtin_cache_path(size, cache_dir)
+    if (target / "recipe.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        start = time.perf_counter()
+        model = _pretrain(size)
+        _save_model(model, tmp)
+        save_char_tokenizer(build_char_tokenizer(), tmp)
+        meta = {"size": size, "key": target.name, "recipe": asdict(_RECIPES[size]),
+                "pretrain_s": round(time.perf_counter() - start, 3)}
+        (tmp / "recipe.json").write_text(json.dumps(meta, indent=2))
+        _fsync_tree(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "recipe.json").is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_builtin(directory: Path) -> Any:
+    """Load a cache entry written by ``build_builtin_model`` (safetensors, no pickle, no
+    progress bar); the model is in eval mode on CPU."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig.from_pretrained(str(directory))
+    with torch.random.fork_rng(devices=[]):  # the throw-away init must not move the caller's RNG
+        model = LlamaForCausalLM(config)
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return model.eval()

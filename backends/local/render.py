@@ -1,0 +1,128 @@
+"""Text examples to token datums, and datums to padded tensors.
+
+Rendering follows Tinker's convention: tokens = prompt tokens (with the tokenizer's special
+prefix, e.g. ``<bos>``) + completion tokens + EOS; each input token predicts the next one, and only
+targets that belong to the completion (and the EOS) carry weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ulora_remote.backend import Datum, Example
+from ulora_remote.errors import InputError
+
+__all__ = ["check_datums", "encode_prompts", "pad_datums", "render_examples"]
+
+
+def _unencodable(tokenizer: Any, text: str, unk_id: int) -> str:
+    """The first character of ``text`` that the tokenizer maps to its unknown token."""
+    for ch in text:
+        if unk_id in tokenizer.encode(ch, add_special_tokens=False):
+            return ch
+    return text  # a multi-character sequence with no single culprit
+
+
+def _check_encoded(
+    tokenizer: Any, ids: list[int], text: str, where: str, example: Example, index: int
+) -> None:
+    unk_id = tokenizer.unk_token_id
+    if unk_id is not None and unk_id in ids:
+        ch = _unencodable(tokenizer, text, unk_id)
+        raise InputError(
+            f"character {ch!r} in the {where} of example {index} ({example!r}) cannot be encoded "
+            "by this model's tokenizer; remove or replace it"
+        )
+
+
+def render_examples(tokenizer: Any, examples: Sequence[Example], eos_id: int) -> list[Datum]:
+    """Render each example to a ``Datum`` (two batched tokenizer calls for the whole batch).
+
+    Args:
+        tokenizer: a Hugging Face fast tokenizer.
+        examples: at least one example.
+        eos_id: the token appended after every completion.
+
+    Returns:
+        One datum per example, in order.
+
+    Raises:
+        InputError: the batch is empty, a prompt or completion renders to no tokens, or a
+            character cannot be encoded.
+    """
+    if len(examples) == 0:
+        raise InputError("empty batch: pass at least one Example")
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
+    datums = []
+    for i, (ex, p, c) in enumerate(zip(examples, prompts, completions, strict=True)):
+        _check_encoded(tokenizer, p, ex.prompt, "prompt", ex, i)
+        _check_encoded(tokenizer, c, ex.completion, "completion", ex, i)
+        if not c:
+            raise InputError(
+                f"the completion of example {i} ({ex!r}) renders to no tokens; every example "
+                "needs a non-empty completion"
+            )
+        if not p:
+            raise InputError(
+                f"the prompt of example {i} ({ex!r}) renders to no tokens and this tokenizer adds "
+                "no BOS token; give the example a non-empty prompt"
+            )
+        tokens = [*p, *c, eos_id]
+        weights = (0.0,) * (len(p) - 1) + (1.0,) * (len(c) + 1)
+        datums.append(Datum(tuple(tokens[:-1]), tuple(tokens[1:]), weights))
+    return datums
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Encode sampling prompts the way ``render_examples`` encodes training prompts.
+
+    Raises:
+        InputError: a prompt renders to no tokens or has a character that cannot be encoded.
+    """
+    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    for i, (text, ids) in enumerate(zip(prompts, encoded, strict=True)):
+        _check_encoded(tokenizer, ids, text, "prompt", Example(text, ""), i)
+        if not ids:
+            raise InputError(f"sampling prompt {i} ({text!r}) renders to no tokens")
+    return [list(ids) for ids in encoded]
+
+
+def check_datums(datums: Sequence[Datum], vocab_size: int) -> None:
+    """Refuse an empty batch, an empty datum, or a token id outside ``[0, vocab_size)``.
+
+    Raises:
+        InputError: naming the datum and the offending value.
+    """
+    if len(datums) == 0:
+        raise InputError("empty batch: pass at least one Datum")
+    for i, d in enumerate(datums):
+        if not d.input_tokens:
+            raise InputError(f"datum {i} has no tokens; every datum needs at least one target")
+        for tok in (*d.input_tokens, *d.target_tokens):
+            if not 0 <= tok < vocab_size:
+                raise InputError(
+                    f"datum {i} has token id {tok}, outside this model's vocabulary "
+                    f"[0, {vocab_size}); render it with this backend's tokenizer"
+                )
+
+
+def pad_datums(datums: Sequence[Datum], pad_id: int, device: Any) -> tuple[Any, Any, Any]:
+    """Right-pad datums into ``(inputs, targets, weights)`` tensors of shape ``[B, T]``.
+
+    Right padding needs no attention mask: causal attention keeps real positions from seeing
+    the pads that follow them, and pads carry weight 0.
+    """
+    import torch
+
+    width = max(len(d.input_tokens) for d in datums)
+    inputs = torch.full((len(datums), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(datums), width), pad_id, dtype=torch.long)
+    weights = torch.zeros((len(datums), width), dtype=torch.float32)
+    for i, d in enumerate(datums):
+        n = len(d.input_tokens)
+        inputs[i, :n] = torch.tensor(d.input_tokens)
+        targets[i, :n] = torch.tensor(d.target_tokens)
+        weights[i, :n] = torch.tensor(d.weights)
+    return inputs.to(device), targets.to(device), weights.to(device)
