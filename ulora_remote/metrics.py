@@ -1,0 +1,389 @@
+"""Recovery metrics of a shock window (shared/DESIGN.md §7) and small statistics for the study.
+
+Pure Python; no torch, no numpy, no scipy. Inputs are the clean evaluation series of one run:
+``steps`` (strictly increasing), ``eval_loss`` (nats per token) and ``exact_match`` (0..1).
+
+An evaluation at step k scores the model after k updates, before the update of step k (the
+runner's convention), so for a shock window ``[s, e)``:
+
+* pre-shock evaluations are those at steps ``<= s`` (the one at s has not seen the shock); the
+  pre-shock level ``L̄`` is the mean loss of the last ``W`` of them, ``EM̄`` their mean accuracy;
+* post-shock evaluations are those at steps in ``(s, h]``, the horizon ``h = min(e + H, the next
+  window's start, run_end)``; the eval at the next window's start still precedes that shock;
+* the tolerance is ``ε = eps_rel·L̄ + eps_abs``.
+
+Metrics per window:
+
+* ``peak_damage``: max loss over ``(s, h]`` minus ``L̄`` (nats);
+* ``time_to_recover_steps``: ``t_r − e`` for the first evaluation ``t_r ≥ e`` that starts ``m``
+  consecutive evaluations within ``L̄ + ε`` (all inside ``[e, h]``); if there is none, the value
+  is censored at ``h − e`` and ``recovered`` is False;
+* ``overshoot``: the largest excess over ``L̄ + ε`` at or after ``t_r`` (0 if none; NaN when not
+  recovered, since there is no "after recovery");
+* ``excess_area``: ``Σ max(0, L(t) − L̄)`` over the evaluations in ``(s, h]``, in
+  **nats × evaluations** (multiply by ``eval.every`` for nats × steps on a regular cadence);
+* ``forgetting``: ``EM̄`` minus the lowest exact match over ``(s, h]``.
+
+Without an evaluation at or before s, every metric that needs ``L̄`` is NaN. A NaN evaluation
+loss (a diverged model) counts as +inf: the worst possible value, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+from ulora_remote.errors import InputError
+
+__all__ = [
+    "PairedTTest",
+    "RecoveryParams",
+    "RunMetrics",
+    "WindowMetrics",
+    "paired_t_test",
+    "recovery_metrics",
+    "recovery_metrics_from_frame",
+    "student_t_cdf",
+    "student_t_quantile",
+    "summarize",
+    "window_metrics",
+]
+
+NAN = math.nan
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoveryParams:
+    """Parameters of the recovery metrics.
+
+    Attributes:
+        pre_evals: W, evaluations averaged for the pre-shock level.
+        horizon_steps: H, steps after the window's end that are still scored.
+        eps_rel: relative part of the tolerance ε = eps_rel·L̄ + eps_abs.
+        eps_abs: absolute part of the tolerance, nats.
+        consecutive: m, evaluations in a row within tolerance that count as recovered.
+    """
+
+    pre_evals: int = 3
+    horizon_steps: int = 200
+    eps_rel: float = 0.1
+    eps_abs: float = 0.02
+    consecutive: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("pre_evals", "consecutive"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name}={getattr(self, name)}: needs at least 1 evaluation")
+        if self.horizon_steps < 0 or self.eps_rel < 0 or self.eps_abs < 0:
+            raise InputError("horizon_steps, eps_rel and eps_abs must be >= 0")
+
+
+@dataclass(frozen=True)
+class WindowMetrics:
+    """The recovery metrics of one shock window ``[start, end)``; see the module docstring."""
+
+    start: int
+    end: int
+    horizon_end: int
+    pre_loss: float
+    pre_exact_match: float
+    tolerance: float
+    peak_loss: float
+    peak_damage: float
+    recovered: bool
+    recover_step: int | None
+    time_to_recover_steps: float
+    overshoot: float
+    excess_area: float
+    min_exact_match: float
+    forgetting: float
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """Every window's metrics and the run's final clean loss and accuracy."""
+
+    windows: tuple[WindowMetrics, ...]
+    final_step: int
+    final_loss: float
+    final_exact_match: float
+    params: RecoveryParams
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``summary.json``): floats stay floats, NaN included."""
+        return {
+            "windows": [asdict(w) for w in self.windows],
+            "final": {
+                "step": self.final_step,
+                "eval_loss": self.final_loss,
+                "exact_match": self.final_exact_match,
+            },
+            "params": asdict(self.params),
+            "units": {"excess_area": "nats x evaluations", "time_to_recover_steps": "steps"},
+        }
+
+
+def recovery_metrics(
+    steps: Sequence[int],
+    eval_loss: Sequence[float],
+    exact_match: Sequence[float],
+    windows: Iterable[Sequence[int]],
+    *,
+    run_end: int | None = None,
+    params: RecoveryParams | None = None,
+) -> RunMetrics:
+    """The recovery metrics of every shock window, and the final loss and accuracy.
+
+    Args:
+        steps: evaluation steps, strictly increasing.
+        eval_loss: clean evaluation loss at each step (nats per token).
+        exact_match: exact-match accuracy at each step, in [0, 1].
+        windows: shock windows ``[start, end)`` in steps, any order.
+        run_end: the run's last step (its step count); default the last evaluation step.
+        params: W, H, ε and m; default ``RecoveryParams()``.
+
+    Raises:
+        InputError: no evaluations, series of different lengths, or steps not increasing.
+    """
+    params = params or RecoveryParams()
+    series = _Series.of(steps, eval_loss, exact_match)
+    end_of_run = series.steps[-1] if run_end is None else run_end
+    ordered = sorted((int(w[0]), int(w[1])) for w in windows)
+    results = []
+    for i, (start, end) in enumerate(ordered):
+        next_start = ordered[i + 1][0] if i + 1 < len(ordered) else None
+        limit = min(
+            x for x in (end + params.horizon_steps, next_start, end_of_run) if x is not None
+        )
+        results.append(window_metrics(series, start, end, horizon_end=limit, params=params))
+    return RunMetrics(
+        windows=tuple(results),
+        final_step=series.steps[-1],
+        final_loss=series.loss[-1],
+        final_exact_match=series.exact_match[-1],
+        params=params,
+    )
+
+
+def recovery_metrics_from_frame(
+    evals: Any, windows: Iterable[Sequence[int]], **kwargs: Any
+) -> RunMetrics:
+    """``recovery_metrics`` on a pandas DataFrame shaped like ``evals.csv``
+    (columns ``step``, ``eval_loss``, ``exact_match``); keywords as ``recovery_metrics``."""
+    return recovery_metrics(
+        [int(s) for s in evals["step"].tolist()],
+        evals["eval_loss"].tolist(),
+        evals["exact_match"].tolist(),
+        windows,
+        **kwargs,
+    )
+
+
+@dataclass(frozen=True)
+class _Series:
+    steps: tuple[int, ...]
+    loss: tuple[float, ...]
+    exact_match: tuple[float, ...]
+
+    @classmethod
+    def of(cls, steps: Sequence[int], loss: Sequence[float], em: Sequence[float]) -> _Series:
+        if not steps or not len(steps) == len(loss) == len(em):
+            raise InputError(
+                f"evaluation series need equal, non-zero lengths (got {len(steps)} steps, "
+                f"{len(loss)} losses, {len(em)} exact-match values)"
+            )
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise InputError("evaluation steps must be strictly increasing")
+        # A diverged evaluation (NaN) is the worst loss there is, not a gap to skip.
+        worst = tuple(math.inf if math.isnan(x) else float(x) for x in loss)
+        return cls(tuple(int(s) for s in steps), worst, tuple(float(x) for x in em))
+
+    def between(self, low: int, high: int, *, include_low: bool) -> list[int]:
+        return [
+            i
+            for i, t in enumerate(self.steps)
+            if (low <= t if include_low else low < t) and t <= high
+        ]
+
+
+def window_metrics(
+    series: _Series, start: int, end: int, *, horizon_end: int, params: RecoveryParams
+) -> WindowMetrics:
+    """The metrics of one window on a validated series (use ``recovery_metrics``)."""
+    pre = [i for i, t in enumerate(series.steps) if t <= start][-params.pre_evals :]
+    level = _mean(series.loss[i] for i in pre)
+    pre_em = _mean(series.exact_match[i] for i in pre)
+    tolerance = params.eps_rel * level + params.eps_abs
+    after = series.between(start, horizon_end, include_low=False)
+    losses = [series.loss[i] for i in after]
+    peak = max(losses, default=NAN)
+    recover_at = _recovery_index(series, end, horizon_end, level + tolerance, params.consecutive)
+    recovered = recover_at is not None
+    if recover_at is not None:
+        since = series.between(series.steps[recover_at], horizon_end, include_low=True)
+        tail = [series.loss[i] for i in since]
+        overshoot = max(0.0, max(x - level - tolerance for x in tail))
+        recover_step: int | None = series.steps[recover_at]
+        time_to_recover = float(series.steps[recover_at] - end)
+    else:
+        overshoot, recover_step, time_to_recover = NAN, None, float(horizon_end - end)
+    min_em = min((series.exact_match[i] for i in after), default=NAN)
+    return WindowMetrics(
+        start=start,
+        end=end,
+        horizon_end=horizon_end,
+        pre_loss=level,
+        pre_exact_match=pre_em,
+        tolerance=tolerance,
+        peak_loss=peak,
+        peak_damage=peak - level,
+        recovered=recovered,
+        recover_step=recover_step,
+        time_to_recover_steps=time_to_recover if math.isfinite(level) else NAN,
+        overshoot=overshoot,
+        excess_area=sum(max(0.0, x - level) for x in losses) if math.isfinite(level) else NAN,
+        min_exact_match=min_em,
+        forgetting=pre_em - min_em,
+    )
+
+
+def _recovery_index(
+    series: _Series, end: int, horizon_end: int, threshold: float, consecutive: int
+) -> int | None:
+    # NaN threshold (no pre-shock level) compares False everywhere: never recovered.
+    candidates = series.between(end, horizon_end, include_low=True)
+    run = 0
+    for position, i in enumerate(candidates):
+        run = run + 1 if series.loss[i] <= threshold else 0
+        if run == consecutive:
+            return candidates[position - consecutive + 1]
+    return None
+
+
+def _mean(values: Iterable[float]) -> float:
+    items = list(values)
+    return sum(items) / len(items) if items else NAN
+
+
+# -- statistics for the multi-seed study ------------------------------------------------------
+
+
+class PairedTTest(NamedTuple):
+    """A two-sided paired t-test of ``a − b``: statistic, p-value, pairs used, mean difference."""
+
+    statistic: float
+    p_value: float
+    n: int
+    mean_difference: float
+
+
+def summarize(values: Iterable[float]) -> tuple[float, float, float]:
+    """Mean and 95% confidence interval (Student t, n − 1 degrees of freedom).
+
+    NaN entries (a metric undefined for that run, e.g. the overshoot of a censored recovery)
+    are left out; count them yourself if the table should say so.
+
+    Returns:
+        ``(mean, lo, hi)``; with one value the bounds are NaN, with none all three are.
+    """
+    items = [float(v) for v in values if not math.isnan(float(v))]
+    n = len(items)
+    if n == 0:
+        return NAN, NAN, NAN
+    mean = sum(items) / n
+    if n == 1:
+        return mean, NAN, NAN
+    sd = math.sqrt(sum((x - mean) ** 2 for x in items) / (n - 1))
+    half = student_t_quantile(0.975, n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTTest:
+    """Two-sided paired t-test of H0: mean(a − b) = 0, e.g. a method against the best fixed LR
+    on the same seeds. Pairs where either value is NaN are dropped.
+
+    Raises:
+        InputError: the sequences differ in length, or fewer than 2 complete pairs remain.
+    """
+    if len(a) != len(b):
+        raise InputError(f"paired test needs equal lengths (got {len(a)} and {len(b)})")
+    diffs = [x - y for x, y in zip(a, b, strict=True) if not (math.isnan(x) or math.isnan(y))]
+    n = len(diffs)
+    if n < 2:
+        raise InputError(f"paired test needs at least 2 complete pairs (got {n})")
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    if sd == 0.0:
+        # Identical differences: no spread to test against; exact when all are zero.
+        return PairedTTest(
+            0.0 if mean == 0 else math.copysign(math.inf, mean), 1.0 if mean == 0 else 0.0, n, mean
+        )
+    t = mean / (sd / math.sqrt(n))
+    p = _incomplete_beta((n - 1) / 2, 0.5, (n - 1) / ((n - 1) + t * t))
+    return PairedTTest(t, min(1.0, p), n, mean)
+
+
+def student_t_cdf(t: float, dof: float) -> float:
+    """P(T <= t) for Student's t with ``dof`` degrees of freedom."""
+    if dof <= 0:
+        raise InputError(f"dof={dof}: degrees of freedom must be > 0")
+    tail = 0.5 * _incomplete_beta(dof / 2, 0.5, dof / (dof + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def student_t_quantile(p: float, dof: float) -> float:
+    """The t with ``student_t_cdf(t, dof) == p``, by bisection (to 1e-12 relative)."""
+    if not 0.0 < p < 1.0:
+        raise InputError(f"p={p}: a quantile needs 0 < p < 1")
+    if p < 0.5:
+        return -student_t_quantile(1.0 - p, dof)
+    low, high = 0.0, 1.0
+    while student_t_cdf(high, dof) < p:
+        low, high = high, 2.0 * high
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if student_t_cdf(middle, dof) < p:
+            low = middle
+        else:
+            high = middle
+        if high - low <= 1e-12 * high:
+            break
+    return 0.5 * (low + high)
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b) (Numerical Recipes' betai)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    # The continued fraction converges fast for x < (a+1)/(a+b+2); use symmetry otherwise.
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    # Modified Lentz evaluation of the continued fraction for I_x(a, b).
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 500):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return result
