@@ -1,0 +1,42 @@
+"""``ulora serve``: a Tinker-compatible HTTP server on 127.0.0.1, backed by local engines.
+
+The unmodified ``tinker`` SDK trains, saves, restores and samples against it offline::
+
+    from ulora_remote.backends.server import ServerConfig, serve_in_thread
+
+    server = serve_in_thread(ServerConfig(port=0, checkpoint_dir=tmp_path))
+    client = tinker.ServiceClient(base_url=server.base_url, api_key="tml-local")
+    ...
+    server.counters.get(model_id).optim_step   # executed optimizer steps of one model
+    server.stop()
+
+Needs the 'server' extra (tinker, starlette, uvicorn, zstandard) and, for the default engine,
+the 'local' extra. Importing this package imports tinker and starlette, never torch.
+"""
+
+import importlib.util as _util
+
+from ulora_remote.errors import MissingExtraError as _MissingExtraError
+
+for _module in ("tinker", "starlette", "uvicorn", "zstandard"):
+    if _util.find_spec(_module) is None:
+        raise _MissingExtraError("server", _module)
+
+from ulora_remote.backends.server.config import FAULT_KINDS, FaultConfig, ServerConfig
+from ulora_remote.backends.server.counters import Counters, ModelCounts
+from ulora_remote.backends.server.engine import Engine, EngineSpec, local_engine_factory
+from ulora_remote.backends.server.runner import RunningServer, serve_forever, serve_in_thread
+
+__all__ = [
+    "FAULT_KINDS",
+    "Counters",
+    "Engine",
+    "EngineSpec",
+    "FaultConfig",
+    "ModelCounts",
+    "RunningServer",
+    "ServerConfig",
+    "local_engine_factory",
+    "serve_forever",
+    "serve_in_thread",
+]

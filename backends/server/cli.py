@@ -1,0 +1,88 @@
+"""``ulora serve``: arguments and entry point (``ulora_remote/cli.py`` dispatches here).
+
+Example::
+
+    ulora serve --port 8000 --base-model small --checkpoint-dir ./ckpt
+    ulora serve --cycle-s 0.5 --fault-rate 0.1 --fault-seed 7     # a storm for tests
+
+The API key defaults to ``$ULORA_SERVE_API_KEY`` so that it need not appear in the process list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["add_serve_arguments", "serve_main"]
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``ulora serve`` to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
+    parser.add_argument(
+        "--base-model", default="small", help="small, medium, or a local model directory"
+    )
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, default=Path("ulora-serve-checkpoints"),
+        help="where checkpoints are written (default: ./ulora-serve-checkpoints)",
+    )
+    parser.add_argument(
+        "--api-key", default=None,
+        help="require this key in X-API-Key (default: $ULORA_SERVE_API_KEY, else no check)",
+    )
+    parser.add_argument("--cycle-s", type=float, default=0.0, help="simulated clock cycle (s)")
+    parser.add_argument("--latency-s", type=float, default=0.0, help="added latency per answer")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="fraction of faulty requests")
+    parser.add_argument(
+        "--fault-kinds", default="429,500,408,410,drop", help="comma-separated fault kinds"
+    )
+    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault injector")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per engine")
+    parser.add_argument(
+        "--pyqwest", action="store_true", help="let clients use the SDK's pyqwest transport"
+    )
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """Run ``ulora serve`` with parsed ``args`` until interrupted; return the exit code."""
+    from ulora_remote.errors import UloraError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from ulora_remote.backends.server import FaultConfig, ServerConfig, serve_forever
+
+        kinds = tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip())
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            base_model=args.base_model,
+            checkpoint_dir=args.checkpoint_dir,
+            api_key=args.api_key or os.environ.get("ULORA_SERVE_API_KEY") or None,
+            cycle_s=args.cycle_s,
+            latency_s=args.latency_s,
+            faults=FaultConfig(rate=args.fault_rate, kinds=kinds, seed=args.fault_seed),  # type: ignore[arg-type]
+            threads=args.threads,
+            use_pyqwest=args.pyqwest,
+        )
+        serve_forever(config)
+    except KeyboardInterrupt:
+        return 0
+    except (UloraError, OSError) as exc:
+        print(f"ulora serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point: ``python -m ulora_remote.backends.server.cli``."""
+    parser = argparse.ArgumentParser(prog="ulora serve", description=__doc__.splitlines()[0])
+    add_serve_arguments(parser)
+    return serve_main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""Configuration of ``ulora serve`` and its seeded fault injector.
+
+The knobs exist for tests and benchmarks: a simulated clock cycle (training work waits for the
+next cycle boundary, as on the hosted service), an added latency per HTTP answer, and faults
+injected by rate and kind. Faults on a *submit* are decided before the request is enqueued, so
+the SDK's retry of that submit is safe; a ``410`` is only ever injected on a training future and
+means the model's state is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from ulora_remote.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ulora_remote.backends.server.engine import Engine, EngineSpec
+
+__all__ = [
+    "FAULT_KINDS",
+    "FaultConfig",
+    "FaultInjector",
+    "FaultKind",
+    "ServerConfig",
+    "is_loopback",
+]
+
+FaultKind = Literal["429", "500", "408", "410", "drop"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("429", "500", "408", "410", "drop")
+
+# 410 means "this model's state is lost": only a training future may get it (a submit gets the
+# other kinds, which the SDK retries without re-executing anything).
+SUBMIT_KINDS: frozenset[str] = frozenset({"429", "500", "408", "drop"})
+FUTURE_KINDS: frozenset[str] = frozenset(FAULT_KINDS)
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Which faults to inject, how often, and under which seed.
+
+    Args:
+        rate: probability in [0, 1] that an eligible request gets a fault.
+        kinds: the kinds to draw from (uniformly, among those eligible for the request).
+        seed: the same seed and the same request sequence give the same faults.
+    """
+
+    rate: float = 0.0
+    kinds: tuple[FaultKind, ...] = FAULT_KINDS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ConfigurationError(f"fault rate={self.rate!r} must be in [0, 1]")
+        unknown = [k for k in self.kinds if k not in FAULT_KINDS]
+        if unknown:
+            raise ConfigurationError(
+                f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}"
+            )
+
+
+class FaultInjector:
+    """Decides, per request, whether to inject a fault (thread-safe, deterministic).
+
+    A decision depends on the seed, the endpoint, the request body and how many identical
+    requests came before (so a retried request draws again and eventually gets through), never
+    on wall-clock time or on unrelated traffic such as heartbeats.
+    """
+
+    def __init__(self, config: FaultConfig) -> None:
+        self._config = config
+        self._attempts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.injected: dict[str, int] = {}
+
+    def decide(self, path: str, body: bytes, *, on_future: bool) -> str | None:
+        """Return the fault kind to inject for this request, or None.
+
+        Args:
+            path: the request path (part of the key, so endpoints draw independently).
+            body: the raw request body.
+            on_future: True for ``retrieve_future`` of a training request (410 allowed).
+        """
+        cfg = self._config
+        allowed = FUTURE_KINDS if on_future else SUBMIT_KINDS
+        kinds = [k for k in cfg.kinds if k in allowed]
+        if cfg.rate <= 0.0 or not kinds:
+            return None
+        digest = hashlib.sha256(body).hexdigest()
+        with self._lock:
+            if len(self._attempts) > 200_000:  # bounded memory on long benchmark runs
+                self._attempts.clear()
+            key = f"{path}|{digest}"
+            attempt = self._attempts.get(key, 0)
+            self._attempts[key] = attempt + 1
+        draw = hashlib.sha256(f"{cfg.seed}|{key}|{attempt}".encode()).digest()
+        if int.from_bytes(draw[:8], "big") / 2**64 >= cfg.rate:
+            return None
+        kind = kinds[draw[8] % len(kinds)]
+        with self._lock:
+            self.injected[kind] = self.injected.get(kind, 0) + 1
+        return kind
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` names only the local machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``ulora serve`` needs; validated at construction.
+
+    Args:
+        host: interface to bind; loopback unless said otherwise (a warning is logged).
+        port: TCP port; 0 picks a free one.
+        base_model: "small", "medium" or a local Hugging Face model directory.
+        checkpoint_dir: where checkpoints and the checkpoint index live.
+        api_key: when set, every request must carry it in ``X-API-Key``.
+        cycle_s: simulated clock cycle; 0 runs work as soon as it is ready.
+        latency_s: added to every HTTP answer (simulated network latency).
+        faults: the fault injector's configuration.
+        long_poll_s: how long ``retrieve_future`` holds a request before answering 408.
+        max_body_bytes: larger request bodies get 413.
+        lora_alpha: LoRA alpha of every model (the SDK does not send one).
+        threads: torch threads per engine (None: the engine's default).
+        use_pyqwest: tell clients to use the SDK's pyqwest transport (off: plain httpx, which
+            respx and proxies can see).
+        engine_factory: builds an engine; None uses the local backend (the default).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    base_model: str = "small"
+    checkpoint_dir: Path = Path("ulora-serve-checkpoints")
+    api_key: str | None = None
+    cycle_s: float = 0.0
+    latency_s: float = 0.0
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    long_poll_s: float = 10.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    lora_alpha: float = 16.0
+    threads: int | None = None
+    use_pyqwest: bool = False
+    engine_factory: Callable[[EngineSpec], Engine] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigurationError(f"port={self.port} must be in [0, 65535]")
+        for name in ("cycle_s", "latency_s"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{name}={getattr(self, name)!r} must be ≥ 0")
+        if self.long_poll_s <= 0 or self.long_poll_s > 40:
+            # The SDK's client-side timeout for one poll is 45 s.
+            raise ConfigurationError(f"long_poll_s={self.long_poll_s!r} must be in (0, 40]")
+        if self.max_body_bytes < 1024:
+            raise ConfigurationError(f"max_body_bytes={self.max_body_bytes} is too small")
+        if self.api_key is not None and not self.api_key:
+            raise ConfigurationError("api_key is empty; omit it to serve without a key")
+        object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))

@@ -1,0 +1,122 @@
+"""What the server needs from a training engine, and the default engine: the local backend.
+
+One engine holds one LoRA adapter (with its optimizer) on the served base model. The server
+creates one per training model and one per sampling session, and calls every engine from a
+single worker thread, so engines need not be thread-safe.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ulora_remote.backend import AdamParams, Datum, Future, OptimStepResult
+from ulora_remote.errors import CheckpointError, MissingExtraError
+
+__all__ = [
+    "DatumsResultLike",
+    "Engine",
+    "EngineSpec",
+    "load_engine_state",
+    "local_engine_factory",
+]
+
+
+class DatumsResultLike(Protocol):
+    """Per-datum results of a token-level forward (and backward)."""
+
+    nll_sums: Sequence[float]
+    weight_sums: Sequence[float]
+    logprobs: Sequence[Sequence[float]]
+
+
+class Engine(Protocol):
+    """The token-level surface of ``LocalBackend`` that the server uses."""
+
+    base_model_name: str
+    tokenizer_dir: str
+    rank: int
+    eos_token_id: int | None
+
+    def forward_backward_datums(self, datums: Sequence[Datum]) -> Future[Any]: ...
+
+    def forward_datums(self, datums: Sequence[Datum]) -> Future[Any]: ...
+
+    def optim_step(self, params: AdamParams) -> Future[OptimStepResult]: ...
+
+    def save_state(self, name: str) -> str: ...
+
+    def load_state(self, path: str) -> None: ...
+
+    def sample_tokens(
+        self,
+        prompt_tokens: Sequence[int],
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop_tokens: Sequence[int] = (),
+        seed: int | None = None,
+    ) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How to build one engine.
+
+    Args:
+        base_model: "small", "medium" or a local model directory.
+        rank: LoRA rank.
+        seed: initialisation seed of the adapter.
+        checkpoint_dir: the directory this engine saves into (created by the server).
+        lora_alpha: LoRA alpha.
+        threads: torch threads, or None for the engine's default.
+    """
+
+    base_model: str
+    rank: int
+    seed: int
+    checkpoint_dir: Path
+    lora_alpha: float = 16.0
+    threads: int | None = None
+
+
+def local_engine_factory(spec: EngineSpec) -> Engine:
+    """Build a ``LocalBackend`` from ``spec`` (the server's default engine).
+
+    Raises:
+        MissingExtraError: the 'local' extra (torch, transformers, peft) is not installed.
+    """
+    try:
+        from ulora_remote.backends.local import LocalBackend
+    except ImportError as exc:  # the local backend imports torch at module level
+        raise MissingExtraError("local", "torch") from exc
+    engine: Engine = LocalBackend(
+        spec.base_model,
+        rank=spec.rank,
+        lora_alpha=spec.lora_alpha,
+        seed=spec.seed,
+        threads=spec.threads,
+        checkpoint_dir=spec.checkpoint_dir,
+    )
+    return engine
+
+
+def load_engine_state(engine: Engine, path: str, *, optimizer: bool) -> None:
+    """Restore ``path`` into ``engine``: weights and optimizer, or weights only.
+
+    Raises:
+        CheckpointError: a weights-only load was asked of an engine that cannot skip the
+            optimizer state (rather than silently restoring it).
+    """
+    if optimizer:
+        engine.load_state(path)
+        return
+    params = inspect.signature(engine.load_state).parameters
+    if "optimizer" not in params:
+        raise CheckpointError(
+            "this engine cannot load weights without the optimizer state; use "
+            "create_training_client_from_state_with_optimizer"
+        )
+    engine.load_state(path, optimizer=False)  # type: ignore[call-arg]

@@ -1,0 +1,138 @@
+"""Run the server: in a background thread (tests, benchmarks) or in the foreground (CLI).
+
+``serve_in_thread(config)`` builds the service (loading the served model once, so a bad
+``base_model`` fails right here), binds the socket (port 0 picks a free one) and returns a
+``RunningServer`` with ``base_url``, ``counters`` and ``stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import uvicorn
+
+from ulora_remote.backends.server.app import build_app
+from ulora_remote.backends.server.config import FaultInjector, ServerConfig, is_loopback
+from ulora_remote.backends.server.counters import Counters
+from ulora_remote.backends.server.scheduler import Scheduler
+from ulora_remote.backends.server.service import Service
+from ulora_remote.errors import BackendError
+
+__all__ = ["RunningServer", "serve_forever", "serve_in_thread"]
+
+logger = logging.getLogger(__name__)
+
+_DROP_MESSAGE = "ASGI callable returned without completing response"
+
+
+class _HideInjectedDrops(logging.Filter):
+    """Injected dropped connections are deliberate; keep them out of the error log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_DROP_MESSAGE)
+
+
+@dataclass
+class RunningServer:
+    """A server running in a background thread.
+
+    Attributes:
+        base_url: e.g. ``http://127.0.0.1:54321``; pass it to ``tinker.ServiceClient``.
+        counters: executed forward_backward / optim_step / forward per model (live view).
+        faults: the fault injector (``faults.injected`` counts injected faults by kind).
+        service: the server's state, for tests that look inside.
+    """
+
+    base_url: str
+    counters: Counters
+    faults: FaultInjector
+    service: Service
+    _server: uvicorn.Server
+    _thread: threading.Thread
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop serving and wait for the thread to end (idempotent)."""
+        self._server.should_exit = True
+        self._thread.join(timeout_s)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _prepare(config: ServerConfig) -> tuple[Service, FaultInjector, uvicorn.Server, socket.socket]:
+    if not is_loopback(config.host):
+        logger.warning(
+            "ulora serve is listening on %s, reachable from other machines; set an API key "
+            "(--api-key) and bind to 127.0.0.1 unless you mean it",
+            config.host,
+        )
+    scheduler = Scheduler(config.cycle_s)
+    service = Service(config, scheduler)
+    service.probe()  # load the served model now: a bad base_model fails before binding
+    faults = FaultInjector(config.faults)
+    sock = _bind(config.host, config.port)
+    app = build_app(service, config, faults)
+    uv_config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
+    logging.getLogger("uvicorn.error").addFilter(_HideInjectedDrops())
+    return service, faults, uvicorn.Server(uv_config), sock
+
+
+async def _serve(server: uvicorn.Server, scheduler: Scheduler, sock: socket.socket) -> None:
+    scheduler.start()
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await scheduler.stop()
+
+
+def serve_in_thread(config: ServerConfig, *, start_timeout_s: float = 30.0) -> RunningServer:
+    """Start a server in a daemon thread and return once it accepts connections.
+
+    Raises:
+        MissingExtraError: the engine's extra is not installed.
+        BackendError: the server did not start within ``start_timeout_s``.
+    """
+    service, faults, server, sock = _prepare(config)
+    host, port = sock.getsockname()[:2]
+    thread = threading.Thread(
+        target=lambda: asyncio.run(_serve(server, service.scheduler, sock)),
+        name=f"ulora-serve-{port}",
+        daemon=True,
+    )
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise BackendError(f"ulora serve did not start on {host}:{port}")
+        time.sleep(0.02)
+    url_host = f"[{host}]" if ":" in host else host
+    return RunningServer(f"http://{url_host}:{port}", service.counters, faults, service, server, thread)
+
+
+def serve_forever(config: ServerConfig) -> None:
+    """Serve in the foreground until interrupted (Ctrl-C)."""
+    service, _, server, sock = _prepare(config)
+    host, port = sock.getsockname()[:2]
+    print(
+        f"ulora serve: {service.base_model_name!r} on http://{host}:{port} "
+        f"(checkpoints in {service.index.root})",
+        flush=True,
+    )
+    asyncio.run(_serve(server, service.scheduler, sock))

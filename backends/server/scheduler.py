@@ -1,0 +1,222 @@
+"""Futures, per-model ``seq_id`` ordering and the simulated clock cycle.
+
+Every submit becomes a job with a request id. Jobs of a training model run strictly in
+``seq_id`` order (a chunked batch may arrive first chunk last; a gap waits); other jobs
+(model creation, sampling) run in arrival order. With a clock cycle, work waits for the next
+cycle boundary and one cycle runs all the work that is ready then; work that arrives during a
+cycle waits for the next one, which is what makes pipelining pay off on the hosted service.
+
+All jobs run on one worker thread, so engines are never called concurrently; the scheduler's
+own state lives on the event loop and is touched only there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ulora_remote.errors import BackendError, InputError
+
+__all__ = ["FutureRecord", "JobError", "ModelGone", "Outcome", "Scheduler"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_DONE_FUTURES = 10_000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished job's answer: protobuf bytes or a JSON object."""
+
+    body: bytes | dict[str, Any]
+
+    @property
+    def is_proto(self) -> bool:
+        return isinstance(self.body, bytes)
+
+
+class JobError(BackendError):
+    """A job failed in a way the caller caused (category ``user``)."""
+
+
+class ModelGone(InputError):
+    """A request names a model that does not exist (404) or whose state was lost (410)."""
+
+    def __init__(self, message: str, *, lost: bool) -> None:
+        super().__init__(message)
+        self.lost = lost
+
+
+@dataclass
+class FutureRecord:
+    """The server side of one future."""
+
+    request_id: str
+    model_id: str | None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    outcome: Outcome | None = None
+    error: tuple[str, str] | None = None  # (message, category)
+
+
+@dataclass
+class _Job:
+    record: FutureRecord
+    run: Callable[[], Outcome]
+
+
+@dataclass
+class _ModelQueue:
+    next_seq: int = 1
+    last_assigned: int = 0
+    pending: dict[int, _Job] = field(default_factory=dict)
+    by_seq: dict[int, str] = field(default_factory=dict)
+    lost: bool = False
+
+
+class Scheduler:
+    """Queues jobs, runs them on one worker thread, and keeps their results for polling."""
+
+    def __init__(self, cycle_s: float = 0.0) -> None:
+        self.cycle_s = cycle_s
+        self._queues: dict[str, _ModelQueue] = {}
+        self._unordered: list[_Job] = []
+        self._futures: OrderedDict[str, FutureRecord] = OrderedDict()
+        self._counter = 0
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ulora-serve")
+        self._t0 = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the dispatch loop (call on the server's event loop)."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def open_model(self, model_id: str) -> None:
+        """Register a model whose ordered requests start at ``seq_id`` 1."""
+        self._queues.setdefault(model_id, _ModelQueue())
+
+    def has_model(self, model_id: str) -> bool:
+        return model_id in self._queues
+
+    def _new_record(self, model_id: str | None) -> FutureRecord:
+        self._counter += 1
+        record = FutureRecord(f"req-{self._counter}", model_id)
+        self._futures[record.request_id] = record
+        return record
+
+    def submit(self, run: Callable[[], Outcome]) -> str:
+        """Queue a job that is not ordered by a model's ``seq_id``; return its request id."""
+        record = self._new_record(None)
+        self._unordered.append(_Job(record, run))
+        self._wake.set()
+        return record.request_id
+
+    def submit_ordered(self, model_id: str, seq_id: int | None, run: Callable[[], Outcome]) -> str:
+        """Queue a model's job at ``seq_id``; a repeated ``seq_id`` returns the first request id
+        (so a submit retried after its first try was enqueued never runs twice).
+
+        Raises:
+            ModelGone: unknown model (404) or lost state (410).
+            InputError: ``seq_id`` already passed with no request recorded for it.
+        """
+        queue = self._queues.get(model_id)
+        if queue is None:
+            raise ModelGone(f"model {model_id!r} does not exist on this server", lost=False)
+        if queue.lost:
+            raise ModelGone(
+                f"model {model_id!r} lost its state; create a training client from the last "
+                "checkpoint",
+                lost=True,
+            )
+        seq = seq_id if seq_id is not None else queue.last_assigned + 1
+        if seq in queue.by_seq:
+            return queue.by_seq[seq]
+        if seq < queue.next_seq:
+            raise InputError(f"seq_id {seq} of {model_id} is already past (next is {queue.next_seq})")
+        record = self._new_record(model_id)
+        queue.pending[seq] = _Job(record, run)
+        queue.by_seq[seq] = record.request_id
+        queue.last_assigned = max(queue.last_assigned, seq)
+        self._wake.set()
+        return record.request_id
+
+    def get(self, request_id: str) -> FutureRecord | None:
+        return self._futures.get(request_id)
+
+    async def wait(self, record: FutureRecord, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for ``record``; True when it is done."""
+        try:
+            await asyncio.wait_for(record.done.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def mark_lost(self, model_id: str) -> None:
+        """Declare a model's state lost: its queued jobs fail and later submits get 410."""
+        queue = self._queues.get(model_id)
+        if queue is None or queue.lost:
+            return
+        queue.lost = True
+        for job in queue.pending.values():
+            self._finish(job.record, None, ("model state lost (410); rebuild from a checkpoint", "server"))
+        queue.pending.clear()
+
+    def is_lost(self, model_id: str) -> bool:
+        queue = self._queues.get(model_id)
+        return queue is not None and queue.lost
+
+    def _finish(
+        self, record: FutureRecord, outcome: Outcome | None, error: tuple[str, str] | None
+    ) -> None:
+        record.outcome, record.error = outcome, error
+        record.done.set()
+        if len(self._futures) > _MAX_DONE_FUTURES:
+            for rid in [r for r, rec in self._futures.items() if rec.done.is_set()][:1000]:
+                del self._futures[rid]
+
+    def _collect(self) -> list[_Job]:
+        jobs, self._unordered = self._unordered, []
+        for queue in self._queues.values():
+            while not queue.lost and queue.next_seq in queue.pending:
+                jobs.append(queue.pending.pop(queue.next_seq))
+                queue.next_seq += 1
+        return jobs
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.cycle_s > 0:
+                elapsed = time.monotonic() - self._t0
+                boundary = (math.floor(elapsed / self.cycle_s) + 1) * self.cycle_s
+                await asyncio.sleep(boundary - elapsed)
+            for job in self._collect():
+                if job.record.model_id is not None and self.is_lost(job.record.model_id):
+                    self._finish(job.record, None, ("model state lost (410)", "server"))
+                    continue
+                await self._execute(loop, job)
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
+        try:
+            outcome = await loop.run_in_executor(self._executor, job.run)
+        except (InputError, JobError, BackendError) as exc:
+            self._finish(job.record, None, (str(exc), "user"))
+        except Exception as exc:  # a bug or engine crash must not stop the dispatch loop
+            logger.exception("job %s failed", job.record.request_id)
+            self._finish(job.record, None, (f"{type(exc).__name__}: {exc}", "server"))
+        else:
+            self._finish(job.record, outcome, None)
