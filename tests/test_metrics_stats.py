@@ -8,6 +8,7 @@ import pytest
 
 from ulora_remote.errors import InputError
 from ulora_remote.metrics import (
+    mean_ci,
     paired_t_test,
     student_t_cdf,
     student_t_quantile,
@@ -56,6 +57,8 @@ def test_summarize_edge_cases() -> None:
     assert all(math.isnan(x) for x in summarize([]))
     assert summarize([2.0, math.nan, 4.0])[0] == 3.0  # NaN entries are left out
     assert summarize([5.0, 5.0, 5.0]) == (5.0, 5.0, 5.0)
+    named = mean_ci([1.0, 3.0])
+    assert (named.mean, named.low, named.high) == tuple(summarize([1.0, 3.0]))
 
 
 def test_paired_t_test_by_hand() -> None:

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 from ulora_remote.errors import InputError
 
 __all__ = [
+    "MeanInterval",
     "PairedTTest",
     "RecoveryParams",
     "RunMetrics",
@@ -47,6 +48,7 @@ __all__ = [
     "recovery_metrics_from_frame",
     "student_t_cdf",
     "student_t_quantile",
+    "mean_ci",
     "summarize",
     "window_metrics",
 ]
@@ -279,25 +281,37 @@ class PairedTTest(NamedTuple):
     mean_difference: float
 
 
-def summarize(values: Iterable[float]) -> tuple[float, float, float]:
+class MeanInterval(NamedTuple):
+    """A mean with its 95% confidence interval; unpacks as ``mean, lo, hi``."""
+
+    mean: float
+    low: float
+    high: float
+
+
+def summarize(values: Iterable[float]) -> MeanInterval:
     """Mean and 95% confidence interval (Student t, n − 1 degrees of freedom).
 
     NaN entries (a metric undefined for that run, e.g. the overshoot of a censored recovery)
     are left out; count them yourself if the table should say so.
 
     Returns:
-        ``(mean, lo, hi)``; with one value the bounds are NaN, with none all three are.
+        ``(mean, lo, hi)`` as a ``MeanInterval``; with one value the bounds are NaN, with none
+        all three are.
     """
     items = [float(v) for v in values if not math.isnan(float(v))]
     n = len(items)
     if n == 0:
-        return NAN, NAN, NAN
+        return MeanInterval(NAN, NAN, NAN)
     mean = sum(items) / n
     if n == 1:
-        return mean, NAN, NAN
+        return MeanInterval(mean, NAN, NAN)
     sd = math.sqrt(sum((x - mean) ** 2 for x in items) / (n - 1))
     half = student_t_quantile(0.975, n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
+    return MeanInterval(mean, mean - half, mean + half)
+
+
+mean_ci = summarize  # the name ulora_remote.compare uses
 
 
 def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTTest:
