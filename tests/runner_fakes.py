@@ -72,7 +72,9 @@ class FakeBackend:
             raise CheckpointError(f"no checkpoint {ref}")
         (self.w,), self.grad = self.saved[name], 0.0
 
-    def sample(self, prompts: Sequence[str], max_tokens: int, temperature: float = 0.0) -> list[str]:
+    def sample(
+        self, prompts: Sequence[str], max_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
         # Right answer for the first half of the prompts once w is small.
         return [f" {p}ay " if i % 2 == 0 and self.w < 1.0 else "x" for i, p in enumerate(prompts)]
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from ulora_remote.backend import AdamParams, Example, Future, TrainingBackend
+from ulora_remote.console import Console
 from ulora_remote.controller import UnifiedController
 from ulora_remote.errors import BackendError, CheckpointError, StateLostError
 from ulora_remote.rundir import CsvAppender, RunDir
-from ulora_remote.console import Console
 
 __all__ = ["BatchSource", "RunSettings", "Runner"]
 
@@ -243,7 +243,8 @@ class Runner:
         examples = list(self.source.eval_examples())
         result = self.backend.forward(examples).result(self.s.result_timeout_s)
         outputs = self.backend.sample([e.prompt for e in examples], self.s.eval_max_tokens)
-        hits = sum(o.strip() == e.completion.strip() for o, e in zip(outputs, examples, strict=True))
+        pairs = zip(outputs, examples, strict=True)
+        hits = sum(o.strip() == e.completion.strip() for o, e in pairs)
         row = {"step": k, "eval_loss": float(result.mean_loss),
                "exact_match": hits / len(examples) if examples else math.nan}
         assert self._evals_csv is not None

@@ -1,0 +1,182 @@
+"""The Python API for script-driven runs: run a scenario, get its tables back as DataFrames.
+
+A researcher's script::
+
+    from ulora_remote import run_scenario
+
+    result = run_scenario("pig-latin-shock", overrides=["steps=300", "shocks.windows=[[100,150]]"])
+    print(result.summary["final"])
+    print(result.steps[["step", "loss", "phi", "mode_name", "lr"]].tail())
+
+``run_scenario`` writes the same run directory as ``ulora run`` and returns a ``RunResult``;
+``load_run`` reads one back.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+
+from ulora_remote.backend import TrainingBackend
+from ulora_remote.builders import (
+    build_backend,
+    build_controller,
+    build_settings,
+    build_source,
+    effective_lag,
+    method_label,
+)
+from ulora_remote.errors import ConfigurationError
+from ulora_remote.rundir import RunDir
+from ulora_remote.runner import Runner
+from ulora_remote.summary import write_report
+
+__all__ = ["RunResult", "default_run_dir", "load_run", "resume_run", "run_scenario"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A run's tables and summary.
+
+    ``steps``: one row a step (steps.csv); ``evals``: one row an evaluation (evals.csv);
+    ``summary``: summary.json as a dict (None while the run is unfinished); ``config``:
+    config.json; ``run_dir``: where the files are.
+    """
+
+    run_dir: Path
+    steps: pd.DataFrame
+    evals: pd.DataFrame
+    summary: dict[str, Any] | None
+    config: dict[str, Any]
+
+
+def load_run(run_dir: str | Path) -> RunResult:
+    """Read a run directory written by ``ulora run`` or ``run_scenario``.
+
+    Raises:
+        ConfigurationError: the directory holds no run (no config.json).
+    """
+    rd = RunDir(run_dir)
+    config = rd.read_config()
+    steps = pd.read_csv(rd.steps_path) if rd.steps_path.exists() else pd.DataFrame()
+    evals = pd.read_csv(rd.evals_path) if rd.evals_path.exists() else pd.DataFrame()
+    return RunResult(rd.path, steps, evals, rd.read_summary(), config)
+
+
+def default_run_dir(scenario: Any, root: str | Path = "runs") -> Path:
+    """``runs/<scenario>-<method>-s<seed>-<UTC time>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return Path(root) / f"{scenario.name}-{method_label(scenario)}-s{scenario.seed}-{stamp}"
+
+
+def run_scenario(
+    scenario: Any,
+    *,
+    backend: TrainingBackend | None = None,
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    force: bool = False,
+    log_every: int = 25,
+    console: TextIO | None = None,
+) -> RunResult:
+    """Run a scenario from step 0 and write its run directory.
+
+    Args:
+        scenario: a ``Scenario``, a shipped scenario's name, or a path to a TOML file.
+        backend: a ready backend; by default the scenario's own (built lazily). Closed at the end.
+        out: the run directory; default ``runs/<scenario>-<method>-s<seed>-<time>``.
+        overrides: ``key=value`` strings applied before validation (a name or path only).
+        force: overwrite a directory that already holds a run.
+        log_every: console line cadence in steps (plus every mode switch).
+        console: where log lines go (stdout by default).
+
+    Returns:
+        The finished run's tables and summary.
+
+    Raises:
+        ConfigurationError: an invalid scenario, or ``out`` already holds a run and not
+            ``force`` (the message says which flag to use).
+        BackendError: the backend failed.
+    """
+    scenario = _resolve(scenario, overrides)
+    rd = RunDir(out if out is not None else default_run_dir(scenario))
+    rd.prepare_new(force=force)
+    rd.write_config(_config_record(scenario))
+    return _execute(scenario, rd, backend, resume=False, log_every=log_every, console=console)
+
+
+def resume_run(
+    run_dir: str | Path,
+    *,
+    backend: TrainingBackend | None = None,
+    log_every: int = 25,
+    console: TextIO | None = None,
+) -> RunResult:
+    """Continue an interrupted run from its last checkpoint (see ``ulora_remote.runner``).
+
+    Raises:
+        ConfigurationError: not a run directory, or the run already finished.
+    """
+    from ulora_remote.scenarios import Scenario
+
+    rd = RunDir(run_dir)
+    config = rd.read_config()
+    if rd.finished:
+        raise ConfigurationError(
+            f"{rd.path} holds a finished run; nothing to resume (use `ulora report {rd.path}` "
+            "to redraw it, or `ulora run --force --out ...` to run it again)"
+        )
+    scenario = Scenario.model_validate(config["scenario"])
+    return _execute(scenario, rd, backend, resume=True, log_every=log_every, console=console)
+
+
+def _resolve(scenario: Any, overrides: Sequence[str]) -> Any:
+    from ulora_remote.scenarios import load_scenario
+
+    if isinstance(scenario, str | Path):
+        return load_scenario(scenario, overrides)
+    if overrides:
+        raise ConfigurationError(
+            "overrides apply to a scenario name or path; for a Scenario object use "
+            "scenario.model_copy(update=...) or load_scenario(path, overrides)"
+        )
+    return scenario
+
+
+def _execute(scenario: Any, rd: RunDir, backend: TrainingBackend | None, *, resume: bool,
+             log_every: int, console: TextIO | None) -> RunResult:
+    settings = build_settings(scenario, rd.path.name, log_every=log_every)
+    controller = build_controller(scenario)
+    source = build_source(scenario)
+    backend = backend if backend is not None else build_backend(scenario, rd.checkpoint_dir)
+    Runner(backend, controller, source, settings, rd, out=console).run(resume=resume)
+    write_report(rd)
+    return load_run(rd.path)
+
+
+def _config_record(scenario: Any) -> dict[str, Any]:
+    return {
+        "scenario": scenario.model_dump(mode="json"),
+        "lag": effective_lag(scenario),
+        "warmup_steps": scenario.warmup_steps,
+        "warmup_lr": scenario.warmup_lr,
+        "method": method_label(scenario),
+        "versions": _versions(),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for dist in ("ulora-remote", "torch", "transformers", "peft", "tinker"):
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found

@@ -1,0 +1,123 @@
+"""summary.json and plot.png of a run, computed from the run directory's own files.
+
+The recovery metrics come from ``ulora_remote.metrics`` (DESIGN.md §7) on evals.csv; the rest
+(switches, time per mode, wall time) from steps.csv. ``write_report`` is what the end of a run
+and ``ulora report`` call, so both give the same files.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import pandas as pd
+
+from ulora_remote.controller import MODE_NAMES
+from ulora_remote.errors import MissingExtraError
+from ulora_remote.metrics import recovery_metrics_from_frame
+from ulora_remote.rundir import RunDir
+
+__all__ = ["FINAL_METRICS", "METRIC_NAMES", "build_summary", "run_metrics_rows", "write_report"]
+
+#: Per-window metrics that go into the compare table, in table order.
+METRIC_NAMES: tuple[str, ...] = (
+    "peak_damage", "time_to_recover_steps", "overshoot", "excess_area", "forgetting",
+    "final_eval_loss", "final_exact_match",
+)
+FINAL_METRICS: tuple[str, ...] = ("final_eval_loss", "final_exact_match")
+
+
+def build_summary(rd: RunDir) -> dict[str, Any]:
+    """The summary of the run in ``rd`` from config.json, steps.csv and evals.csv.
+
+    Raises:
+        ConfigurationError: ``rd`` holds no run.
+    """
+    config = rd.read_config()
+    scenario = config["scenario"]
+    steps = pd.read_csv(rd.steps_path) if rd.steps_path.exists() else pd.DataFrame()
+    evals = pd.read_csv(rd.evals_path) if rd.evals_path.exists() else pd.DataFrame()
+    windows = _windows(scenario)
+    summary: dict[str, Any] = {
+        "scenario": scenario["name"],
+        "method": config.get("method", scenario["controller"]["method"]),
+        "seed": scenario["seed"],
+        "lag": config.get("lag"),
+        "warmup_steps": scenario.get("warmup_steps", 0),
+        "steps": int(len(steps)),
+        "finished": int(len(steps)) == int(scenario["steps"]),
+        "wall_s": float(steps["wall_s"].iloc[-1]) if len(steps) else math.nan,
+        "switches": int(steps["switched"].sum()) if len(steps) else 0,
+        "steps_per_mode": _steps_per_mode(steps),
+        "final_train_loss_last25": float(steps["loss"].tail(25).mean()) if len(steps) else math.nan,
+    }
+    if len(evals):
+        metrics = recovery_metrics_from_frame(evals, windows, run_end=int(scenario["steps"]))
+        summary.update(metrics.to_dict())
+    else:
+        summary.update({"windows": [], "final": {}})
+    return summary
+
+
+def write_report(rd: RunDir, *, out: Any = None) -> dict[str, Any]:
+    """Write summary.json (finished runs only, since it marks a run finished) and plot.png.
+
+    A missing ``plot`` extra is reported on ``out`` (stderr by default) and skips the picture.
+
+    Returns:
+        The summary.
+    """
+    summary = build_summary(rd)
+    if summary["finished"]:
+        rd.write_summary(summary)
+    try:
+        _plot(rd)
+    except MissingExtraError as exc:
+        print(f"ulora: no plot: {exc}", file=out or sys.stderr)
+    return summary
+
+
+def _plot(rd: RunDir) -> None:
+    from ulora_remote.controller import ControllerConfig
+    from ulora_remote.plotting import plot_run
+
+    config = rd.read_config()
+    scenario = config["scenario"]
+    steps = pd.read_csv(rd.steps_path)
+    evals = pd.read_csv(rd.evals_path) if rd.evals_path.exists() else pd.DataFrame()
+    controller = scenario["controller"]
+    overrides = {k: v for k, v in controller.items() if k in ("theta0", "theta1")}
+    cfg = ControllerConfig.preset(controller["preset"], **overrides)
+    title = (f"{scenario['name']} · {config.get('method', controller['method'])} · "
+             f"seed {scenario['seed']} · lag {config.get('lag')}")
+    plot_run(steps, evals, rd.plot_path, windows=_windows(scenario),
+             theta=(cfg.theta0, cfg.theta1), title=title)
+
+
+def run_metrics_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Long-format rows (method, seed, window, metric, value) for the compare table."""
+    base = {"method": summary["method"], "seed": summary["seed"]}
+    rows = []
+    for w in summary.get("windows", []):
+        label = f"shock {w['start']}-{w['end']}"
+        for metric in METRIC_NAMES:
+            if metric in w:
+                rows.append({**base, "window": label, "metric": metric, "value": w[metric]})
+    final = summary.get("final", {})
+    for metric, key in zip(FINAL_METRICS, ("eval_loss", "exact_match"), strict=True):
+        if key in final:
+            rows.append({**base, "window": "final", "metric": metric, "value": final[key]})
+    return rows
+
+
+def _windows(scenario: dict[str, Any]) -> list[tuple[int, int]]:
+    shocks = scenario.get("shocks") or {}
+    return [(int(s), int(e)) for s, e in shocks.get("windows", [])]
+
+
+def _steps_per_mode(steps: pd.DataFrame) -> dict[str, int]:
+    if not len(steps):
+        return {name: 0 for name in MODE_NAMES}
+    counts = steps["mode"].value_counts()
+    return {name: int(counts.get(i, 0)) for i, name in enumerate(MODE_NAMES)}
