@@ -6,8 +6,8 @@ import io
 
 import pandas as pd
 import pytest
-
 from runner_fakes import FakeBackend, FakeSource
+
 from ulora_remote.controller import UnifiedController
 from ulora_remote.errors import BackendError
 from ulora_remote.rundir import EVAL_COLUMNS, STEP_COLUMNS, RunDir
