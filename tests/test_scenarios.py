@@ -52,6 +52,24 @@ def test_to_pig_latin_rejects_non_words(bad: str) -> None:
         to_pig_latin(bad)
 
 
+def test_every_shipped_word_translates_to_a_rotation_plus_suffix() -> None:
+    for word in load_words():
+        pig = to_pig_latin(word)
+        if word[0] in "aeiou":
+            assert pig == word + "way"
+        else:
+            core = pig.removesuffix("ay")
+            assert pig.endswith("ay") and len(core) == len(word) and core in word + word
+
+
+def test_eval_split_is_pinned() -> None:
+    # Golden values: changing the word list or the split silently changes every score, so a
+    # change here must be deliberate (and noted in the changelog).
+    task = PigLatinTask(0, 4)
+    assert task.eval_words == ("prowling", "ionization", "blondes", "priest")
+    assert len(task.train_words) == len(load_words()) - EVAL_POOL_SIZE == 3500
+
+
 def test_word_list_is_large_clean_and_distinct() -> None:
     words = load_words()
     assert len(words) >= 2000

@@ -14,7 +14,8 @@ runner's convention), so for a shock window ``[s, e)``:
 
 Metrics per window:
 
-* ``peak_damage``: max loss over ``(s, h]`` minus ``L̄`` (nats);
+* ``peak_damage``: max loss over ``(s, h]`` minus ``L̄`` (nats; negative when the loss never
+  rose above the pre-shock level, e.g. early in training while it still falls fast);
 * ``time_to_recover_steps``: ``t_r − e`` for the first evaluation ``t_r ≥ e`` that starts ``m``
   consecutive evaluations within ``L̄ + ε`` (all inside ``[e, h]``); if there is none, the value
   is censored at ``h − e`` and ``recovered`` is False;
