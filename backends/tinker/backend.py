@@ -1,0 +1,366 @@
+"""``TinkerBackend``: the ``TrainingBackend`` protocol over the official ``tinker`` SDK.
+
+Exactly-once rules (shared/TINKER.md): ``forward_backward`` and ``optim_step`` are submitted
+once and never again; the SDK's own retries (HTTP 429/5xx, submission for up to 300 s) are the
+only retry layer. When a training future fails in a way that leaves the remote state unknown,
+``StateLostError`` is raised, every later submission is refused, and the caller (the runner)
+calls ``load_state(last_checkpoint)``: that builds a NEW training client from the checkpoint
+with its optimizer state (tenacity, bounded attempts, for this rebuild only) and then replays
+the steps after the checkpoint itself. Requests run on the service in submission order (the SDK
+numbers them), so the runner can submit fb_t, opt_t and fb_{t+1} before reading fb_t.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import re
+import secrets
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from ulora_remote.backend import (
+    AdamParams,
+    Datum,
+    Example,
+    ForwardBackwardResult,
+    OptimStepResult,
+)
+from ulora_remote.errors import (
+    BackendError,
+    CheckpointError,
+    InputError,
+    StateLostError,
+    UloraError,
+)
+
+from .checkpoints import load_training_client, save_checkpoint
+from .futures import SdkFuture, map_sdk_error, scrub
+from .render import (
+    clean_completion,
+    load_tokenizer,
+    prompt_tokens,
+    render_example,
+    result_from_output,
+    to_tinker_datum,
+)
+from .session import check_base_model, import_tinker, resolve_api_key
+
+__all__ = ["TinkerBackend"]
+
+logger = logging.getLogger(__name__)
+
+_NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _grad_norm(response: Any) -> float | None:
+    """The grad norm from ``OptimStepResponse.metrics`` (present only when clipping is on)."""
+    for key, value in (getattr(response, "metrics", None) or {}).items():
+        if "grad_norm" in key:
+            return float(value)
+    return None
+
+
+class TinkerBackend:
+    """Train a LoRA adapter on a Tinker service (hosted, or a compatible server).
+
+    Args:
+        base_model: a model the service offers, e.g. ``"meta-llama/Llama-3.2-1B"``.
+        rank: LoRA rank.
+        seed: adapter initialisation seed (None: the service picks).
+        base_url: the service (else ``TINKER_BASE_URL``, else the hosted service).
+        api_key: else ``TINKER_API_KEY``; must start with ``tml-``; never logged or shown.
+        tokenizer: a local tokenizer directory (works offline); else the training client's
+            ``get_tokenizer()`` (which downloads from the Hugging Face hub).
+        timeout_s: the wall-clock deadline of every wait on the service (seconds).
+        rebuild_attempts: attempts to build a training client from a checkpoint.
+        run_name: prefix of checkpoint names (a random one by default), unique per run.
+        save_check_s: while a save has not answered, look it up in the run's checkpoint
+            list this often (a listed checkpoint is complete; see ``checkpoints.py``).
+
+    Raises:
+        ConfigurationError: no key or a malformed one, a key the service refuses, or a base
+            model the service does not offer (the message lists the offered ones).
+        MissingExtraError: the ``tinker`` extra is not installed.
+        RemoteError, RemoteTimeoutError: the service could not be reached in time.
+    """
+
+    def __init__(
+        self,
+        base_model: str,
+        *,
+        rank: int = 32,
+        seed: int | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        tokenizer: str | Path | None = None,
+        timeout_s: float = 600.0,
+        rebuild_attempts: int = 3,
+        run_name: str | None = None,
+        save_check_s: float = 30.0,
+    ) -> None:
+        self._tinker = import_tinker()
+        self._key = resolve_api_key(api_key)
+        if timeout_s <= 0:
+            raise InputError(f"timeout_s={timeout_s!r} must be > 0")
+        self.base_model = base_model
+        self.rank = rank
+        self.timeout_s = float(timeout_s)
+        self.rebuild_attempts = rebuild_attempts
+        self.save_check_s = float(save_check_s)
+        self.run_name = _NAME_OK.sub("-", run_name) if run_name else f"ulora-{secrets.token_hex(4)}"
+        self._base_url = base_url
+        self._closed = False
+        self._failed = False
+        self._generation = 0  # bumped whenever the training client is replaced
+        self._lost: StateLostError | None = None
+        check_base_model(
+            self._tinker, base_model, base_url=base_url, api_key=self._key, timeout_s=timeout_s
+        )
+        self._service = self._tinker.ServiceClient(base_url=base_url, api_key=self._key)
+        _open_backends.add(self)
+        try:
+            self._client = self._wait(
+                lambda: self._service.create_lora_training_client(base_model, rank=rank, seed=seed),
+                "create_lora_training_client",
+            )
+            self._tokenizer = (
+                load_tokenizer(tokenizer) if tokenizer is not None else self._client.get_tokenizer()
+            )
+        except BaseException:
+            self.close(status="errored")
+            raise
+        self._eos_text = self._special_text("eos_token_id")
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def render(self, example: Example) -> Datum:
+        """Tokenize one example; see ``render.render_example``."""
+        return render_example(self._tokenizer, example)
+
+    def _render_batch(self, batch: Sequence[Example]) -> list[Datum]:
+        if not batch:
+            raise InputError("empty batch: pass at least one example")
+        return [self.render(example) for example in batch]
+
+    def _special_text(self, attribute: str) -> str | None:
+        token_id = getattr(self._tokenizer, attribute, None)
+        if not isinstance(token_id, int):
+            return None
+        return str(self._tokenizer.decode([token_id], skip_special_tokens=False)) or None
+
+    # -- training requests -----------------------------------------------------------------
+
+    def forward_backward(self, batch: Sequence[Example]) -> SdkFuture[ForwardBackwardResult]:
+        """Submit a forward-backward pass (``cross_entropy``, a sum); returns at once."""
+        return self._submit_fwd(batch, forward_only=False)
+
+    def forward(self, batch: Sequence[Example]) -> SdkFuture[ForwardBackwardResult]:
+        """Submit a forward pass: the same numbers, no gradients; returns at once."""
+        return self._submit_fwd(batch, forward_only=True)
+
+    def _submit_fwd(
+        self, batch: Sequence[Example], *, forward_only: bool
+    ) -> SdkFuture[ForwardBackwardResult]:
+        data = self._render_batch(batch)
+        client = self._live_client()
+        payload = [to_tinker_datum(d) for d in data]
+        name = "forward" if forward_only else "forward_backward"
+        method = client.forward if forward_only else client.forward_backward
+        try:
+            sdk_future = method(payload, "cross_entropy")
+        except Exception as exc:  # noqa: BLE001 - submission errors are translated
+            raise self._translate(exc, name, training=not forward_only) from None
+        return self._wrap(
+            sdk_future, name, lambda out: result_from_output(out, data), training=not forward_only
+        )
+
+    def optim_step(self, params: AdamParams) -> SdkFuture[OptimStepResult]:
+        """Submit one AdamW step with this step's parameters; returns at once."""
+        types = self._tinker.types
+        sdk_params = types.AdamParams(
+            learning_rate=params.learning_rate,
+            beta1=params.beta1,
+            beta2=params.beta2,
+            eps=params.eps,
+            weight_decay=params.weight_decay,
+            grad_clip_norm=params.grad_clip_norm,
+        )
+        client = self._live_client()
+        try:
+            sdk_future = client.optim_step(sdk_params)
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "optim_step", training=True) from None
+        return self._wrap(
+            sdk_future, "optim_step", lambda r: OptimStepResult(_grad_norm(r)), training=True
+        )
+
+    def _live_client(self) -> Any:
+        if self._closed:
+            raise BackendError("this TinkerBackend is closed; create a new one")
+        if self._lost is not None:
+            raise StateLostError(
+                f"the training client's state is lost ({self._lost}); call "
+                "load_state(<last checkpoint>) before submitting again"
+            )
+        return self._client
+
+    def _wrap(self, sdk_future: Any, name: str, convert: Any, *, training: bool) -> SdkFuture[Any]:
+        generation = self._generation
+        return SdkFuture(
+            sdk_future,
+            name,
+            convert,
+            deadline_s=self.timeout_s,
+            training=training,
+            secret=self._key,
+            on_error=self._note_error,
+            is_stale=lambda: self._generation != generation,
+        )
+
+    def _note_error(self, error: UloraError) -> None:
+        self._failed = True
+        if isinstance(error, StateLostError) and self._lost is None:
+            self._lost = error
+            logger.warning("Tinker training state lost: %s", error)
+
+    def _translate(self, exc: BaseException, name: str, *, training: bool) -> UloraError:
+        error = map_sdk_error(exc, name, training=training, secret=self._key)
+        self._note_error(error)
+        return error
+
+    def _wait(self, submit: Any, name: str, *, training: bool = False) -> Any:
+        """Submit with ``submit()`` and wait for the value under the deadline."""
+        try:
+            sdk_future = submit()
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, name, training=training) from None
+        return self._wrap(sdk_future, name, lambda value: value, training=training).result()
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def save_state(self, name: str) -> str:
+        """Save weights and optimizer state as ``<run_name>-<name>``; return its ``tinker://``
+        path. A conflict (HTTP 409) on a save whose earlier try landed counts as success once
+        the checkpoint is found in the run's checkpoint list; see ``checkpoints.py``.
+
+        Raises:
+            CheckpointError: the service reported the save failed and no checkpoint of that
+                name exists; training can go on.
+            StateLostError: the client's state was already lost, or the save got no answer and
+                is not listed (the client is then abandoned; roll back to the last checkpoint).
+        """
+        client = self._live_client()
+        full_name = f"{self.run_name}-{_NAME_OK.sub('-', name)}"
+        try:
+            return save_checkpoint(
+                self._tinker,
+                client,
+                full_name,
+                base_url=self._base_url,
+                api_key=self._key,
+                timeout_s=self.timeout_s,
+                check_every_s=self.save_check_s,
+            )
+        except StateLostError as exc:
+            self._note_error(exc)
+            raise
+
+    def load_state(self, ref: str) -> None:
+        """Replace the training client with a new one built from ``ref`` with its optimizer.
+
+        Outstanding futures of the old client then refuse their results (``StateLostError``).
+
+        Raises:
+            CheckpointError: ``ref`` is not a ``tinker://`` path, or the service cannot load it.
+            RemoteError: every rebuild attempt failed.
+        """
+        if self._closed:
+            raise BackendError("this TinkerBackend is closed; create a new one")
+        if not ref.startswith("tinker://"):
+            raise CheckpointError(f"{ref!r} is not a Tinker checkpoint path (tinker://...)")
+        self._client = load_training_client(
+            self._service,
+            ref,
+            attempts=self.rebuild_attempts,
+            timeout_s=self.timeout_s,
+            api_key=self._key,
+        )
+        self._generation += 1
+        self._lost = None
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    def sample(
+        self, prompts: Sequence[str], max_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
+        """Greedy (at temperature 0) generations from the current weights, one per prompt.
+
+        Saves sampler weights (``save_weights_and_get_sampling_client``) on every call, so
+        call it at evaluation steps only. Each text is cut at EOS or the first newline.
+        """
+        if not prompts:
+            return []
+        client = self._live_client()
+        sampler = self._wait(
+            client.save_weights_and_get_sampling_client, "save_weights_for_sampler"
+        )
+        types = self._tinker.types
+        params = types.SamplingParams(max_tokens=max_tokens, temperature=temperature)
+        pending = []
+        for prompt in prompts:
+            model_input = types.ModelInput.from_ints(prompt_tokens(self._tokenizer, prompt))
+            try:
+                pending.append(
+                    sampler.sample(prompt=model_input, num_samples=1, sampling_params=params)
+                )
+            except Exception as exc:  # noqa: BLE001
+                raise self._translate(exc, "sample", training=False) from None
+        texts = []
+        for sdk_future in pending:
+            response = self._wrap(sdk_future, "sample", lambda r: r, training=False).result()
+            tokens = list(response.sequences[0].tokens)
+            text = self._tokenizer.decode(tokens, skip_special_tokens=False)
+            texts.append(clean_completion(text, self._eos_text))
+        return texts
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def close(self, status: Literal["success", "errored", "interrupted"] | None = None) -> None:
+        """End the Tinker session (it bills while open). Idempotent; never raises.
+
+        Args:
+            status: what to report; default "errored" after a failed request, else "success".
+        """
+        if self._closed:
+            return
+        self._closed = True
+        _open_backends.discard(self)
+        final = status or ("errored" if self._failed else "success")
+        try:
+            self._service.close(final).result(timeout=min(self.timeout_s, 30.0))
+        except Exception as exc:  # noqa: BLE001 - closing must not mask the run's own error
+            logger.warning("closing the Tinker session failed: %s", scrub(str(exc), self._key))
+
+    def __enter__(self) -> TinkerBackend:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        elif issubclass(exc_type, Exception):
+            self.close("errored")
+        else:  # KeyboardInterrupt, SystemExit
+            self.close("interrupted")
+
+
+_open_backends: weakref.WeakSet[TinkerBackend] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_backends() -> None:
+    # An open session keeps billing: end the ones a crashed or interrupted run left behind.
+    for backend in list(_open_backends):
+        backend.close("interrupted")

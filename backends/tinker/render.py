@@ -1,0 +1,143 @@
+"""Text examples to tokens, to Tinker ``Datum``s, and Tinker outputs back to losses.
+
+Pure functions over a Hugging Face-style tokenizer (anything with ``encode``/``decode`` and
+optional ``bos_token_id``/``eos_token_id``); ``tinker`` is imported only by the functions that
+build or read SDK types.
+
+Rendering (the same convention as Tinker's cookbook for supervised examples): the prompt is
+encoded with the tokenizer's special tokens (a BOS where the tokenizer adds one), the completion
+without them and followed by EOS, so that the model learns where an answer ends. Inputs are
+tokens ``[0, n-1)``, targets tokens ``[1, n)``; weights are 1.0 exactly on targets that belong
+to the completion (EOS included), 0.0 on the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from ulora_remote.backend import Datum, Example, ForwardBackwardResult
+from ulora_remote.errors import ConfigurationError, InputError, MissingExtraError
+
+__all__ = [
+    "Tokenizer",
+    "clean_completion",
+    "load_tokenizer",
+    "prompt_tokens",
+    "render_example",
+    "result_from_output",
+    "to_tinker_datum",
+]
+
+
+class Tokenizer(Protocol):
+    """The part of a Hugging Face tokenizer that rendering needs."""
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer from a local directory, never from the network.
+
+    Raises:
+        MissingExtraError: transformers is not installed.
+        ConfigurationError: the directory does not exist or holds no tokenizer.
+    """
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:  # the SDK's own get_tokenizer needs it too
+        raise MissingExtraError("local", "transformers") from exc
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise ConfigurationError(
+            f"tokenizer directory {str(directory)!r} does not exist; pass a local directory "
+            "that holds tokenizer.json (e.g. from `huggingface-cli download <model>`)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)  # type: ignore[no-any-return]
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"no usable tokenizer in {str(directory)!r}: {exc}") from exc
+
+
+def prompt_tokens(tokenizer: Any, prompt: str) -> list[int]:
+    """The prompt's tokens with the tokenizer's special prefix (BOS), as sampling sees them."""
+    return list(tokenizer.encode(prompt, add_special_tokens=True))
+
+
+def render_example(tokenizer: Any, example: Example) -> Datum:
+    """Render one example; the loss falls on the completion tokens and EOS only.
+
+    Raises:
+        InputError: the completion renders to no tokens, or the prompt renders to none and the
+            tokenizer has no BOS (the first completion token would have nothing to condition on).
+    """
+    prompt_ids = prompt_tokens(tokenizer, example.prompt)
+    completion_ids = list(tokenizer.encode(example.completion, add_special_tokens=False))
+    if not completion_ids:
+        raise InputError(f"completion {example.completion!r} renders to no tokens")
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(eos, int):
+        completion_ids.append(eos)
+    if not prompt_ids:
+        raise InputError(
+            f"prompt {example.prompt!r} renders to no tokens and the tokenizer adds no BOS; "
+            "give every example a non-empty prompt"
+        )
+    tokens = prompt_ids + completion_ids
+    weights = [0.0] * (len(prompt_ids) - 1) + [1.0] * len(completion_ids)
+    return Datum(tuple(tokens[:-1]), tuple(tokens[1:]), tuple(weights))
+
+
+def to_tinker_datum(datum: Datum) -> Any:
+    """Convert our ``Datum`` to ``tinker.types.Datum`` for the ``cross_entropy`` loss."""
+    import numpy as np
+    from tinker import types
+
+    return types.Datum(
+        model_input=types.ModelInput.from_ints(list(datum.input_tokens)),
+        loss_fn_inputs={
+            "target_tokens": types.TensorData.from_numpy(
+                np.asarray(datum.target_tokens, dtype=np.int64)
+            ),
+            "weights": types.TensorData.from_numpy(np.asarray(datum.weights, dtype=np.float32)),
+        },
+    )
+
+
+def result_from_output(output: Any, data: Sequence[Datum]) -> ForwardBackwardResult:
+    """Per-example NLL sums and weight sums from a ``ForwardBackwardOutput``.
+
+    ``cross_entropy`` reports ``loss:sum`` for the whole batch only; the per-example sums come
+    from the returned target log-probabilities: nll_i = −Σ_t logprob_{i,t}·weight_{i,t}.
+
+    Raises:
+        BackendError: the service returned a different number of outputs or log-probabilities
+            than it was sent.
+    """
+    from ulora_remote.errors import BackendError
+
+    outputs = list(output.loss_fn_outputs)
+    if len(outputs) != len(data):
+        raise BackendError(f"Tinker returned {len(outputs)} outputs for {len(data)} examples")
+    nll_sums: list[float] = []
+    for i, (out, datum) in enumerate(zip(outputs, data, strict=True)):
+        logprobs = [float(x) for x in out["logprobs"].tolist()]
+        if len(logprobs) != len(datum.weights):
+            raise BackendError(
+                f"Tinker returned {len(logprobs)} log-probabilities for example {i}, "
+                f"which has {len(datum.weights)} targets"
+            )
+        nll_sums.append(-sum(lp * w for lp, w in zip(logprobs, datum.weights, strict=True)))
+    return ForwardBackwardResult(
+        nll_sums=tuple(nll_sums), weight_sums=tuple(d.weight_sum for d in data)
+    )
+
+
+def clean_completion(text: str, eos_text: str | None = None) -> str:
+    """Cut a generation at the first EOS text or newline and strip surrounding spaces."""
+    if eos_text:
+        text = text.split(eos_text, 1)[0]
+    return text.split("\n", 1)[0].strip()

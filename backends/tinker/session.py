@@ -1,0 +1,88 @@
+"""Opening a Tinker session safely: key checks, the offered models, the SDK import.
+
+Everything here runs before any training step, so that a bad key, an unknown base model or a
+missing extra fails at once with a message that names the fix and never shows the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from ulora_remote.errors import ConfigurationError, MissingExtraError, RemoteError
+
+from .futures import map_sdk_error, scrub
+
+__all__ = ["check_base_model", "import_tinker", "resolve_api_key"]
+
+logger = logging.getLogger(__name__)
+
+
+def import_tinker() -> Any:
+    """Import the SDK, or raise ``MissingExtraError("tinker", "tinker")``."""
+    try:
+        import tinker
+    except ImportError as exc:
+        raise MissingExtraError("tinker", "tinker") from exc
+    return tinker
+
+
+def resolve_api_key(api_key: str | None) -> str:
+    """The key to use: ``api_key``, else ``TINKER_API_KEY``.
+
+    Raises:
+        ConfigurationError: no key, or one without the ``tml-`` prefix (the key is never shown).
+    """
+    key = api_key if api_key is not None else os.environ.get("TINKER_API_KEY")
+    if not key:
+        raise ConfigurationError(
+            "no Tinker API key: set TINKER_API_KEY (or pass api_key=...); create a key in the "
+            "Tinker console"
+        )
+    key = key.strip()
+    if not key.startswith("tml-"):
+        raise ConfigurationError(
+            f"the Tinker API key is malformed: it must start with 'tml-' (the given value has "
+            f"{len(key)} characters and is not shown); check TINKER_API_KEY"
+        )
+    return key
+
+
+def check_base_model(
+    tinker: Any, base_model: str, *, base_url: str | None, api_key: str, timeout_s: float
+) -> None:
+    """Fail unless the service offers ``base_model`` for training.
+
+    Uses ``RestClient.get_server_capabilities`` (no session is opened). A service that does not
+    implement the endpoint (HTTP 404) is not checked: model creation then reports the problem.
+
+    Raises:
+        ConfigurationError: the model is not offered (the message lists what is), or the key
+            was refused.
+        RemoteError, RemoteTimeoutError: the service could not be asked.
+    """
+    try:
+        rest = tinker.RestClient(base_url=base_url, api_key=api_key)
+        capabilities = rest.get_server_capabilities().result(timeout=timeout_s)
+    except TimeoutError as exc:
+        raise RemoteError(
+            f"get_server_capabilities did not answer within {timeout_s:g} s; is the Tinker "
+            "service reachable (TINKER_BASE_URL)?"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - translated below
+        if getattr(exc, "status_code", None) == 404:
+            logger.warning("the service does not list its models; %r is not checked", base_model)
+            return
+        error = map_sdk_error(exc, "get_server_capabilities", training=False, secret=api_key)
+        raise error from (exc if scrub(str(exc), api_key) == str(exc) else None)
+    offered = sorted(
+        m.model_name
+        for m in capabilities.supported_models
+        if m.model_name and m.trainable is not False
+    )
+    if base_model not in offered:
+        raise ConfigurationError(
+            f"base model {base_model!r} is not offered for training by this Tinker service; "
+            f"offered: {', '.join(offered) or '(none)'}"
+        )
