@@ -23,11 +23,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from tinker import types
-
 from ulora_remote.backends.server.config import FaultInjector, ServerConfig
 from ulora_remote.backends.server.scheduler import JobError, ModelGone
 from ulora_remote.backends.server.service import Service
 from ulora_remote.backends.server.wire import decode_forward_backward, decompress_body
+
 from ulora_remote.errors import BackendError, InputError
 
 __all__ = ["build_app"]
@@ -66,7 +66,9 @@ def fault_response(kind: str) -> Response:
     if kind == "408":
         return JSONResponse({"type": "try_again", "queue_state": "active"}, status_code=408)
     headers = {"retry-after-ms": "50"} if kind == "429" else None
-    return JSONResponse({"detail": f"injected fault {kind}"}, status_code=int(kind), headers=headers)
+    return JSONResponse(
+        {"detail": f"injected fault {kind}"}, status_code=int(kind), headers=headers
+    )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -182,7 +184,11 @@ class Api:
 
     async def counters(self, request: Request, body: bytes) -> Response:
         return JSONResponse(
-            {"models": self.service.counters.as_json(), "faults_injected": self.faults.injected}
+            {
+                "models": self.service.counters.as_json(),
+                "faults_injected": self.faults.injected,
+                "cycles": self.service.scheduler.cycles,
+            }
         )
 
     # ---- submits -------------------------------------------------------------------------

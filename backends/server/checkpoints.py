@@ -133,7 +133,10 @@ class CheckpointIndex:
             self._save()
 
     def _save(self) -> None:
-        data = {"sessions": self._sessions, "records": {k: asdict(v) for k, v in self._records.items()}}
+        data = {
+            "sessions": self._sessions,
+            "records": {k: asdict(v) for k, v in self._records.items()},
+        }
         tmp = self._file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, self._file)  # atomic, so a crash never leaves a half-written index

@@ -27,11 +27,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-model", default="small", help="small, medium, or a local model directory"
     )
     parser.add_argument(
-        "--checkpoint-dir", type=Path, default=Path("ulora-serve-checkpoints"),
+        "--checkpoint-dir",
+        type=Path,
+        default=Path("ulora-serve-checkpoints"),
         help="where checkpoints are written (default: ./ulora-serve-checkpoints)",
     )
     parser.add_argument(
-        "--api-key", default=None,
+        "--api-key",
+        default=None,
         help="require this key in X-API-Key (default: $ULORA_SERVE_API_KEY, else no check)",
     )
     parser.add_argument("--cycle-s", type=float, default=0.0, help="simulated clock cycle (s)")

@@ -78,6 +78,11 @@ class FaultInjector:
         self._lock = threading.Lock()
         self.injected: dict[str, int] = {}
 
+    def reconfigure(self, config: FaultConfig) -> None:
+        """Switch to ``config`` from the next request on (e.g. start a storm mid-run)."""
+        with self._lock:
+            self._config = config
+
     def decide(self, path: str, body: bytes, *, on_future: bool) -> str | None:
         """Return the fault kind to inject for this request, or None.
 

@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass
 
 import uvicorn
-
 from ulora_remote.backends.server.app import build_app
 from ulora_remote.backends.server.config import FaultInjector, ServerConfig, is_loopback
 from ulora_remote.backends.server.counters import Counters
 from ulora_remote.backends.server.scheduler import Scheduler
 from ulora_remote.backends.server.service import Service
+
 from ulora_remote.errors import BackendError
 
 __all__ = ["RunningServer", "serve_forever", "serve_in_thread"]
@@ -54,6 +54,11 @@ class RunningServer:
     service: Service
     _server: uvicorn.Server
     _thread: threading.Thread
+
+    @property
+    def cycles(self) -> int:
+        """Clock cycles that ran work so far (one per dispatch round when ``cycle_s`` is 0)."""
+        return self.service.scheduler.cycles
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop serving and wait for the thread to end (idempotent)."""
@@ -123,7 +128,9 @@ def serve_in_thread(config: ServerConfig, *, start_timeout_s: float = 30.0) -> R
             raise BackendError(f"ulora serve did not start on {host}:{port}")
         time.sleep(0.02)
     url_host = f"[{host}]" if ":" in host else host
-    return RunningServer(f"http://{url_host}:{port}", service.counters, faults, service, server, thread)
+    return RunningServer(
+        f"http://{url_host}:{port}", service.counters, faults, service, server, thread
+    )
 
 
 def serve_forever(config: ServerConfig) -> None:

@@ -12,10 +12,10 @@ import math
 from collections.abc import Sequence
 
 from tinker import types
-
-from ulora_remote.backend import Datum
 from ulora_remote.backends.server.engine import Engine
 from ulora_remote.backends.server.wire import encode_sample_response
+
+from ulora_remote.backend import Datum
 from ulora_remote.errors import InputError
 
 __all__ = ["run_sample", "stop_sequences"]

@@ -63,6 +63,7 @@ class FutureRecord:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: Outcome | None = None
     error: tuple[str, str] | None = None  # (message, category)
+    cycle: int | None = None  # the clock cycle that ran it
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Scheduler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ulora-serve")
         self._t0 = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        self.cycles = 0  # cycles that ran work; benchmarks read it to count round trips
 
     def start(self) -> None:
         """Start the dispatch loop (call on the server's event loop)."""
@@ -145,7 +147,9 @@ class Scheduler:
         if seq in queue.by_seq:
             return queue.by_seq[seq]
         if seq < queue.next_seq:
-            raise InputError(f"seq_id {seq} of {model_id} is already past (next is {queue.next_seq})")
+            raise InputError(
+                f"seq_id {seq} of {model_id} is already past (next is {queue.next_seq})"
+            )
         record = self._new_record(model_id)
         queue.pending[seq] = _Job(record, run)
         queue.by_seq[seq] = record.request_id
@@ -171,7 +175,9 @@ class Scheduler:
             return
         queue.lost = True
         for job in queue.pending.values():
-            self._finish(job.record, None, ("model state lost (410); rebuild from a checkpoint", "server"))
+            self._finish(
+                job.record, None, ("model state lost (410); rebuild from a checkpoint", "server")
+            )
         queue.pending.clear()
 
     def is_lost(self, model_id: str) -> bool:
@@ -204,7 +210,11 @@ class Scheduler:
                 elapsed = time.monotonic() - self._t0
                 boundary = (math.floor(elapsed / self.cycle_s) + 1) * self.cycle_s
                 await asyncio.sleep(boundary - elapsed)
-            for job in self._collect():
+            jobs = self._collect()
+            if jobs:
+                self.cycles += 1
+            for job in jobs:
+                job.record.cycle = self.cycles
                 if job.record.model_id is not None and self.is_lost(job.record.model_id):
                     self._finish(job.record, None, ("model state lost (410)", "server"))
                     continue

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from tinker import types
-
-from ulora_remote.backend import AdamParams, Datum
 from ulora_remote.backends.server.checkpoints import CheckpointIndex, CheckpointRecord, check_name
 from ulora_remote.backends.server.config import ServerConfig
 from ulora_remote.backends.server.counters import Counters
@@ -29,6 +27,8 @@ from ulora_remote.backends.server.engine import (
 from ulora_remote.backends.server.sampling import check_supported, run_sample
 from ulora_remote.backends.server.scheduler import JobError, ModelGone, Outcome, Scheduler
 from ulora_remote.backends.server.wire import FwdBwdCall, encode_forward_backward_output
+
+from ulora_remote.backend import AdamParams, Datum
 from ulora_remote.errors import InputError
 
 __all__ = ["Service"]
@@ -252,7 +252,7 @@ class Service:
 
     def save_weights(self, req: types.SaveWeightsRequest) -> str:
         model = self.model(req.model_id)
-        name = check_name(req.path or f"ckpt-{req.seq_id}")
+        name = check_name(req.path if req.path is not None else f"ckpt-{req.seq_id}")
 
         def run() -> Outcome:
             path = self._save(model, "weights", name, req.overwrite)
@@ -295,7 +295,9 @@ class Service:
                 load_engine_state(model.engine, record.local_dir, optimizer=req.optimizer)
                 inherited = (record.forward_backward, record.optim_step)
                 self.counters.add_model(model.model_id, loaded_from=req.path, inherited=inherited)
-                return Outcome({"path": req.path, "model_id": model.model_id, "type": "load_weights"})
+                return Outcome(
+                    {"path": req.path, "model_id": model.model_id, "type": "load_weights"}
+                )
 
             return self.scheduler.submit(create)
         if req.model_id is None:

@@ -1,0 +1,370 @@
+"""`ulora serve` at the HTTP edge: auth, malformed input, ordering, clock cycles, faults.
+
+Real HTTP on 127.0.0.1 with raw httpx calls, against a small numpy fake engine (a unigram
+model trained by Adam) so that these tests need no torch and run in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+pytest.importorskip("tinker")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from tinker import types  # noqa: E402
+from tinker.proto.request_conv import forward_backward_request_to_proto  # noqa: E402
+from tinker.proto.response_conv import deserialize_forward_backward_output  # noqa: E402
+from ulora_remote.backends.server import (  # noqa: E402
+    EngineSpec,
+    FaultConfig,
+    RunningServer,
+    ServerConfig,
+    serve_in_thread,
+)
+from ulora_remote.backends.server.config import FaultInjector  # noqa: E402
+
+from ulora_remote.backend import AdamParams, Completed, Datum, OptimStepResult  # noqa: E402
+
+os.environ.setdefault("TINKER_TELEMETRY", "0")
+KEY = "tml-test-not-a-real-key"
+VOCAB = 16
+SESSION = {"tags": [], "user_metadata": {}, "sdk_version": "0.38.0"}
+
+
+@dataclass
+class _Result:
+    nll_sums: tuple[float, ...]
+    weight_sums: tuple[float, ...]
+    logprobs: list[list[float]]
+
+
+class FakeEngine:
+    """A unigram model: p(token) = softmax(b); Adam on b. Records every call in order."""
+
+    base_model_name = "fake/unigram"
+    eos_token_id = 1
+    vocab_size = VOCAB
+
+    def __init__(self, spec: EngineSpec, calls: list[str]) -> None:
+        self.rank, self.dir, self.calls = spec.rank, spec.checkpoint_dir, calls
+        self.tokenizer_dir = str(spec.checkpoint_dir)
+        self.b = np.random.default_rng(spec.seed).normal(size=VOCAB) * 0.1
+        self.grad = np.zeros(VOCAB)
+        self.m, self.v, self.t = np.zeros(VOCAB), np.zeros(VOCAB), 0
+
+    def _run(self, datums: Sequence[Datum], train: bool) -> _Result:
+        logp = self.b - np.log(np.exp(self.b).sum())
+        rows = [[float(logp[t]) for t in d.target_tokens] for d in datums]
+        pairs = zip(rows, datums, strict=True)
+        nll = tuple(-sum(lp * w for lp, w in zip(r, d.weights, strict=True)) for r, d in pairs)
+        if train:
+            for d in datums:
+                for t, w in zip(d.target_tokens, d.weights, strict=True):
+                    self.grad += w * (np.exp(logp) - np.eye(VOCAB)[t])
+        return _Result(nll, tuple(d.weight_sum for d in datums), rows)
+
+    def forward_backward_datums(self, datums: Sequence[Datum]) -> Completed[_Result]:
+        self.calls.append("forward_backward")
+        return Completed(self._run(datums, True))
+
+    def forward_datums(self, datums: Sequence[Datum]) -> Completed[_Result]:
+        self.calls.append("forward")
+        return Completed(self._run(datums, False))
+
+    def optim_step(self, p: AdamParams) -> Completed[OptimStepResult]:
+        self.calls.append("optim_step")
+        self.t += 1
+        self.m = p.beta1 * self.m + (1 - p.beta1) * self.grad
+        self.v = p.beta2 * self.v + (1 - p.beta2) * self.grad**2
+        m_hat, v_hat = self.m / (1 - p.beta1**self.t), self.v / (1 - p.beta2**self.t)
+        self.b -= p.learning_rate * m_hat / (np.sqrt(v_hat) + p.eps)
+        norm = float(np.linalg.norm(self.grad))
+        self.grad = np.zeros(VOCAB)
+        return Completed(OptimStepResult(norm))
+
+    def save_state(self, name: str) -> str:
+        path = self.dir / name
+        np.savez(path.with_suffix(".npz"), b=self.b, m=self.m, v=self.v, t=self.t)
+        return str(path.with_suffix(".npz"))
+
+    def load_state(self, path: str) -> None:
+        data = np.load(path)
+        self.b, self.m, self.v, self.t = data["b"], data["m"], data["v"], int(data["t"])
+
+    def sample_tokens(self, prompt, max_tokens, temperature=0.0, stop_tokens=(), seed=None):
+        tok = int(np.argmax(self.b))
+        out = [tok] * max_tokens
+        return out[: out.index(tok) + 1] if tok in stop_tokens else out
+
+
+@pytest.fixture
+def calls() -> list[str]:
+    return []
+
+
+def _start(tmp_path: Path, calls: list[str], **kw: object) -> RunningServer:
+    config = ServerConfig(
+        port=0,
+        checkpoint_dir=tmp_path / "ckpt",
+        api_key=KEY,
+        long_poll_s=0.5,
+        engine_factory=lambda spec: FakeEngine(spec, calls),  # type: ignore[arg-type,return-value]
+        **kw,  # type: ignore[arg-type]
+    )
+    return serve_in_thread(config)
+
+
+@pytest.fixture
+def server(tmp_path: Path, calls: list[str]) -> Iterator[RunningServer]:
+    srv = _start(tmp_path, calls)
+    yield srv
+    srv.stop()
+
+
+def _http(srv: RunningServer, key: str | None = KEY) -> httpx.Client:
+    headers = {"X-API-Key": key} if key else {}
+    return httpx.Client(base_url=srv.base_url, headers=headers, timeout=10)
+
+
+def _result(http: httpx.Client, request_id: str) -> httpx.Response:
+    for _ in range(50):
+        resp = http.post("/api/v1/retrieve_future", json={"request_id": request_id})
+        if resp.status_code != 408:
+            return resp
+    raise AssertionError(f"{request_id} never finished")
+
+
+def _model(http: httpx.Client) -> str:
+    session = http.post("/api/v1/create_session", json=SESSION)
+    sid = session.json()["session_id"]
+    body = {
+        "session_id": sid,
+        "model_seq_id": 0,
+        "base_model": "fake/unigram",
+        "lora_config": {"rank": 4, "seed": 3},
+    }
+    created = http.post("/api/v1/create_model", json=body)
+    assert created.status_code == 200, created.text
+    return str(_result(http, created.json()["request_id"]).json()["model_id"])
+
+
+def _fwdbwd_body(model_id: str, seq_id: int, tokens: Sequence[int] = (2, 3, 4)) -> bytes:
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints(list(tokens)),
+        loss_fn_inputs={"target_tokens": [5] * len(tokens), "weights": [1.0] * len(tokens)},
+    )
+    req = types.ForwardBackwardRequest(
+        forward_backward_input=types.ForwardBackwardInput(data=[datum], loss_fn="cross_entropy"),
+        model_id=model_id,
+        seq_id=seq_id,
+    )
+    return forward_backward_request_to_proto(req).SerializeToString()
+
+
+def _submit_fb(http: httpx.Client, model_id: str, seq_id: int) -> httpx.Response:
+    headers = {"Content-Type": "application/x-protobuf"}
+    return http.post(
+        "/api/v1/forward_backward", content=_fwdbwd_body(model_id, seq_id), headers=headers
+    )
+
+
+def _submit_optim(http: httpx.Client, model_id: str, seq_id: int) -> httpx.Response:
+    body = {"model_id": model_id, "seq_id": seq_id, "adam_params": {"learning_rate": 0.1}}
+    return http.post("/api/v1/optim_step", json=body)
+
+
+def test_api_key_is_checked(server: RunningServer) -> None:
+    for key in (None, "tml-wrong-key"):
+        with _http(server, key) as http:
+            resp = http.post("/api/v1/create_session", json=SESSION)
+            assert resp.status_code == 401
+            assert "API key" in resp.json()["detail"]
+            assert KEY not in resp.text
+    with _http(server) as http:
+        assert http.get("/api/v1/healthz").json() == {"status": "ok"}
+        caps = http.get("/api/v1/get_server_capabilities").json()
+        assert caps["supported_models"][0]["model_name"] == "fake/unigram"
+
+
+def test_client_config_turns_pyqwest_off(server: RunningServer) -> None:
+    with _http(server) as http:
+        config = http.post("/api/v1/client/config", json={"sdk_version": "0.38.0"}).json()
+    assert config["use_pyqwest_transport"] is False
+    assert config["pjwt_auth_enabled"] is False
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "status", "fragment"),
+    [
+        ("/api/v1/create_session", {"content": b"{not json"}, 400, "not valid JSON"),
+        ("/api/v1/create_session", {"json": [1, 2]}, 400, "JSON object"),
+        ("/api/v1/create_model", {"json": {"session_id": "x"}}, 400, "invalid request"),
+        (
+            "/api/v1/optim_step",
+            {"json": {"model_id": "nope:train:0", "adam_params": {}}},
+            404,
+            "does not exist",
+        ),
+        (
+            "/api/v1/forward_backward",
+            {"content": b"\x08\x01garbage", "headers": {"Content-Type": "application/x-protobuf"}},
+            400,
+            "protobuf",
+        ),
+        ("/api/v1/forward_backward", {"json": {"model_id": "x"}}, 400, "protobuf body"),
+        ("/api/v1/retrieve_future", {"json": {"request_id": "req-999999"}}, 404, "unknown"),
+        (
+            "/api/v1/load_weights",
+            {
+                "json": {
+                    "session_id": "s1",
+                    "model_seq_id": 1,
+                    "path": "tinker://../../etc/weights/passwd",
+                    "optimizer": True,
+                }
+            },
+            400,
+            "tinker://MODEL_ID",
+        ),
+    ],
+)
+def test_malformed_requests_get_a_4xx_with_a_message(
+    server: RunningServer, path: str, kwargs: dict, status: int, fragment: str
+) -> None:
+    with _http(server) as http:
+        resp = http.post(path, **kwargs)
+        assert resp.status_code == status, resp.text
+        assert fragment in resp.json()["detail"]
+        assert http.get("/api/v1/healthz").status_code == 200  # still serving
+
+
+def test_body_size_is_bounded(tmp_path: Path, calls: list[str]) -> None:
+    srv = _start(tmp_path, calls, max_body_bytes=4096)
+    try:
+        with _http(srv) as http:
+            resp = http.post("/api/v1/create_session", content=b"x" * 10_000)
+            assert resp.status_code == 413
+    finally:
+        srv.stop()
+
+
+def test_unserved_base_model_is_named_in_the_error(server: RunningServer) -> None:
+    with _http(server) as http:
+        sid = http.post("/api/v1/create_session", json=SESSION).json()["session_id"]
+        body = {"session_id": sid, "model_seq_id": 0, "base_model": "meta-llama/Llama-3.2-1B"}
+        resp = http.post("/api/v1/create_model", json=body)
+    assert resp.status_code == 400
+    assert "fake/unigram" in resp.json()["detail"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "x" * 200])
+def test_checkpoint_names_cannot_escape(server: RunningServer, tmp_path: Path, name: str) -> None:
+    with _http(server) as http:
+        model_id = _model(http)
+        resp = http.post(
+            "/api/v1/save_weights", json={"model_id": model_id, "path": name, "seq_id": 1}
+        )
+        assert resp.status_code == 400, resp.text
+        assert "checkpoint name" in resp.json()["detail"]
+    outside = [p for p in tmp_path.rglob("*") if "ckpt" not in p.parts]
+    assert outside == []
+
+
+def test_requests_run_in_seq_id_order_and_exactly_once(
+    server: RunningServer, calls: list[str]
+) -> None:
+    with _http(server) as http:
+        model_id = _model(http)
+        later = _submit_optim(http, model_id, 2).json()["request_id"]
+        assert http.post("/api/v1/retrieve_future", json={"request_id": later}).status_code == 408
+        first = _submit_fb(http, model_id, 1).json()["request_id"]
+        again = _submit_fb(http, model_id, 1).json()["request_id"]  # a retried submit
+        assert again == first
+        assert _result(http, later).json()["metrics"]["grad_norm:mean"] > 0
+        answer = _result(http, first)
+        assert answer.headers["content-type"] == "application/x-protobuf"
+        output = deserialize_forward_backward_output(answer.content)
+        logprobs = output.loss_fn_outputs[0]["logprobs"].data
+        assert len(logprobs) == 3
+        assert output.metrics["loss:sum"] == pytest.approx(-sum(logprobs))
+        stale = _submit_fb(http, model_id, 1).json()["request_id"]
+        assert stale == first
+    assert calls == ["forward_backward", "optim_step"]
+    assert server.counters.get(model_id).forward_backward == 1
+    assert server.counters.get(model_id).optim_step == 1
+
+
+def test_clock_cycle_runs_pipelined_work_in_fewer_cycles(tmp_path: Path, calls: list[str]) -> None:
+    srv = _start(tmp_path, calls, cycle_s=0.2)
+    try:
+        with _http(srv) as http:
+            model_id = _model(http)
+            start = srv.cycles
+            for step in range(3):  # naive: wait for each request before the next
+                _result(http, _submit_fb(http, model_id, 2 * step + 1).json()["request_id"])
+                _result(http, _submit_optim(http, model_id, 2 * step + 2).json()["request_id"])
+            naive = srv.cycles - start
+            start = srv.cycles
+            for step in range(3, 6):  # pipelined: both submitted before waiting
+                fb = _submit_fb(http, model_id, 2 * step + 1).json()["request_id"]
+                op = _submit_optim(http, model_id, 2 * step + 2).json()["request_id"]
+                _result(http, fb), _result(http, op)
+            pipelined = srv.cycles - start
+    finally:
+        srv.stop()
+    assert naive == 6
+    assert pipelined < naive
+
+
+def test_fault_injector_is_seeded_and_bounded() -> None:
+    def draws(seed: int) -> list[str | None]:
+        inj = FaultInjector(FaultConfig(rate=0.3, seed=seed))
+        return [inj.decide("/p", b"body", on_future=False) for _ in range(200)]
+
+    assert draws(1) == draws(1)
+    assert draws(1) != draws(2)
+    faults = [d for d in draws(1) if d is not None]
+    assert 30 <= len(faults) <= 90
+    assert "410" not in faults  # a submit never gets 410
+    assert set(faults) <= {"429", "500", "408", "drop"}
+    quiet = FaultInjector(FaultConfig(rate=0.0))
+    assert all(quiet.decide("/p", b"x", on_future=True) is None for _ in range(50))
+    with pytest.raises(ValueError, match="rate"):
+        FaultConfig(rate=1.5)
+
+
+def test_dropped_connection_on_submit_enqueues_nothing(tmp_path: Path, calls: list[str]) -> None:
+    srv = _start(tmp_path, calls)
+    try:
+        with _http(srv) as http:
+            model_id = _model(http)
+        srv.faults.reconfigure(FaultConfig(rate=1.0, kinds=("drop",)))  # a storm from now on
+        with _http(srv) as http, pytest.raises(httpx.RemoteProtocolError):
+            _submit_fb(http, model_id, 1)
+    finally:
+        srv.stop()
+    assert calls == []
+    assert srv.counters.get(model_id).forward_backward == 0
+
+
+def test_410_on_a_training_future_loses_the_model(tmp_path: Path, calls: list[str]) -> None:
+    srv = _start(tmp_path, calls, faults=FaultConfig(rate=1.0, kinds=("410",)))
+    try:
+        with _http(srv) as http:
+            model_id = _model(http)  # creation futures never get 410
+            rid = _submit_fb(http, model_id, 1).json()["request_id"]  # submits never get 410
+            assert http.post("/api/v1/retrieve_future", json={"request_id": rid}).status_code == 410
+            assert _submit_optim(http, model_id, 2).status_code == 410
+            counters = http.get("/ulora/v1/counters").json()
+    finally:
+        srv.stop()
+    assert counters["models"][model_id]["lost"] is True
+    assert counters["faults_injected"] == {"410": 1}
