@@ -134,6 +134,11 @@ class TinkerBackend:
             raise
         self._eos_text = self._special_text("eos_token_id")
 
+    @property
+    def model_id(self) -> str:
+        """The service's id of the current training client (it changes on ``load_state``)."""
+        return str(self._client.model_id)
+
     # -- rendering -------------------------------------------------------------------------
 
     def render(self, example: Example) -> Datum:
