@@ -35,6 +35,24 @@ from ulora_remote.errors import (
 
 __version__ = "0.1.0"
 
+# The run API pulls in pandas and the scenario schema; load it on first use so that
+# `import ulora_remote` stays light.
+_LAZY = {
+    "RunResult": "ulora_remote.api",
+    "load_run": "ulora_remote.api",
+    "resume_run": "ulora_remote.api",
+    "run_scenario": "ulora_remote.api",
+    "compare_scenario": "ulora_remote.compare",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ulora_remote' has no attribute {name!r}")
+
 __all__ = [
     "MODE_NAMES",
     "PRESETS",
@@ -54,9 +72,14 @@ __all__ = [
     "OptimStepResult",
     "RemoteError",
     "RemoteTimeoutError",
+    "RunResult",
     "StateLostError",
     "TrainingBackend",
     "UloraError",
     "UnifiedController",
     "__version__",
+    "compare_scenario",
+    "load_run",
+    "resume_run",
+    "run_scenario",
 ]
