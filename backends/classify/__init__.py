@@ -1,0 +1,21 @@
+"""Sequence classification behind the TrainingBackend protocol (GLUE MRPC with DistilBERT).
+
+Installed as ``ulora_remote.backends.classify``; needs the 'local' extra::
+
+    from ulora_remote.backends.classify import ClassifierBackend
+    backend = ClassifierBackend("distilbert-base-uncased", rank=16, lora_alpha=32)
+    backend = ClassifierBackend("tiny-distilbert")   # built in code, no download (tests)
+"""
+
+from ulora_remote.errors import MissingExtraError
+
+for _module in ("torch", "transformers", "peft", "safetensors", "tokenizers"):
+    try:
+        __import__(_module)
+    except ImportError as _exc:
+        raise MissingExtraError("local", _module) from _exc
+
+from .backend import ClassifierBackend  # noqa: E402
+from .tiny import TINY_NAME, build_tiny_classifier, build_word_tokenizer  # noqa: E402
+
+__all__ = ["TINY_NAME", "ClassifierBackend", "build_tiny_classifier", "build_word_tokenizer"]

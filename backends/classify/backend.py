@@ -1,0 +1,236 @@
+"""``ClassifierBackend``: the TrainingBackend protocol on a sequence-classification model.
+
+An ``Example`` is a sentence pair and its label text: ``prompt = "<sentence 1>\\n<sentence 2>"``
+(split at the first newline into the tokenizer's text pair; a prompt without a newline is one
+text) and ``completion`` one of ``labels`` (surrounding whitespace ignored). The loss of an example
+is the cross-entropy of its label (nats) with weight 1, so ``ForwardBackwardResult.mean_loss`` is
+the mean CE per example and the runner, controller and logs need no special case. ``sample``
+returns the predicted label text, so the runner's exact match is accuracy.
+
+Training is LoRA on the attention's query and value projections (``q_lin``/``v_lin`` for
+DistilBERT, as in the seed's notebook) with the classification head fully trained (peft
+``modules_to_save``). Dropout is off (``model.eval()``), as in the local backend: training and
+evaluation compute the same function and runs are deterministic under a seed. Checkpoints use the
+local backend's atomic safetensors format (``ulora_remote.backends.local.state``).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ulora_remote.backends.local import state
+
+from ulora_remote.backend import (
+    AdamParams,
+    Completed,
+    Datum,
+    Example,
+    ForwardBackwardResult,
+    OptimStepResult,
+)
+from ulora_remote.errors import BackendError, ConfigurationError, InputError
+
+from .loading import attach_classifier_lora, load_classifier
+
+__all__ = ["ClassifierBackend"]
+
+_CHUNK = 64  # examples per forward pass in sample() and forward(): bounds activation memory
+
+
+class ClassifierBackend:
+    """LoRA fine-tuning of a sequence classifier behind the ``TrainingBackend`` protocol.
+
+    Args:
+        base_model: ``"tiny-distilbert"`` (built in code), a local model directory, or a hub
+            name such as ``"distilbert-base-uncased"`` (loaded by transformers, which downloads
+            it when the hub is reachable and reads its cache otherwise).
+        labels: label texts in class-index order; MRPC is ``("0", "1")``.
+        rank, lora_alpha: the LoRA's rank and scaling numerator.
+        target_modules: linear layers that get a LoRA; None picks ``q_lin``/``v_lin``
+            (DistilBERT) or ``query``/``value`` (BERT-like).
+        max_length: tokens per pair after truncation.
+        device: ``"cpu"``, ``"cuda"``...; None picks CUDA when present.
+        seed: seeds the LoRA initialisation and the sampling generator.
+        threads: torch CPU threads (None leaves torch's setting).
+        checkpoint_dir: where ``save_state`` writes; None uses a temporary directory removed by
+            ``close``.
+
+    Raises:
+        ConfigurationError: bad options, or a model that cannot be loaded (the message says how
+            to get it).
+    """
+
+    def __init__(self, base_model: str = "distilbert-base-uncased", *,
+                 labels: Sequence[str] = ("0", "1"), rank: int = 16, lora_alpha: float = 32,
+                 target_modules: Sequence[str] | None = None, max_length: int = 128,
+                 device: str | None = None, seed: int = 0, threads: int | None = None,
+                 checkpoint_dir: str | Path | None = None) -> None:
+        self.labels = tuple(s.strip() for s in labels)
+        _check_options(self.labels, rank, lora_alpha, max_length)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(seed)
+        base = load_classifier(base_model, len(self.labels))
+        self.model = attach_classifier_lora(base.model, rank, lora_alpha, target_modules)
+        self.model.to(self.device).eval()
+        self.tokenizer = base.tokenizer
+        self.base_model_name, self.base_fingerprint = base.name, base.fingerprint
+        self.rank, self.lora_alpha, self.max_length = rank, float(lora_alpha), max_length
+        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW([p for _, p in self.params], lr=0.0)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._owned_dir = None if checkpoint_dir else tempfile.mkdtemp(prefix="ulora-ckpt-")
+        self.checkpoint_dir = Path(checkpoint_dir or self._owned_dir or ".")
+        self._closed = False
+
+    # -- encoding -------------------------------------------------------------------------------
+    def _label_ids(self, batch: Sequence[Example]) -> list[int]:
+        ids = []
+        for i, ex in enumerate(batch):
+            text = ex.completion.strip()
+            if text not in self.labels:
+                raise InputError(f"example {i} has the label {ex.completion!r}, which is not one "
+                                 f"of this classifier's labels {list(self.labels)}; fix the data "
+                                 "or pass labels=... to the backend")
+            ids.append(self.labels.index(text))
+        return ids
+
+    def _encode(self, prompts: Sequence[str]) -> dict[str, Any]:
+        if len(prompts) == 0:
+            raise InputError("empty batch: pass at least one Example")
+        firsts, seconds = zip(*(_split_pair(p) for p in prompts), strict=True)
+        pair = None if all(s is None for s in seconds) else [s or "" for s in seconds]
+        enc = self.tokenizer(list(firsts), pair, padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items()
+                if k in ("input_ids", "attention_mask")}
+
+    def render(self, example: Example) -> Datum:
+        """The pair's tokens; the label index is the target at the last position (weight 1).
+
+        Raises:
+            InputError: the label is not one of ``labels``.
+        """
+        label = self._label_ids([example])[0]
+        ids = tuple(int(t) for t in self._encode([example.prompt])["input_ids"][0].tolist())
+        return Datum(ids, (label,) * len(ids), (0.0,) * (len(ids) - 1) + (1.0,))
+
+    # -- the TrainingBackend protocol -----------------------------------------------------------
+    def _losses(self, batch: Sequence[Example], *, train: bool) -> ForwardBackwardResult:
+        self._check_open()
+        labels = torch.tensor(self._label_ids(batch), device=self.device)
+        enc = self._encode([e.prompt for e in batch])
+        with torch.enable_grad() if train else torch.inference_mode():
+            logits = self.model(**enc).logits.float()
+            nll = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+            if train:
+                nll.sum().backward()
+        return ForwardBackwardResult(tuple(nll.detach().cpu().tolist()), (1.0,) * len(batch))
+
+    def forward_backward(self, batch: Sequence[Example]) -> Completed[ForwardBackwardResult]:
+        """Accumulate gradients of Σ CE(label) over the batch. Raises InputError on bad data."""
+        return Completed(self._losses(batch, train=True))
+
+    def forward(self, batch: Sequence[Example]) -> Completed[ForwardBackwardResult]:
+        """Per-example CE of the label without gradients. Raises InputError on bad data."""
+        if len(batch) == 0:
+            raise InputError("empty batch: pass at least one Example")
+        parts = [self._losses(batch[i:i + _CHUNK], train=False)
+                 for i in range(0, len(batch), _CHUNK)]
+        return Completed(ForwardBackwardResult(
+            tuple(x for r in parts for x in r.nll_sums),
+            tuple(x for r in parts for x in r.weight_sums)))
+
+    def optim_step(self, params: AdamParams) -> Completed[OptimStepResult]:
+        """One AdamW step with exactly ``params``, then clear the gradients.
+
+        Returns the global L2 norm of the gradients before clipping (0.0 when none were
+        accumulated).
+        """
+        self._check_open()
+        for group in self.optimizer.param_groups:
+            group.update(lr=params.learning_rate, betas=(params.beta1, params.beta2),
+                         eps=params.eps, weight_decay=params.weight_decay)
+        grads = [p for _, p in self.params if p.grad is not None]
+        norm = 0.0
+        if grads:  # max_norm=inf measures without scaling (the clip factor is clamped to 1)
+            clip = params.grad_clip_norm if params.grad_clip_norm > 0 else math.inf
+            norm = float(torch.nn.utils.clip_grad_norm_(grads, clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return Completed(OptimStepResult(grad_norm=norm))
+
+    def save_state(self, name: str) -> str:
+        """Write LoRA, head, AdamW and RNG state to ``checkpoint_dir/name``; return its path.
+
+        Raises:
+            CheckpointError: the name escapes ``checkpoint_dir``, or writing failed.
+        """
+        self._check_open()
+        return str(state.save(self, name))  # type: ignore[arg-type]  # same attributes
+
+    def load_state(self, ref: str) -> None:
+        """Restore a checkpoint of ``save_state``; pending gradients are discarded.
+
+        Raises:
+            CheckpointError: missing, incomplete, or made for another base model or LoRA shape.
+        """
+        self._check_open()
+        state.load(self, ref)  # type: ignore[arg-type]
+
+    def sample(self, prompts: Sequence[str], max_tokens: int = 1,
+               temperature: float = 0.0) -> list[str]:
+        """The predicted label text of each pair: the argmax at temperature 0, else a draw from
+        softmax(logits / temperature). ``max_tokens`` is ignored (a label is one answer)."""
+        self._check_open()
+        if not math.isfinite(temperature) or temperature < 0:
+            raise InputError(f"temperature={temperature} must be finite and ≥ 0")
+        out: list[str] = []
+        for i in range(0, len(prompts), _CHUNK):
+            with torch.inference_mode():
+                logits = self.model(**self._encode(prompts[i:i + _CHUNK])).logits.float()
+                if temperature == 0:
+                    picks = logits.argmax(dim=-1)
+                else:
+                    probs = torch.softmax(logits / temperature, dim=-1)
+                    picks = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+            out.extend(self.labels[int(k)] for k in picks.tolist())
+        return out
+
+    def close(self) -> None:
+        """Drop gradients and remove a checkpoint directory the backend created. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._owned_dir is not None:
+            shutil.rmtree(self._owned_dir, ignore_errors=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError("this ClassifierBackend is closed; create a new one")
+
+
+def _split_pair(prompt: str) -> tuple[str, str | None]:
+    first, sep, second = prompt.partition("\n")
+    return first, (second if sep else None)
+
+
+def _check_options(labels: tuple[str, ...], rank: int, alpha: float, max_length: int) -> None:
+    if len(labels) < 2 or len(set(labels)) != len(labels) or "" in labels:
+        raise ConfigurationError(f"labels={list(labels)!r}: give at least two distinct, "
+                                 "non-empty label texts")
+    if not isinstance(rank, int) or rank < 1:
+        raise ConfigurationError(f"rank={rank!r} must be a positive integer")
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
+        raise ConfigurationError(f"lora_alpha={alpha!r} must be a positive number")
+    if not isinstance(max_length, int) or max_length < 8:
+        raise ConfigurationError(f"max_length={max_length!r} must be an integer ≥ 8")
