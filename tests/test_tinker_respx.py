@@ -462,3 +462,21 @@ def test_a_wait_past_its_deadline_names_the_request(fake: FakeTinker, tokenizer_
             fb.result(timeout=0.3)
         fake.hold_results = False
         assert fb.result().mean_loss == pytest.approx(expected_loss(0))  # still usable after
+
+
+def test_the_key_never_reaches_a_log_line(
+    fake: FakeTinker, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")  # the SDK's and httpx's debug logs included
+    fake.expire = {("forward_backward", 2)}
+    with open_backend(fake, tokenizer_dir) as backend:
+        ref = backend.save_state("step-000000")
+        with pytest.raises(StateLostError):
+            run_steps(backend, range(2))
+        backend.load_state(ref)
+        run_steps(backend, range(2))
+    fake.auth_status = 401
+    with pytest.raises(ConfigurationError):
+        open_backend(fake, tokenizer_dir)
+    assert any(r.name.startswith("tinker") for r in caplog.records)
+    assert FAKE_KEY not in caplog.text
