@@ -29,6 +29,7 @@ from pydantic import (
     create_model,
     model_validator,
 )
+from ulora_remote.scenarios.mrpc import DataSection, check_pair_task, uses_classifier
 from ulora_remote.scenarios.pig_latin import EVAL_POOL_SIZE
 from ulora_remote.scenarios.shocks import Schedule, ShockKind
 
@@ -51,13 +52,15 @@ _STRICT = ConfigDict(strict=True, frozen=True, extra="forbid")
 Window = Annotated[tuple[StrictInt, StrictInt], Strict(False)]
 BUILTIN_MODELS = ("small", "medium")
 DEFAULT_LAG = {"local": 0, "tinker": 1}
+# The word-corrupting kinds of shocks.py, plus the label flip of the sentence-pair tasks (mrpc.py).
+AnyShockKind = Literal[ShockKind, Literal["flipped-label"]]
 
 
 class ShocksSection(BaseModel):
     """``[shocks]``: what a shock batch does and when (windows ``[start, end)`` in steps)."""
 
     model_config = _STRICT
-    kind: ShockKind = "random-letters"
+    kind: AnyShockKind = "random-letters"
     windows: Annotated[tuple[Window, ...], Strict(False)] = ()
     fraction: float = Field(default=1.0, gt=0.0, le=1.0)
 
@@ -187,7 +190,7 @@ class Scenario(BaseModel):
     model_config = _STRICT
     name: str = Field(min_length=1)
     description: str = ""
-    task: Literal["pig-latin"] = "pig-latin"
+    task: Literal["pig-latin", "mrpc", "paraphrase"] = "pig-latin"
     steps: int = Field(gt=0)
     batch_size: int = Field(default=8, gt=0)
     seed: int = Field(default=0, ge=0)
@@ -201,6 +204,7 @@ class Scenario(BaseModel):
     optimizer: OptimizerSection = OptimizerSection()
     baselines: BaselinesSection = BaselinesSection()
     checkpoint: CheckpointSection = CheckpointSection()
+    data: DataSection | None = None  # the sentence-pair tasks (scenarios/mrpc.py)
 
     @property
     def schedule(self) -> Schedule:
@@ -225,7 +229,8 @@ class Scenario(BaseModel):
             )
         if self.shocks is not None:
             _check_windows(self.shocks.windows, self.steps)
-        _check_backend(self.backend)
+        _check_backend(self.backend, classifier=uses_classifier(self))
+        check_pair_task(self)
         return self
 
 
@@ -248,7 +253,7 @@ def _check_windows(windows: tuple[tuple[int, int], ...], steps: int) -> None:
                 )
 
 
-def _check_backend(backend: BackendSection) -> None:
+def _check_backend(backend: BackendSection, *, classifier: bool = False) -> None:
     if backend.kind == "local":
         for key in ("base_url", "tokenizer"):
             if getattr(backend, key) is not None:
@@ -257,6 +262,8 @@ def _check_backend(backend: BackendSection) -> None:
                     f"remove backend.{key} or set backend.kind = 'tinker'"
                 )
         model = backend.base_model
+        if classifier:  # the classifier backend also takes hub names and checks them itself
+            return
         if model not in BUILTIN_MODELS and not Path(model).expanduser().is_dir():
             raise ValueError(
                 f"backend.base_model = {model!r} is neither a built-in model "

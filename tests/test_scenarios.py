@@ -201,6 +201,8 @@ def test_shipped_scenarios_load_and_match_the_seeds_schedules() -> None:
         "pig-latin-v2",
         "pig-latin-readme",
         "llama32-1b-tinker",
+        "mrpc-distilbert",
+        "mrpc-tinker",
     }
     assert all(names.values())
     default = load_scenario("pig-latin-shock")

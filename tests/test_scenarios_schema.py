@@ -117,7 +117,7 @@ MALFORMED = [
         "bad-shock-kind",
         None,
         ("shocks.kind=noise",),
-        ["shocks.kind = 'noise'", "'random-letters', 'reversed' or 'swapped-answer'"],
+        ["shocks.kind = 'noise'", "'random-letters', 'reversed', 'swapped-answer' or 'flipped"],
     ),
     (
         "bad-fraction",
@@ -213,7 +213,7 @@ MALFORMED = [
     ),
     ("table-given-a-value", None, ("eval=3",), ["eval = 3", "write a table"]),
     ("missing-required", "name = 't'\n", (), ["case.toml: steps is required — add it to the file"]),
-    ("bad-task", 'task = "mrpc"\n' + VALID, (), ["task = 'mrpc'", "'pig-latin'"]),
+    ("bad-task", 'task = "sst2"\n' + VALID, (), ["task = 'sst2'", "'pig-latin'"]),
 ]
 
 

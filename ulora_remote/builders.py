@@ -63,7 +63,12 @@ class ScenarioSource:
         return self._eval
 
 
-def build_source(scenario: Any) -> ScenarioSource:
+def build_source(scenario: Any) -> Any:
+    """The scenario's batch source: Pig Latin, or sentence pairs (``mrpc``, ``paraphrase``)."""
+    if getattr(scenario, "task", "pig-latin") in ("mrpc", "paraphrase"):
+        from ulora_remote.scenarios.mrpc import build_pair_source
+
+        return build_pair_source(scenario)
     return ScenarioSource(scenario)
 
 
@@ -127,6 +132,12 @@ def build_backend(scenario: Any, checkpoint_dir: Path) -> TrainingBackend:
         ConfigurationError: an unknown backend kind.
     """
     b = scenario.backend
+    if b.kind == "local" and _uses_classifier(scenario):
+        module = _import_backend("ulora_remote.backends.classify", "local", "torch")
+        return module.ClassifierBackend(  # type: ignore[no-any-return]
+            b.base_model, rank=b.rank, lora_alpha=b.lora_alpha, seed=scenario.seed,
+            checkpoint_dir=checkpoint_dir,
+        )
     if b.kind == "local":
         module = _import_backend("ulora_remote.backends.local", "local", "torch")
         return module.LocalBackend(  # type: ignore[no-any-return]
@@ -141,6 +152,12 @@ def build_backend(scenario: Any, checkpoint_dir: Path) -> TrainingBackend:
             b.base_model, rank=b.rank, seed=scenario.seed, **options
         )
     raise ConfigurationError(f"backend.kind = {b.kind!r}: choose 'local' or 'tinker'")
+
+
+def _uses_classifier(scenario: Any) -> bool:
+    from ulora_remote.scenarios.mrpc import uses_classifier
+
+    return uses_classifier(scenario)
 
 
 def _import_backend(name: str, extra: str, dependency: str) -> Any:

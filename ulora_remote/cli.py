@@ -156,6 +156,11 @@ def _print_summary(summary: dict[str, Any] | None, run_dir: Path) -> None:
         print(f"final eval loss {final.get('eval_loss', float('nan')):.4f}, exact match "
               f"{final.get('exact_match', float('nan')):.3f}, "
               f"{summary.get('wall_s', float('nan')):.1f} s")
+        from ulora_remote.summary import classification_line
+
+        line = classification_line(summary)
+        if line:
+            print(line)
     print(f"run directory: {run_dir}")
 
 

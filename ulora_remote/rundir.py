@@ -114,6 +114,7 @@ class RunDir:
         self.steps_path = self.path / "steps.csv"
         self.evals_path = self.path / "evals.csv"
         self.checkpoints_path = self.path / "checkpoints.jsonl"
+        self.eval_scores_path = self.path / "eval_scores.jsonl"  # classification tasks only
         self.summary_path = self.path / "summary.json"
         self.plot_path = self.path / "plot.png"
         self.checkpoint_dir = self.path / "checkpoints"
@@ -144,7 +145,7 @@ class RunDir:
                 f"{self.path} holds an unfinished run; continue it with "
                 f"`ulora run --resume {self.path}` or start over with --force"
             )
-        for p in (self.steps_path, self.evals_path, self.checkpoints_path,
+        for p in (self.steps_path, self.evals_path, self.checkpoints_path, self.eval_scores_path,
                   self.summary_path, self.plot_path, self.config_path):
             p.unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -181,6 +182,26 @@ class RunDir:
         """Keep only the rows with ``step < step`` in steps.csv and evals.csv (atomic rename)."""
         _truncate_csv(self.steps_path, STEP_COLUMNS, step)
         _truncate_csv(self.evals_path, EVAL_COLUMNS, step)
+
+    # -- task scores (classification) -------------------------------------------------------
+    def append_eval_scores(self, record: Mapping[str, Any]) -> None:
+        """Append one evaluation's task scores (a JSON line with its ``step``)."""
+        with self.eval_scores_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def eval_scores(self) -> list[dict[str, Any]]:
+        """One record per evaluation step, sorted by step; a step written again after a resume
+        keeps its last record, and a line cut by a kill is ignored."""
+        if not self.eval_scores_path.exists():
+            return []
+        by_step: dict[int, dict[str, Any]] = {}
+        for line in self.eval_scores_path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            by_step[int(record["step"])] = record
+        return [by_step[k] for k in sorted(by_step)]
 
     # -- checkpoints --------------------------------------------------------------------------
     def append_checkpoint(self, record: Mapping[str, Any]) -> None:

@@ -250,6 +250,16 @@ class Runner:
         assert self._evals_csv is not None
         self._evals_csv.write(row)
         self.console.eval(row)
+        self._score_eval(k, outputs)
+
+    def _score_eval(self, k: int, outputs: Sequence[str]) -> None:
+        """Record the scores of a source that scores its own task (accuracy, F1, majority)."""
+        score = getattr(self.source, "score_eval", None)
+        if not callable(score):
+            return
+        scores = score(outputs)
+        self.rundir.append_eval_scores({"step": k, **scores.to_dict()})
+        self.console.line(f"[{k}] {scores.describe()}")
 
     def _checkpoint(self, k: int) -> None:
         assert self._steps_csv is not None and self._evals_csv is not None

@@ -18,7 +18,14 @@ from ulora_remote.errors import MissingExtraError
 from ulora_remote.metrics import recovery_metrics_from_frame
 from ulora_remote.rundir import RunDir
 
-__all__ = ["FINAL_METRICS", "METRIC_NAMES", "build_summary", "run_metrics_rows", "write_report"]
+__all__ = [
+    "FINAL_METRICS",
+    "METRIC_NAMES",
+    "build_summary",
+    "classification_line",
+    "run_metrics_rows",
+    "write_report",
+]
 
 #: Per-window metrics that go into the compare table, in table order.
 METRIC_NAMES: tuple[str, ...] = (
@@ -57,7 +64,26 @@ def build_summary(rd: RunDir) -> dict[str, Any]:
         summary.update(metrics.to_dict())
     else:
         summary.update({"windows": [], "final": {}})
+    scores = rd.eval_scores()
+    if scores:  # a classification task: the last evaluation's scores beside the majority class
+        summary["classification"] = scores[-1]
+        summary["all_one_class"] = bool(scores[-1]["one_class"])
     return summary
+
+
+def classification_line(summary: dict[str, Any]) -> str | None:
+    """The final accuracy/F1 against the majority class for the console (None: no such task)."""
+    c = summary.get("classification")
+    if not c:
+        return None
+    text = (f"final accuracy {c['accuracy']:.3f}, F1 {c['f1']:.3f}; majority class "
+            f"{c['majority_label']!r}: accuracy {c['majority_accuracy']:.3f}, "
+            f"F1 {c['majority_f1']:.3f} ({'above' if c['beats_majority'] else 'NOT above'} "
+            "the majority class)")
+    if c["one_class"]:
+        text += (f"\nWARNING: all {c['n']} final predictions are {c['one_class_label']!r}: "
+                 "the model answers one class and has not learned the task")
+    return text
 
 
 def write_report(rd: RunDir, *, out: Any = None) -> dict[str, Any]:

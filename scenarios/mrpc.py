@@ -1,0 +1,209 @@
+"""GLUE MRPC sentence pairs: from the ``datasets`` library, or from local files by path.
+
+Sources, tried in this order by ``load_mrpc``:
+
+* ``path`` given: a directory with
+
+  - the GLUE TSVs: ``train.tsv`` and ``dev.tsv`` (columns ``Quality``, ``#1 ID``, ``#2 ID``,
+    ``#1 String``, ``#2 String``), or
+  - Parquet files as on the Hugging Face hub (``train-*.parquet``, ``validation-*.parquet``,
+    columns ``sentence1``, ``sentence2``, ``label``); reading them needs pyarrow (the 'mrpc'
+    extra);
+
+* no path: ``datasets.load_dataset("nyu-mll/glue", "mrpc")`` (the 'mrpc' extra; downloads once
+  when the hub is reachable, then reads the local cache).
+
+Split names are ``"train"`` and ``"validation"`` (GLUE's test labels are hidden, so the
+validation split is what MRPC results are reported on).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from ulora_remote.scenarios.paraphrase import ParaphraseSource, SentencePair, generate_pairs
+
+from ulora_remote.errors import ConfigurationError, MissingExtraError
+
+__all__ = [
+    "PAIR_TASKS",
+    "SPLITS",
+    "DataSection",
+    "build_pair_source",
+    "check_pair_task",
+    "load_mrpc",
+    "read_glue_tsv",
+    "uses_classifier",
+]
+
+#: Tasks whose examples are sentence pairs: GLUE MRPC, and the generated offline set.
+PAIR_TASKS = ("mrpc", "paraphrase")
+PAIR_SHOCK = "flipped-label"
+
+SPLITS = ("train", "validation")
+_TSV_NAMES = {"train": ("train.tsv",), "validation": ("dev.tsv",)}
+_TSV_COLUMNS = ("Quality", "#1 String", "#2 String")
+
+
+def load_mrpc(split: str, path: str | Path | None = None) -> list[SentencePair]:
+    """The MRPC pairs of ``split``, from ``path`` or through ``datasets``.
+
+    Raises:
+        ConfigurationError: an unknown split, a missing path, a directory without MRPC files,
+            or a file without the expected columns (each message says what to provide).
+        MissingExtraError: ``datasets`` (no path) or pyarrow (Parquet) is not installed.
+    """
+    if split not in SPLITS:
+        raise ConfigurationError(f"MRPC split {split!r}: choose one of {list(SPLITS)}")
+    if path is None:
+        return _from_datasets(split)
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ConfigurationError(
+            f"data.path = {str(path)!r} is not a directory; point it at a folder with GLUE's MRPC "
+            "train.tsv and dev.tsv (or train-*.parquet and validation-*.parquet), or remove "
+            "data.path to load GLUE MRPC through `datasets`")
+    file = _find_file(root, split)
+    if file.suffix == ".parquet":
+        return _from_parquet(file)
+    return read_glue_tsv(file)
+
+
+def _find_file(root: Path, split: str) -> Path:
+    for name in _TSV_NAMES[split]:
+        if (root / name).is_file():
+            return root / name
+    parquet = sorted(root.glob(f"{split}-*.parquet")) + sorted(root.glob(f"{split}.parquet"))
+    if parquet:
+        return parquet[0]
+    raise ConfigurationError(
+        f"data.path = {str(root)!r} has no MRPC {split} file: expected one of "
+        f"{list(_TSV_NAMES[split])} or {split}-*.parquet; download GLUE MRPC into it")
+
+
+def read_glue_tsv(file: Path) -> list[SentencePair]:
+    """Pairs from a GLUE/MSR MRPC TSV (quotes are literal text in these files).
+
+    Raises:
+        ConfigurationError: the file lacks the ``Quality``/``#1 String``/``#2 String`` columns
+            or has a label other than 0/1.
+    """
+    with file.open(encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows or not set(_TSV_COLUMNS) <= set(rows[0]):
+        raise ConfigurationError(
+            f"{file} is not an MRPC TSV with labels: it needs the columns {list(_TSV_COLUMNS)} "
+            "(GLUE's test.tsv has no labels; use train.tsv and dev.tsv)")
+    return [_pair(r["#1 String"], r["#2 String"], r["Quality"], file, i)
+            for i, r in enumerate(rows)]
+
+
+def _pair(s1: Any, s2: Any, label: Any, source: Path | str, index: int) -> SentencePair:
+    text = str(label).strip()
+    if text not in ("0", "1"):
+        raise ConfigurationError(f"{source}: row {index} has the label {label!r}; MRPC labels "
+                                 "are 0 (not a paraphrase) and 1 (paraphrase)")
+    return SentencePair(str(s1).strip(), str(s2).strip(), int(text))
+
+
+def _from_parquet(file: Path) -> list[SentencePair]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(file)
+    except ImportError as exc:
+        raise MissingExtraError("mrpc", "pyarrow") from exc
+    missing = {"sentence1", "sentence2", "label"} - set(frame.columns)
+    if missing:
+        raise ConfigurationError(f"{file} lacks the columns {sorted(missing)}; use the GLUE "
+                                 "MRPC Parquet files (sentence1, sentence2, label)")
+    return [_pair(a, b, c, file, i) for i, (a, b, c) in
+            enumerate(frame[["sentence1", "sentence2", "label"]].itertuples(index=False))]
+
+
+def _from_datasets(split: str) -> list[SentencePair]:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise MissingExtraError("mrpc", "datasets") from exc
+    try:
+        rows = datasets.load_dataset("nyu-mll/glue", "mrpc", split=split)
+    except Exception as exc:  # noqa: BLE001 — datasets raises many types for "not reachable"
+        raise ConfigurationError(
+            f"could not load GLUE MRPC through `datasets`: {exc}. Without the Hugging Face hub, "
+            "download MRPC elsewhere and set data.path to the folder with train.tsv/dev.tsv or "
+            "the Parquet files") from exc
+    return [_pair(r["sentence1"], r["sentence2"], r["label"], "datasets:glue/mrpc", i)
+            for i, r in enumerate(rows)]
+
+
+class DataSection(BaseModel):
+    """``[data]``: the sentence-pair data of the ``mrpc`` and ``paraphrase`` tasks.
+
+    ``path``: MRPC files (see ``load_mrpc``); absent means ``datasets``. ``format``:
+    ``"classifier"`` (labels "1"/"0", the local sequence classifier) or ``"completion"``
+    (" yes"/" no", a causal LM such as Llama-3.2-1B on Tinker). ``train_size``: use the first
+    this many training pairs (0: all; the generated set has 2,000 by default).
+    ``positive_rate``: the generated set's share of paraphrases.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    path: str | None = None
+    format: Literal["classifier", "completion"] = "classifier"
+    train_size: int = Field(default=0, ge=0)
+    positive_rate: float = Field(default=0.6, gt=0.0, lt=1.0)
+
+
+def check_pair_task(scenario: Any) -> None:
+    """Cross-field rules of the pair tasks, for the scenario validator (messages name the key).
+
+    Raises:
+        ValueError: label-flip shocks on Pig Latin (or other shocks on pairs), ``[data]`` on
+            Pig Latin, or the classifier format on a backend other than local.
+    """
+    pairs = scenario.task in PAIR_TASKS
+    kind = scenario.shocks.kind if scenario.shocks is not None else None
+    if pairs and kind is not None and kind != PAIR_SHOCK:
+        raise ValueError(f"shocks.kind = {kind!r} corrupts words; task = {scenario.task!r} "
+                         f"has sentence pairs: set shocks.kind = {PAIR_SHOCK!r}")
+    if not pairs and kind == PAIR_SHOCK:
+        raise ValueError(f"shocks.kind = {PAIR_SHOCK!r} needs a sentence-pair task "
+                         f"({', '.join(PAIR_TASKS)}); pick another kind for {scenario.task!r}")
+    if not pairs and scenario.data is not None:
+        raise ValueError(f"[data] belongs to the sentence-pair tasks ({', '.join(PAIR_TASKS)});"
+                         f" remove it for task = {scenario.task!r}")
+    data = scenario.data or DataSection()
+    if pairs and data.format == "classifier" and scenario.backend.kind != "local":
+        raise ValueError(f"data.format = 'classifier' trains a local sequence classifier, but "
+                         f"backend.kind = {scenario.backend.kind!r}; set data.format = "
+                         "'completion' (\" yes\"/\" no\" answers) or backend.kind = 'local'")
+
+
+def uses_classifier(scenario: Any) -> bool:
+    """Whether the scenario trains the local sequence classifier (not a causal LM)."""
+    data = scenario.data or DataSection()
+    return scenario.task in PAIR_TASKS and data.format == "classifier"
+
+
+def build_pair_source(scenario: Any) -> ParaphraseSource:
+    """The batch source of an ``mrpc`` or ``paraphrase`` scenario (loads or generates data).
+
+    Raises:
+        ConfigurationError, MissingExtraError: as ``load_mrpc``.
+    """
+    data = scenario.data or DataSection()
+    if scenario.task == "mrpc":
+        train = load_mrpc("train", data.path)
+        eval_pairs = load_mrpc("validation", data.path)[: scenario.eval.size]
+    else:
+        train = generate_pairs(data.train_size or 2000, "train", data.positive_rate)
+        eval_pairs = generate_pairs(scenario.eval.size, "eval", data.positive_rate)
+    shocks = scenario.shocks
+    return ParaphraseSource(
+        train[: data.train_size or None], eval_pairs, fmt=data.format, seed=scenario.seed,
+        batch_size=scenario.batch_size,
+        windows=[tuple(w) for w in shocks.windows] if shocks is not None else (),
+        fraction=shocks.fraction if shocks is not None else 1.0)
