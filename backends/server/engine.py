@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,10 +37,19 @@ class DatumsResultLike(Protocol):
 class Engine(Protocol):
     """The token-level surface of ``LocalBackend`` that the server uses."""
 
-    base_model_name: str
-    tokenizer_dir: str
-    rank: int
-    eos_token_id: int | None
+    @property
+    def base_model_name(self) -> str: ...
+
+    @property
+    def tokenizer_dir(self) -> str | PathLike[str]:
+        """A local directory that ``AutoTokenizer.from_pretrained`` loads offline."""
+        ...
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def eos_token_id(self) -> int | None: ...
 
     def forward_backward_datums(self, datums: Sequence[Datum]) -> Future[Any]: ...
 
