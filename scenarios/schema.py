@@ -44,6 +44,7 @@ __all__ = [
     "ControllerSection",
     "EvalSection",
     "OptimizerSection",
+    "PolicySection",
     "Scenario",
     "ShocksSection",
 ]
@@ -88,14 +89,45 @@ class BackendSection(BaseModel):
     tokenizer: str | None = None
 
 
+class PolicySection(BaseModel):
+    """``[controller.policy]``: options of the baselines and variants (``ulora_remote.policies``,
+    ``ulora_remote.stress``). ``plateau_*``: PyTorch's ReduceLROnPlateau rule on the training
+    loss, starting at ``controller.fixed_lr``; ``zskip_*``: skip a batch whose screened loss is
+    more than z σ above recent accepted ones; ``ratio_*``: the scale-free stress of
+    ``controller.stress = "ratio"``; ``snapshot_every`` > 0: keep stability snapshots and roll
+    back on entering Mirror (method "controller" only)."""
+
+    model_config = _STRICT
+    plateau_factor: float = Field(default=0.5, gt=0.0, lt=1.0)
+    plateau_patience: int = Field(default=50, ge=0)
+    plateau_threshold: float = Field(default=1e-4, ge=0.0)
+    plateau_cooldown: int = Field(default=0, ge=0)
+    plateau_min_lr: float = Field(default=1e-5, ge=0.0)
+    zskip_z: float = Field(default=3.0, gt=0.0)
+    zskip_window: int = Field(default=50, ge=2)
+    zskip_min_history: int = Field(default=20, ge=2)
+    ratio_fast_beta: float = Field(default=0.9, gt=0.0, lt=1.0)
+    ratio_slow_beta: float = Field(default=0.99, gt=0.0, lt=1.0)
+    ratio_gain: float = Field(default=1.0, gt=0.0)
+    ratio_slow_clip: float = Field(default=1.5, ge=1.0)
+    snapshot_every: int = Field(default=0, ge=0)
+    snapshot_keep: int = Field(default=2, ge=1)
+
+
 class ControllerSection(BaseModel):
     """``[controller]``: the method, the preset, and any ``ControllerConfig`` field as an override
-    (``cooldown = 0``). Overrides are kept as extra keys, so a dump lists them beside the preset."""
+    (``cooldown = 0``). Overrides are kept as extra keys, so a dump lists them beside the preset.
+    ``method``: "controller", "fixed" (``fixed_lr``), "plateau" (ReduceLROnPlateau from
+    ``fixed_lr``) or "zskip" (``fixed_lr`` with loss z-score skipping); ``stress``: "ema" (Ê/(1+Ê))
+    or "ratio" (scale-free); ``label`` names the method in run names and compare tables."""
 
     model_config = ConfigDict(strict=True, frozen=True, extra="allow")
-    method: Literal["controller", "fixed"] = "controller"
+    method: Literal["controller", "fixed", "plateau", "zskip"] = "controller"
     preset: Literal["reference", "tinker"] = "tinker"
     fixed_lr: float = Field(default=5e-4, gt=0.0)
+    stress: Literal["ema", "ratio"] = "ema"
+    label: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z0-9._+-]+$")
+    policy: PolicySection = PolicySection()
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -140,7 +172,7 @@ def _override_problem(exc: ValidationError) -> str:
     err = exc.errors(include_url=False)[0]
     key = f"controller.{err['loc'][0]}"
     if err["type"] == "extra_forbidden":
-        valid = ["method", "preset", "fixed_lr", *CONTROLLER_FIELDS]
+        valid = ["method", "preset", "fixed_lr", "stress", "label", "policy", *CONTROLLER_FIELDS]
         close = difflib.get_close_matches(str(err["loc"][0]), valid, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         return (

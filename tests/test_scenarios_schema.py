@@ -135,7 +135,7 @@ MALFORMED = [
         "bad-method",
         None,
         ("controller.method=adaptive",),
-        ["controller.method = 'adaptive'", "'controller' or 'fixed'"],
+        ["controller.method = 'adaptive'", "'controller', 'fixed', 'plateau' or 'zskip'"],
     ),
     (
         "bad-backend-kind",

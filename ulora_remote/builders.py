@@ -30,7 +30,9 @@ __all__ = [
 
 # Defaults by backend (DESIGN.md §3): local runs the seed's quick start, Tinker pipelines.
 DEFAULT_LAG = {"local": 0, "tinker": 1}
-_NOT_CONTROLLER_FIELDS = frozenset({"method", "preset", "fixed_lr", "overrides"})
+_NOT_CONTROLLER_FIELDS = frozenset(
+    {"method", "preset", "fixed_lr", "overrides", "stress", "label", "policy"}
+)
 
 
 class ScenarioSource:
@@ -88,10 +90,14 @@ def controller_overrides(controller_section: Any) -> dict[str, Any]:
     return extra
 
 
-def build_controller(scenario: Any) -> UnifiedController:
-    """The scenario's preset with its overrides. Raises ConfigurationError on a bad field."""
+def build_controller(scenario: Any) -> Any:
+    """The scenario's preset with its overrides, wrapped for the baselines and variants
+    (``ulora_remote.policies.build_policy``). Raises ConfigurationError on a bad field."""
+    from ulora_remote.policies import build_policy
+
     section = scenario.controller
-    return UnifiedController.from_preset(section.preset, **controller_overrides(section))
+    inner = UnifiedController.from_preset(section.preset, **controller_overrides(section))
+    return build_policy(section, inner)
 
 
 def effective_lag(scenario: Any) -> int:
@@ -104,7 +110,9 @@ def method_label(scenario: Any) -> str:
     from ulora_remote.console import format_lr
 
     c = scenario.controller
-    return "controller" if c.method == "controller" else f"fixed-{format_lr(c.fixed_lr)}"
+    if getattr(c, "label", None):
+        return str(c.label)
+    return "controller" if c.method == "controller" else f"{c.method}-{format_lr(c.fixed_lr)}"
 
 
 def build_settings(scenario: Any, run_name: str, *, log_every: int = 25) -> RunSettings:
@@ -121,6 +129,9 @@ def build_settings(scenario: Any, run_name: str, *, log_every: int = 25) -> RunS
         eval_max_tokens=scenario.eval.max_tokens,
         checkpoint_every=scenario.checkpoint.every,
         log_every=log_every,
+        # Rollback snapshots belong to the controller: only it has a Mirror mode that acts.
+        snapshot_every=c.policy.snapshot_every if c.method == "controller" else 0,
+        snapshot_keep=c.policy.snapshot_keep,
     )
 
 

@@ -33,10 +33,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
-from ulora_remote.backend import AdamParams, Example, Future, TrainingBackend
+from ulora_remote.backend import AdamParams, Completed, Example, Future, TrainingBackend
 from ulora_remote.console import Console
 from ulora_remote.controller import UnifiedController
 from ulora_remote.errors import BackendError, CheckpointError, StateLostError
+from ulora_remote.policies import SnapshotKeeper
 from ulora_remote.rundir import CsvAppender, RunDir
 
 __all__ = ["BatchSource", "RunSettings", "Runner"]
@@ -60,6 +61,8 @@ class RunSettings:
 
     ``fixed_lr`` None means the controller drives the LR; a number makes a fixed baseline.
     ``optimizer`` holds AdamParams fields other than ``learning_rate``.
+    ``snapshot_every`` > 0 keeps stability snapshots and rolls back on entering Mirror
+    (``ulora_remote.policies.SnapshotKeeper``; not carried across a resume).
     """
 
     run_name: str
@@ -75,6 +78,8 @@ class RunSettings:
     log_every: int = 25
     max_recoveries: int = 3
     result_timeout_s: float | None = None
+    snapshot_every: int = 0
+    snapshot_keep: int = 2
 
 
 class Runner:
@@ -108,6 +113,16 @@ class Runner:
         self._rows_written = 0
         self._steps_csv: CsvAppender | None = None
         self._evals_csv: CsvAppender | None = None
+        # Baselines and variants (ulora_remote.policies): steps skipped by a loss screen (their
+        # row logs the screened loss with lr 0) and the Mirror rollback snapshots.
+        self._skipped: set[int] = set()
+        self._snapshots = self._new_snapshot_keeper()
+
+    def _new_snapshot_keeper(self) -> SnapshotKeeper | None:
+        if self.s.snapshot_every <= 0:
+            return None
+        return SnapshotKeeper(self.s.snapshot_every, self.s.snapshot_keep,
+                              mode=int(getattr(self.controller, "mode", 1)))
 
     # -- entry point ----------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> None:
@@ -165,6 +180,7 @@ class Runner:
         self._wall_offset_s = float(ckpt.get("wall_s", 0.0))
         self._t0 = time.monotonic()
         self.rundir.truncate_tables(k)
+        self._snapshots = self._new_snapshot_keeper()  # snapshots after k belong to the past run
         self.console.line(f"resuming from the checkpoint at step {k}")
         return k
 
@@ -178,11 +194,15 @@ class Runner:
         self._next_read = start
         for t in range(start, self.s.steps):
             self._boundary(t, fb, opt, shock, skip_checkpoint=(t == start and t > 0))
+            self._snapshot_or_rollback(t, opt)
             batch, shock[t] = self.source.batch(t)
-            fb[t] = self.backend.forward_backward(batch)
+            skip = self._screen(t, batch, fb)
+            if not skip:
+                fb[t] = self.backend.forward_backward(batch)
             self._read_until(t - self.s.lag, fb, opt, shock)
-            params = AdamParams(learning_rate=self._lr(t), **dict(self.s.optimizer))
-            opt[t] = self.backend.optim_step(params)
+            if not skip:
+                params = AdamParams(learning_rate=self._lr(t), **dict(self.s.optimizer))
+                opt[t] = self.backend.optim_step(params)
         self._boundary(self.s.steps, fb, opt, shock, skip_checkpoint=(start == self.s.steps))
         self.console.done()
 
@@ -212,12 +232,14 @@ class Runner:
             loss = float(result.mean_loss)
             decision = self.controller.decide(loss)
             self._decided_lr[u] = decision.lr
+            if self._snapshots is not None:
+                self._snapshots.observe(decision)
             if u in opt:
                 opt.pop(u).result(self.s.result_timeout_s)
             row = {
                 "step": u, "shock": shock.pop(u), "loss": loss,
                 "e_smooth": decision.e_smooth, "phi": decision.phi, "mode": decision.mode,
-                "mode_name": decision.mode_name, "lr": self._lr(u),
+                "mode_name": decision.mode_name, "lr": 0.0 if u in self._skipped else self._lr(u),
                 "switched": decision.switched, "tokens": float(result.tokens),
                 "wall_s": round(self._wall_s(), 4),
             }
@@ -225,6 +247,7 @@ class Runner:
             self._steps_csv.write(row)
             self._rows_written = u + 1
             self._next_read = u + 1
+            self._skipped.discard(u)
             self.console.step(row, self.s.log_every)
 
     def _lr(self, t: int) -> float:
@@ -235,8 +258,41 @@ class Runner:
             return self.s.fixed_lr
         source = t - self.s.lag
         if source < 0:
-            return self.controller.config.lrs[1]  # the controller starts in Multi
+            # The controller starts in Multi; a baseline policy names its own first LR.
+            return float(getattr(self.controller, "initial_lr", self.controller.config.lrs[1]))
         return self._decided_lr[source]
+
+    # -- baselines and variants (ulora_remote.policies) ------------------------------------------
+    def _screen(self, t: int, batch: Sequence[Example], fb: dict[int, Future[Any]]) -> bool:
+        """Screen the batch with a gradient-free forward when the policy asks; True = skip it.
+
+        A skipped step keeps the screened result as its row's loss and submits no update.
+        """
+        if not getattr(self.controller, "screens", False):
+            return False
+        screened = self.backend.forward(batch).result(self.s.result_timeout_s)
+        if not self.controller.screen(float(screened.mean_loss)):
+            return False
+        fb[t] = Completed(screened)
+        self._skipped.add(t)
+        return True
+
+    def _snapshot_or_rollback(self, t: int, opt: dict[int, Future[Any]]) -> None:
+        """At boundary t: restore the oldest stability snapshot after a switch into Mirror, or
+        save one while stable (DESIGN.md §4). Submitted updates are drained first, so a snapshot
+        holds every step < t and a rollback is not undone by an update still in flight."""
+        keeper = self._snapshots
+        if keeper is None or not (keeper.pending or keeper.due(t)):
+            return
+        for u in sorted(opt):
+            opt.pop(u).result(self.s.result_timeout_s)
+        if keeper.pending:
+            target = keeper.take_rollback()
+            if target is not None:
+                self.backend.load_state(target[1])
+                self.console.line(f"[{t}] Mirror: rolled back to the snapshot of step {target[0]}")
+        else:
+            keeper.add(t, self.backend.save_state(f"{self.s.run_name}-snap{t:06d}"))
 
     # -- evaluation and checkpoints -------------------------------------------------------------
     def _evaluate(self, k: int) -> None:

@@ -1,0 +1,142 @@
+"""A scale-free stress signal: a shock is a jump relative to the run's own loss level.
+
+The default controller's stress D = Ê/(1+Ê) reads the *absolute* loss, so a run that starts at a
+high loss (a fresh adapter on a new task) sits in Mirror for hundreds of steps, shock or not, and
+the same loss jump means a different D at different levels. Here the stress is a ratio::
+
+    fast_t = β_f·fast_{t-1} + (1-β_f)·L_t
+    slow_t = β_s·slow_{t-1} + (1-β_s)·min(L_t, c·slow_{t-1})
+    r_t    = fast_t / slow_t
+    D_t    = g·max(0, r_t − 1) / (1 + g·max(0, r_t − 1))        in [0, 1)
+
+Both averages start at the first loss, so a high starting loss gives r = 1 and D = 0; falling
+loss gives r < 1, D = 0. The slow average's input is clipped at c times its value so that a
+shock lasting many steps does not quickly become the new normal (with β_s = 0.99 and c = 1.5,
+slow rises at most ~0.5% a step); a lasting shift is still absorbed after a few hundred steps.
+
+``ScaleFreeController`` feeds D to the ordinary ``UnifiedController`` as its external stress
+with α_E = 1, so the mode machine (thresholds, cooldown, Mirror-lock, derivative reaction) is the
+same one; Ê is still the EMA of the raw loss and is logged as usual.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ulora_remote.controller import ControllerConfig, Decision, UnifiedController
+from ulora_remote.errors import ConfigurationError
+
+__all__ = ["RatioStress", "RatioStressConfig", "ScaleFreeController"]
+
+_TINY = 1e-12
+
+
+@dataclass(frozen=True, kw_only=True)
+class RatioStressConfig:
+    """``fast_beta`` < ``slow_beta`` in (0, 1); ``gain`` > 0; ``slow_clip`` ≥ 1 (see module)."""
+
+    fast_beta: float = 0.9
+    slow_beta: float = 0.99
+    gain: float = 1.0
+    slow_clip: float = 1.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fast_beta < self.slow_beta < 1.0:
+            raise ConfigurationError(
+                f"ratio stress needs 0 < fast_beta ({self.fast_beta}) < slow_beta "
+                f"({self.slow_beta}) < 1: the fast average must react sooner than the slow one"
+            )
+        if not self.gain > 0 or not self.slow_clip >= 1.0:
+            raise ConfigurationError(
+                f"ratio stress gain={self.gain} must be > 0 and slow_clip={self.slow_clip} ≥ 1"
+            )
+
+
+class RatioStress:
+    """The scale-free stress D_t of the module docstring; non-finite losses give D = 1."""
+
+    def __init__(self, config: RatioStressConfig | None = None) -> None:
+        self.config = config or RatioStressConfig()
+        self.fast: float | None = None
+        self.slow: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        if self.fast is None or self.slow is None:
+            return 1.0
+        return (self.fast + _TINY) / (self.slow + _TINY)
+
+    def update(self, loss: float) -> float:
+        """Feed one loss (≥ 0); return D_t in [0, 1)."""
+        loss = float(loss)
+        if not math.isfinite(loss):
+            return 1.0  # the strongest stress; the averages are not poisoned
+        cfg = self.config
+        if self.fast is None or self.slow is None:
+            self.fast = self.slow = loss
+        else:
+            self.fast = cfg.fast_beta * self.fast + (1 - cfg.fast_beta) * loss
+            clipped = min(loss, cfg.slow_clip * self.slow) if self.slow > 0 else loss
+            self.slow = cfg.slow_beta * self.slow + (1 - cfg.slow_beta) * clipped
+        excess = cfg.gain * max(0.0, self.ratio - 1.0)
+        return excess / (1.0 + excess)
+
+    def state_dict(self) -> dict[str, float | None]:
+        return {"fast": self.fast, "slow": self.slow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fast, self.slow = state["fast"], state["slow"]
+
+
+class ScaleFreeController:
+    """The Unified-LoRA mode machine driven by ``RatioStress`` instead of Ê/(1+Ê).
+
+    Args:
+        config: thresholds, LRs and options of the mode machine; ``alpha_e`` and ``formula``
+            are set here (1.0 and "readme") so that φ follows D_t alone.
+        stress: the ratio stress's parameters.
+    """
+
+    def __init__(self, config: ControllerConfig, stress: RatioStressConfig | None = None) -> None:
+        self.inner = UnifiedController(replace(config, alpha_e=1.0, formula="readme"))
+        self.stress = RatioStress(stress)
+
+    @property
+    def config(self) -> ControllerConfig:
+        return self.inner.config
+
+    @property
+    def mode(self) -> int:
+        return self.inner.mode
+
+    @property
+    def phi(self) -> float:
+        return self.inner.phi
+
+    def decide(self, loss: float, external_stress: float | None = None) -> Decision:
+        """One update; ``external_stress`` is not supported (the ratio is the stress).
+
+        Raises:
+            InputError: a negative loss (from the inner controller).
+            ConfigurationError: an external stress was given.
+        """
+        if external_stress is not None:
+            raise ConfigurationError(
+                "ScaleFreeController takes no external stress; the loss ratio is its stress"
+            )
+        if float(loss) < 0:
+            return self.inner.decide(loss)  # raises the controller's InputError
+        return self.inner.decide(loss, self.stress.update(loss))
+
+    def update(self, loss: float) -> float:
+        """The seed's API: feed a loss, get the learning rate."""
+        return self.decide(loss).lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"controller": self.inner.state_dict(), "ratio": self.stress.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["controller"])
+        self.stress.load_state_dict(state["ratio"])
