@@ -83,7 +83,7 @@ class FakeTinker:
         self.honor_overwrite = True
         self.hold_results = False
         self.refuse_saves = False
-        self.finished_sessions: list[str] = []
+        self.finished_sessions: list[tuple[str, str]] = []
         self.auth_status: int | None = None
         self._ids = itertools.count()
 
@@ -104,7 +104,8 @@ class FakeTinker:
         if path in ("session_heartbeat", "telemetry"):
             return httpx.Response(200, json={})
         if path.startswith("sessions/") and path.endswith("/finish"):
-            self.finished_sessions.append(path.split("/")[1])
+            reason = json.loads(request.content)["reason"]["type"]
+            self.finished_sessions.append((path.split("/")[1], reason))
             return httpx.Response(200, json=None)
         if path == "get_server_capabilities":
             return httpx.Response(
@@ -302,7 +303,7 @@ def test_three_pipelined_steps_execute_once_in_order(fake: FakeTinker, tokenizer
     assert clean.tokens == sum(len(e.completion) + 1 for e in BATCH)  # completion + EOS
     assert fake.kinds == Counter(forward_backward=3, optim_step=3, forward=1)
     assert set(fake.executed.values()) == {1}
-    assert len(fake.finished_sessions) == 1  # the session was closed
+    assert [reason for _, reason in fake.finished_sessions] == ["success"]  # session closed
 
 
 def test_render_weights_only_completion_and_eos(fake: FakeTinker, tokenizer_dir: Path) -> None:
@@ -480,3 +481,19 @@ def test_the_key_never_reaches_a_log_line(
         open_backend(fake, tokenizer_dir)
     assert any(r.name.startswith("tinker") for r in caplog.records)
     assert FAKE_KEY not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"), [(KeyboardInterrupt, "interrupted"), (RuntimeError, "errored")]
+)
+def test_the_session_is_closed_after_an_error_or_ctrl_c(
+    fake: FakeTinker, tokenizer_dir: Path, error: type[BaseException], reason: str
+) -> None:
+    backend = open_backend(fake, tokenizer_dir)
+    with pytest.raises(error):
+        try:
+            raise error()
+        finally:  # what the runner does
+            backend.close()
+    backend.close()  # idempotent
+    assert [r for _, r in fake.finished_sessions] == [reason]

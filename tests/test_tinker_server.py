@@ -127,6 +127,42 @@ def test_faults_are_absorbed_or_recovered_exactly_once(
     assert faulty.steps["loss"].tolist() == pytest.approx(clean.steps["loss"].tolist(), rel=1e-4)
 
 
+class InterruptAt:
+    """A TinkerBackend that raises KeyboardInterrupt (Ctrl-C) at its n-th forward_backward."""
+
+    def __init__(self, inner: TinkerBackend, n: int) -> None:
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def forward_backward(self, batch: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.inner.forward_backward(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.slow
+def test_resume_after_ctrl_c_continues_exactly_once(server: Any, env: None, tmp_path: Path) -> None:
+    from ulora_remote.api import resume_run
+
+    model = server.service.base_model_name
+    first = TinkerBackend(model, rank=4, seed=0, base_url=server.base_url)
+    with pytest.raises(KeyboardInterrupt):
+        run_scenario(
+            "pig-latin-shock",
+            backend=InterruptAt(first, n=7),  # type: ignore[arg-type]
+            out=tmp_path / "run",
+            overrides=short_pig_latin(server.base_url, model),
+        )
+    second = TinkerBackend(model, rank=4, seed=0, base_url=server.base_url)
+    result = resume_run(tmp_path / "run", backend=second)
+    assert result.steps["step"].tolist() == list(range(STEPS))
+    counts = server.counters.get(second.model_id)
+    assert counts.loaded_from is not None and counts.lineage_optim_step == STEPS
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(not os.environ.get("TINKER_API_KEY"), reason="needs TINKER_API_KEY")
 def test_five_steps_of_llama32_1b_on_the_hosted_service(tmp_path: Path) -> None:

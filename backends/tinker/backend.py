@@ -16,6 +16,7 @@ import atexit
 import logging
 import re
 import secrets
+import sys
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,7 +114,6 @@ class TinkerBackend:
         self.run_name = _NAME_OK.sub("-", run_name) if run_name else f"ulora-{secrets.token_hex(4)}"
         self._base_url = base_url
         self._closed = False
-        self._failed = False
         self._generation = 0  # bumped whenever the training client is replaced
         self._lost: StateLostError | None = None
         check_base_model(
@@ -226,7 +226,6 @@ class TinkerBackend:
         )
 
     def _note_error(self, error: UloraError) -> None:
-        self._failed = True
         if isinstance(error, StateLostError) and self._lost is None:
             self._lost = error
             logger.warning("Tinker training state lost: %s", error)
@@ -337,15 +336,23 @@ class TinkerBackend:
         """End the Tinker session (it bills while open). Idempotent; never raises.
 
         Args:
-            status: what to report; default "errored" after a failed request, else "success".
+            status: what to report. By default it is read from the exception being handled
+                when ``close`` runs (the runner closes in a ``finally``): none → "success",
+                an ``Exception`` → "errored", ``KeyboardInterrupt``/``SystemExit`` →
+                "interrupted".
         """
         if self._closed:
             return
         self._closed = True
         _open_backends.discard(self)
-        final = status or ("errored" if self._failed else "success")
+        if status is None:
+            active = sys.exc_info()[0]
+            if active is None:
+                status = "success"
+            else:
+                status = "errored" if issubclass(active, Exception) else "interrupted"
         try:
-            self._service.close(final).result(timeout=min(self.timeout_s, 30.0))
+            self._service.close(status).result(timeout=min(self.timeout_s, 30.0))
         except Exception as exc:  # noqa: BLE001 - closing must not mask the run's own error
             logger.warning("closing the Tinker session failed: %s", scrub(str(exc), self._key))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ulora_remote.backend import Datum, Example, ForwardBackwardResult
 from ulora_remote.errors import ConfigurationError, InputError, MissingExtraError
@@ -57,7 +57,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             "that holds tokenizer.json (e.g. from `huggingface-cli download <model>`)"
         )
     try:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)  # type: ignore[no-any-return]
+        loaded: Any = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        return cast(Tokenizer, loaded)
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"no usable tokenizer in {str(directory)!r}: {exc}") from exc
 
