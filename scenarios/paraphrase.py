@@ -186,8 +186,15 @@ class ParaphraseSource:
     def score_eval(self, outputs: Sequence[str]) -> ClassificationScores:
         """Accuracy, F1 and the majority baseline of ``outputs`` (one per eval example)."""
         negative, positive = self.labels
+        if self.fmt == "completion":  # a causal LM may go on after its answer: "Yes." → "yes"
+            outputs = [_first_word(o) for o in outputs]
         return score_predictions(outputs, [e.completion for e in self._eval],
                                  (negative.strip(), positive.strip()))
+
+
+def _first_word(text: str) -> str:
+    words = text.split()
+    return words[0].strip(".,;:!?\"'").lower() if words else ""
 
 
 @lru_cache(maxsize=8)

@@ -1,0 +1,134 @@
+"""The sequence classifier behind the backend protocol, on the tiny DistilBERT built in code and
+the generated paraphrase set: per-example CE, label predictions, checkpoints, and the
+``mrpc-distilbert`` scenario end to end with its majority-class report (issue 8). No download."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+import torch  # noqa: E402
+from ulora_remote.backends.classify import ClassifierBackend  # noqa: E402
+from ulora_remote.scenarios.paraphrase import ParaphraseSource, generate_pairs  # noqa: E402
+
+from ulora_remote import run_scenario  # noqa: E402
+from ulora_remote.backend import AdamParams, Example, TrainingBackend  # noqa: E402
+from ulora_remote.errors import CheckpointError, InputError  # noqa: E402
+
+torch.set_num_threads(1)
+
+OFFLINE = ["task=paraphrase", 'backend.base_model="tiny-distilbert"', "eval.size=200",
+           "data.train_size=800"]
+
+
+def _source(batch_size: int = 16) -> ParaphraseSource:
+    return ParaphraseSource(generate_pairs(800, "train"), generate_pairs(200, "eval"),
+                            fmt="classifier", seed=0, batch_size=batch_size)
+
+
+def _train(backend: ClassifierBackend, source: ParaphraseSource, steps: range, lr: float) -> None:
+    for step in steps:
+        backend.forward_backward(source.batch(step)[0]).result()
+        backend.optim_step(AdamParams(learning_rate=lr)).result()
+
+
+def test_losses_are_per_example_label_cross_entropy() -> None:
+    backend = ClassifierBackend("tiny-distilbert", seed=1)
+    assert isinstance(backend, TrainingBackend)
+    batch = [Example("the bank sold the deal on monday .\nthe lender sold the agreement "
+                     "on monday .", "1"),
+             Example("the city shut the road .\nthe town never closed the street .", " 0 ")]
+    result = backend.forward(batch).result()
+    assert result.weight_sums == (1.0, 1.0) and result.tokens == 2.0
+    enc = backend.tokenizer(["the bank sold the deal on monday ."], [
+        "the lender sold the agreement on monday ."], return_tensors="pt")
+    with torch.no_grad():
+        logits = backend.model(**enc).logits
+    expected = -torch.log_softmax(logits, dim=-1)[0, 1].item()
+    assert result.nll_sums[0] == pytest.approx(expected, rel=1e-5)
+    assert result.mean_loss == pytest.approx(sum(result.nll_sums) / 2)
+    assert set(backend.sample([e.prompt for e in batch], max_tokens=1)) <= {"0", "1"}
+    datum = backend.render(batch[1])
+    assert datum.weight_sum == 1.0 and datum.target_tokens[-1] == 0
+    backend.close()
+
+
+def test_bad_labels_and_empty_batches_raise_input_errors() -> None:
+    backend = ClassifierBackend("tiny-distilbert")
+    with pytest.raises(InputError, match=r"label ' yes'.*labels \['0', '1'\]"):
+        backend.forward_backward([Example("a .\nb .", " yes")])
+    with pytest.raises(InputError, match="empty batch"):
+        backend.forward([])
+    backend.close()
+
+
+def test_tiny_classifier_learns_above_the_majority_class() -> None:
+    backend, source = ClassifierBackend("tiny-distilbert", seed=0), _source()
+    prompts = [e.prompt for e in source.eval_examples()]
+    before = source.score_eval(backend.sample(prompts))
+    _train(backend, source, range(200), lr=1e-3)
+    after = source.score_eval(backend.sample(prompts))
+    backend.close()
+    assert not before.beats_majority
+    assert after.beats_majority and not after.one_class, after.describe()
+    assert after.accuracy >= after.majority_accuracy + 0.1
+
+
+def test_checkpoint_round_trip_and_a_foreign_rank_is_refused(tmp_path: Path) -> None:
+    source = _source(8)
+    backend = ClassifierBackend("tiny-distilbert", seed=0, checkpoint_dir=tmp_path)
+    _train(backend, source, range(5), lr=1e-3)
+    ref = backend.save_state("step5")
+    probe = source.batch(99)[0]
+    saved = backend.forward(probe).result().nll_sums
+    _train(backend, source, range(5, 10), lr=1e-3)
+    assert backend.forward(probe).result().nll_sums != saved
+    backend.load_state(ref)
+    assert backend.forward(probe).result().nll_sums == saved
+    other = ClassifierBackend("tiny-distilbert", seed=7)  # another LoRA init, the same base
+    other.load_state(ref)
+    assert other.forward(probe).result().nll_sums == pytest.approx(saved, rel=1e-6)
+    with pytest.raises(CheckpointError, match="rank"):
+        ClassifierBackend("tiny-distilbert", rank=4).load_state(ref)
+    for b in (backend, other):
+        b.close()
+
+
+def test_scenario_run_reports_accuracy_f1_and_majority(tmp_path: Path) -> None:
+    out = io.StringIO()
+    result = run_scenario(
+        "mrpc-distilbert", out=tmp_path / "run", console=out,
+        overrides=[*OFFLINE, "steps=150", "eval.every=75", "checkpoint.every=75",
+                   "controller.method=fixed", "controller.fixed_lr=1e-3"])
+    summary = result.summary
+    assert summary is not None and summary["all_one_class"] is False
+    c = summary["classification"]
+    assert c["step"] == 150 and c["n"] == 200 and c["beats_majority"] is True
+    assert c["majority_accuracy"] == pytest.approx(c["positive_rate"])
+    p = c["positive_rate"]
+    assert c["majority_f1"] == pytest.approx(2 * p / (1 + p))
+    assert result.evals["exact_match"].iloc[-1] == pytest.approx(c["accuracy"])
+    assert result.steps["tokens"].eq(16.0).all()  # weight 1 per example
+    lines = (tmp_path / "run" / "eval_scores.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0, 75, 150]
+    assert "majority '1'" in out.getvalue()
+
+
+def test_a_run_that_answers_one_class_is_flagged(tmp_path: Path) -> None:
+    out = io.StringIO()
+    result = run_scenario(
+        "mrpc-distilbert", out=tmp_path / "run", console=out,
+        overrides=[*OFFLINE, "steps=2", "eval.every=2", "controller.method=fixed",
+                   "controller.fixed_lr=1e-7"])
+    assert result.summary is not None and result.summary["all_one_class"] is True
+    c = result.summary["classification"]
+    assert c["one_class"] is True and not c["beats_majority"]
+    assert math.isclose(c["predicted_positive_rate"], 0.0) or c["predicted_positive_rate"] == 1.0
+    assert "WARNING: all 200 predictions are" in out.getvalue()
