@@ -5,14 +5,18 @@ high loss (a fresh adapter on a new task) sits in Mirror for hundreds of steps, 
 the same loss jump means a different D at different levels. Here the stress is a ratio::
 
     fast_t = β_f·fast_{t-1} + (1-β_f)·L_t
-    slow_t = β_s·slow_{t-1} + (1-β_s)·min(L_t, c·slow_{t-1})
+    slow_t = b·slow_{t-1} + (1-b)·min(L_t, c·slow_{t-1}),   b = β_f if L_t < slow_{t-1} else β_s
     r_t    = fast_t / slow_t
     D_t    = g·max(0, r_t − 1) / (1 + g·max(0, r_t − 1))        in [0, 1)
 
 Both averages start at the first loss, so a high starting loss gives r = 1 and D = 0; falling
-loss gives r < 1, D = 0. The slow average's input is clipped at c times its value so that a
-shock lasting many steps does not quickly become the new normal (with β_s = 0.99 and c = 1.5,
-slow rises at most ~0.5% a step); a lasting shift is still absorbed after a few hundred steps.
+loss gives r ≤ 1, D = 0. The slow average is a level, not a plain mean: it follows the loss *down*
+as fast as the fast average (so after quick progress a shock is measured against where the run
+is now, not where it was a hundred steps ago) and *up* only slowly, with its input clipped at c
+times its value, so that a shock lasting many steps does not quickly become the new normal (with
+β_s = 0.99 and c = 1.5 it rises at most ~0.5% a step); a lasting shift is still absorbed after a
+few hundred steps. Batch noise keeps the level a little below the mean, so at rest D is small but
+not zero (about 0.1 for ±30% batch-to-batch noise at gain 1).
 
 ``ScaleFreeController`` feeds D to the ordinary ``UnifiedController`` as its external stress
 with α_E = 1, so the mode machine (thresholds, cooldown, Mirror-lock, derivative reaction) is the
@@ -79,7 +83,8 @@ class RatioStress:
         else:
             self.fast = cfg.fast_beta * self.fast + (1 - cfg.fast_beta) * loss
             clipped = min(loss, cfg.slow_clip * self.slow) if self.slow > 0 else loss
-            self.slow = cfg.slow_beta * self.slow + (1 - cfg.slow_beta) * clipped
+            beta = cfg.fast_beta if loss < self.slow else cfg.slow_beta  # down fast, up slowly
+            self.slow = beta * self.slow + (1 - beta) * clipped
         excess = cfg.gain * max(0.0, self.ratio - 1.0)
         return excess / (1.0 + excess)
 
