@@ -29,7 +29,7 @@ from ulora_remote.backends.server import (  # noqa: E402
     ServerConfig,
     serve_in_thread,
 )
-from ulora_remote.backends.server.config import FaultInjector  # noqa: E402
+from ulora_remote.backends.server.config import FaultInjector, is_loopback  # noqa: E402
 
 from ulora_remote.backend import AdamParams, Completed, Datum, OptimStepResult  # noqa: E402
 
@@ -368,3 +368,62 @@ def test_410_on_a_training_future_loses_the_model(tmp_path: Path, calls: list[st
         srv.stop()
     assert counters["models"][model_id]["lost"] is True
     assert counters["faults_injected"] == {"410": 1}
+
+
+def test_zstd_encoded_forward_backward_is_accepted(server: RunningServer) -> None:
+    import zstandard
+
+    with _http(server) as http:
+        model_id = _model(http)
+        body = zstandard.ZstdCompressor().compress(_fwdbwd_body(model_id, 1))
+        headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "zstd"}
+        rid = http.post("/api/v1/forward_backward", content=body, headers=headers).json()
+        output = deserialize_forward_backward_output(_result(http, rid["request_id"]).content)
+        corrupt = http.post("/api/v1/forward_backward", content=b"\x28\xb5junk", headers=headers)
+    assert output.metrics["loss:sum"] > 0
+    assert corrupt.status_code == 400 and "zstd" in corrupt.json()["detail"]
+
+
+def test_sessions_and_models_are_independent(server: RunningServer, calls: list[str]) -> None:
+    with _http(server) as http:
+        first, second = _model(http), _model(http)
+        assert first.split(":")[0] != second.split(":")[0]  # two sessions
+        pending = _submit_optim(http, first, 2).json()["request_id"]  # waits for seq 1
+        done = _submit_fb(http, second, 1).json()["request_id"]
+        assert _result(http, done).status_code == 200  # not blocked by the other model's gap
+        _result(http, _submit_fb(http, first, 1).json()["request_id"])
+        assert _result(http, pending).status_code == 200
+    assert calls == ["forward_backward", "forward_backward", "optim_step"]
+    assert server.counters.get(first).optim_step == 1
+    assert server.counters.get(second).optim_step == 0
+
+
+def test_finished_session_refuses_heartbeats_and_work(server: RunningServer) -> None:
+    with _http(server) as http:
+        model_id = _model(http)
+        session_id = model_id.split(":")[0]
+        assert http.post("/api/v1/session_heartbeat", json={"session_id": session_id}).is_success
+        finish = {"reason": {"type": "success"}, "detail": None}
+        assert http.post(f"/api/v1/sessions/{session_id}/finish", json=finish).is_success
+        beat = http.post("/api/v1/session_heartbeat", json={"session_id": session_id})
+        assert beat.status_code == 410  # the SDK stops its heartbeat loop on 410
+        late = _submit_fb(http, model_id, 1)
+        assert late.status_code == 410 and "finished" in late.json()["detail"]
+
+
+def test_unsupported_lora_subsets_are_refused(server: RunningServer) -> None:
+    with _http(server) as http:
+        sid = http.post("/api/v1/create_session", json=SESSION).json()["session_id"]
+        body = {"session_id": sid, "model_seq_id": 0, "base_model": "fake/unigram",
+                "lora_config": {"rank": 4, "train_mlp": False}}  # fmt: skip
+        resp = http.post("/api/v1/create_model", json=body)
+    assert resp.status_code == 400 and "all linear layers" in resp.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False),
+     ("192.168.1.5", False), ("example.com", False)],
+)  # fmt: skip
+def test_loopback_detection(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback

@@ -94,7 +94,9 @@ def _prepare(config: ServerConfig) -> tuple[Service, FaultInjector, uvicorn.Serv
     sock = _bind(config.host, config.port)
     app = build_app(service, config, faults)
     uv_config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
-    logging.getLogger("uvicorn.error").addFilter(_HideInjectedDrops())
+    uv_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _HideInjectedDrops) for f in uv_log.filters):
+        uv_log.addFilter(_HideInjectedDrops())
     return service, faults, uvicorn.Server(uv_config), sock
 
 

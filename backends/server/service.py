@@ -147,6 +147,12 @@ class Service:
         lora = req.lora_config or types.LoraConfig(rank=32)
         if not 1 <= lora.rank <= 1024:
             raise InputError(f"lora rank {lora.rank} must be in [1, 1024]")
+        if not (lora.train_mlp and lora.train_attn):
+            # The local engine puts LoRA on every linear layer; a subset would be a silent lie.
+            raise InputError(
+                "ulora serve trains LoRA on all linear layers; leave train_mlp and "
+                "train_attn at True"
+            )
         if req.optimizer_config.type != "adamw":
             raise InputError(f"optimizer {req.optimizer_config.type!r} is not supported; use adamw")
         model = self._register(req.session_id, req.model_seq_id, lora.rank, lora.seed or 0)
@@ -164,6 +170,7 @@ class Service:
             raise ModelGone(f"model {model_id!r} does not exist on this server", lost=False)
         if self.scheduler.is_lost(model_id):
             raise ModelGone(f"model {model_id!r} lost its state; load a checkpoint", lost=True)
+        self.session(model.session_id)  # a finished session's models take no more work (410)
         return model
 
     def _engine(self, model: _Model) -> Engine:
@@ -357,6 +364,8 @@ class Service:
             path = req.model_path
             if path is None:
                 self._check_base_model(req.base_model)
+            else:
+                self.index.get(path)  # a bad or unknown path fails now, with a 4xx
         if not 1 <= req.num_samples <= 64:
             raise InputError(f"num_samples={req.num_samples} must be in [1, 64]")
         check_supported(req)
