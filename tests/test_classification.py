@@ -73,3 +73,20 @@ def test_bad_inputs_say_what_is_wrong(preds: list[str], gold: list[str],
                                       labels: tuple[str, str], match: str) -> None:
     with pytest.raises(InputError, match=match):
         score_predictions(preds, gold, labels)
+
+
+def test_summary_rows_and_console_line_carry_the_majority_comparison() -> None:
+    from ulora_remote.summary import METRIC_NAMES, classification_line, run_metrics_rows
+
+    scores = score_predictions(["1"] * 4, ["1", "1", "1", "0"]).to_dict()
+    summary = {"method": "controller", "seed": 0, "windows": [], "final": {},
+               "classification": {"step": 10, **scores}}
+    rows = {r["metric"]: r["value"] for r in run_metrics_rows(summary)}
+    assert rows == {"final_accuracy": 0.75, "final_f1": pytest.approx(6 / 7),
+                    "final_majority_accuracy": 0.75, "final_majority_f1": pytest.approx(6 / 7),
+                    "final_one_class": 1.0}
+    assert set(rows) <= set(METRIC_NAMES)  # so `ulora compare` puts them in compare.md
+    line = classification_line(summary)
+    assert line is not None and "NOT above the majority class" in line
+    assert "WARNING: all 4 final predictions are '1'" in line
+    assert classification_line({"final": {}}) is None

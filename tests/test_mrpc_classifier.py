@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from ulora_remote.scenarios.paraphrase import ParaphraseSource, generate_pairs  
 
 from ulora_remote import run_scenario  # noqa: E402
 from ulora_remote.backend import AdamParams, Example, TrainingBackend  # noqa: E402
+from ulora_remote.cli import main  # noqa: E402
 from ulora_remote.errors import CheckpointError, InputError  # noqa: E402
 
 torch.set_num_threads(1)
@@ -121,14 +121,18 @@ def test_scenario_run_reports_accuracy_f1_and_majority(tmp_path: Path) -> None:
     assert "majority '1'" in out.getvalue()
 
 
-def test_a_run_that_answers_one_class_is_flagged(tmp_path: Path) -> None:
-    out = io.StringIO()
-    result = run_scenario(
-        "mrpc-distilbert", out=tmp_path / "run", console=out,
-        overrides=[*OFFLINE, "steps=2", "eval.every=2", "controller.method=fixed",
-                   "controller.fixed_lr=1e-7"])
-    assert result.summary is not None and result.summary["all_one_class"] is True
-    c = result.summary["classification"]
+def test_a_run_that_answers_one_class_is_flagged(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    sets = [x for o in [*OFFLINE, "eval.every=2", "controller.method=fixed",
+                        "controller.fixed_lr=1e-7"] for x in ("--set", o)]
+    code = main(["run", "mrpc-distilbert", "--steps", "2", "--out", str(tmp_path / "run"), *sets])
+    printed = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["all_one_class"] is True
+    c = summary["classification"]
     assert c["one_class"] is True and not c["beats_majority"]
-    assert math.isclose(c["predicted_positive_rate"], 0.0) or c["predicted_positive_rate"] == 1.0
-    assert "WARNING: all 200 predictions are" in out.getvalue()
+    assert c["predicted_positive_rate"] in (0.0, 1.0)
+    assert "WARNING: all 200 predictions are" in printed  # the evaluation line
+    assert "NOT above the majority class" in printed  # the final line of `ulora run`
+    assert "WARNING: all 200 final predictions are" in printed

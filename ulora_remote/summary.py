@@ -30,7 +30,8 @@ __all__ = [
 #: Per-window metrics that go into the compare table, in table order.
 METRIC_NAMES: tuple[str, ...] = (
     "peak_damage", "time_to_recover_steps", "overshoot", "excess_area", "forgetting",
-    "final_eval_loss", "final_exact_match",
+    "final_eval_loss", "final_exact_match", *(f"final_{m}" for m in (
+        "accuracy", "f1", "majority_accuracy", "majority_f1", "one_class")),
 )
 FINAL_METRICS: tuple[str, ...] = ("final_eval_loss", "final_exact_match")
 
@@ -134,6 +135,11 @@ def run_metrics_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for metric, key in zip(FINAL_METRICS, ("eval_loss", "exact_match"), strict=True):
         if key in final:
             rows.append({**base, "window": "final", "metric": metric, "value": final[key]})
+    scores = summary.get("classification") or {}
+    for key in ("accuracy", "f1", "majority_accuracy", "majority_f1", "one_class"):
+        if key in scores:  # one_class as 0/1: its mean is the share of runs that never learned
+            rows.append({**base, "window": "final", "metric": f"final_{key}",
+                         "value": float(scores[key])})
     return rows
 
 

@@ -17,6 +17,7 @@ local backend's atomic safetensors format (``ulora_remote.backends.local.state``
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -76,6 +77,8 @@ class ClassifierBackend:
         if threads is not None:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda":  # cuBLAS needs this for deterministic algorithms
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(seed)
         base = load_classifier(base_model, len(self.labels))
