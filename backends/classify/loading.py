@@ -91,9 +91,10 @@ def attach_classifier_lora(model: Any, rank: int, alpha: float,
 
     targets = list(target_modules) if target_modules else default_targets(model)
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0,
-                        bias="none", task_type="SEQ_CLS",
-                        modules_to_save=[h for h in _HEADS if h in names])
+    # peft annotates lora_alpha as int but scales by alpha / r in floating point: 16.5 works.
+    config = LoraConfig(r=rank, lora_alpha=alpha,  # type: ignore[arg-type]
+                        target_modules=targets, lora_dropout=0.0, bias="none",
+                        task_type="SEQ_CLS", modules_to_save=[h for h in _HEADS if h in names])
     try:
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
