@@ -11,9 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from ulora_remote.backend import AdamParams, Example, TrainingBackend  # noqa: E402
 from ulora_remote.backends.local import LocalBackend  # noqa: E402
 from ulora_remote.scenarios.pig_latin import PigLatinTask  # noqa: E402
+
+from ulora_remote.backend import AdamParams, Example, TrainingBackend  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -146,7 +147,8 @@ def test_datum_results_carry_every_targets_logprob() -> None:
     res = backend.forward_datums(datums).result()
     for d, lp, nll in zip(datums, res.logprobs, res.nll_sums, strict=True):
         assert len(lp) == len(d.target_tokens) and all(x <= 0.0 for x in lp)
-        assert nll == pytest.approx(-sum(w * x for w, x in zip(d.weights, lp)), rel=1e-5)
+        weighted = sum(w * x for w, x in zip(d.weights, lp, strict=True))
+        assert nll == pytest.approx(-weighted, rel=1e-5)
     trained = backend.forward_backward_datums(datums).result()
     assert trained.to_forward_backward_result().nll_sums == pytest.approx(res.nll_sums, rel=1e-6)
     assert all(p.grad is not None for _, p in backend.params if "lora_B" in _)

@@ -11,14 +11,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from ulora_remote.backend import AdamParams, Datum, Example  # noqa: E402
 from ulora_remote.backends.local import (  # noqa: E402
     LocalBackend,
     build_builtin_model,
     build_char_tokenizer,
 )
-from ulora_remote.errors import CheckpointError, ConfigurationError, InputError  # noqa: E402
 from ulora_remote.scenarios.pig_latin import PigLatinTask  # noqa: E402
+
+from ulora_remote.backend import AdamParams, Datum, Example  # noqa: E402
+from ulora_remote.errors import CheckpointError, ConfigurationError, InputError  # noqa: E402
 
 torch.set_num_threads(1)
 TASK = PigLatinTask(seed=0, eval_size=8)

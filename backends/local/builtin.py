@@ -68,7 +68,7 @@ def _llama_config(size: str) -> Any:
     return LlamaConfig(
         vocab_size=len(CHAR_VOCAB), pad_token_id=CHAR_VOCAB["<pad>"],
         bos_token_id=CHAR_VOCAB["<bos>"], eos_token_id=CHAR_VOCAB[EOS_TOKEN],
-        tie_word_embeddings=False, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=False, rms_norm_eps=1e-5,
         attention_dropout=0.0, **BUILTIN_SIZES[size],
     )
 
@@ -183,7 +183,8 @@ def build_builtin_model(size: str = "small", cache_dir: str | Path | None = None
     """Return the directory of the pre-trained built-in model, building it on first use.
 
     The directory holds a Hugging Face model (``config.json``, ``model.safetensors``), the
-    character tokenizer and ``recipe.json``; load it with ``from_pretrained(local_files_only=True)``.
+    character tokenizer and ``recipe.json``; load it with ``load_builtin`` or with
+    ``from_pretrained(local_files_only=True)``.
     It is written into a temporary sibling, fsynced, then renamed, so a crash never leaves a
     half-written cache entry.
 

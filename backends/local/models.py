@@ -125,7 +125,7 @@ def attach_lora(model: Any, rank: int, alpha: float, target_modules: str | list[
     """
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules,
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules,  # type: ignore[arg-type]
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
     try:
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5

@@ -36,6 +36,15 @@ def _check_encoded(
         )
 
 
+def _encode_batch(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
+    """Token ids of each text. Calls the Rust tokenizer directly when there is one: the same ids
+    as ``tokenizer(texts)``, without the Python wrapper's overhead (~10x faster on short texts)."""
+    fast = getattr(tokenizer, "backend_tokenizer", None)
+    if fast is None:
+        return [list(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
+    return [enc.ids for enc in fast.encode_batch(texts, add_special_tokens=special)]
+
+
 def render_examples(tokenizer: Any, examples: Sequence[Example], eos_id: int) -> list[Datum]:
     """Render each example to a ``Datum`` (two batched tokenizer calls for the whole batch).
 
@@ -53,8 +62,8 @@ def render_examples(tokenizer: Any, examples: Sequence[Example], eos_id: int) ->
     """
     if len(examples) == 0:
         raise InputError("empty batch: pass at least one Example")
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
-    completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
+    prompts = _encode_batch(tokenizer, [e.prompt for e in examples], special=True)
+    completions = _encode_batch(tokenizer, [e.completion for e in examples], special=False)
     datums = []
     for i, (ex, p, c) in enumerate(zip(examples, prompts, completions, strict=True)):
         _check_encoded(tokenizer, p, ex.prompt, "prompt", ex, i)
@@ -81,7 +90,7 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     Raises:
         InputError: a prompt renders to no tokens or has a character that cannot be encoded.
     """
-    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    encoded = _encode_batch(tokenizer, list(prompts), special=True)
     for i, (text, ids) in enumerate(zip(prompts, encoded, strict=True)):
         _check_encoded(tokenizer, ids, text, "prompt", Example(text, ""), i)
         if not ids:
@@ -117,12 +126,11 @@ def pad_datums(datums: Sequence[Datum], pad_id: int, device: Any) -> tuple[Any, 
     import torch
 
     width = max(len(d.input_tokens) for d in datums)
-    inputs = torch.full((len(datums), width), pad_id, dtype=torch.long)
-    targets = torch.full((len(datums), width), pad_id, dtype=torch.long)
-    weights = torch.zeros((len(datums), width), dtype=torch.float32)
-    for i, d in enumerate(datums):
-        n = len(d.input_tokens)
-        inputs[i, :n] = torch.tensor(d.input_tokens)
-        targets[i, :n] = torch.tensor(d.target_tokens)
-        weights[i, :n] = torch.tensor(d.weights)
-    return inputs.to(device), targets.to(device), weights.to(device)
+    # padded Python lists, then one tensor each: far cheaper than a tensor per row
+    fill = [width - len(d.input_tokens) for d in datums]
+    inputs = [[*d.input_tokens, *[pad_id] * f] for d, f in zip(datums, fill, strict=True)]
+    targets = [[*d.target_tokens, *[pad_id] * f] for d, f in zip(datums, fill, strict=True)]
+    weights = [[*d.weights, *[0.0] * f] for d, f in zip(datums, fill, strict=True)]
+    return (torch.tensor(inputs, dtype=torch.long, device=device),
+            torch.tensor(targets, dtype=torch.long, device=device),
+            torch.tensor(weights, dtype=torch.float32, device=device))
