@@ -133,7 +133,8 @@ def _from_datasets(split: str) -> list[SentencePair]:
         rows = datasets.load_dataset("nyu-mll/glue", "mrpc", split=split)
     except Exception as exc:  # noqa: BLE001 — datasets raises many types for "not reachable"
         raise ConfigurationError(
-            f"could not load GLUE MRPC through `datasets`: {exc}. Without the Hugging Face hub, "
+            f"could not load GLUE MRPC through `datasets`: {str(exc).rstrip('.')}. Without the "
+            "Hugging Face hub, "
             "download MRPC elsewhere and set data.path to the folder with train.tsv/dev.tsv or "
             "the Parquet files") from exc
     return [_pair(r["sentence1"], r["sentence2"], r["label"], "datasets:glue/mrpc", i)

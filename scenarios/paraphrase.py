@@ -78,7 +78,8 @@ def render_pair(pair: SentencePair, fmt: str) -> Example:
     answer = LABEL_TEXTS[fmt][pair.label]
     if fmt == "classifier":
         return Example(prompt=f"{pair.sentence1}\n{pair.sentence2}", completion=answer)
-    prompt = (f"Sentence 1: {pair.sentence1}\nSentence 2: {pair.sentence2}\n"
+    # One line: the built-in character model has no newline token, and Llama reads it as well.
+    prompt = (f"Sentence 1: {pair.sentence1} | Sentence 2: {pair.sentence2} | "
               "Do both sentences say the same thing? Answer:")
     return Example(prompt=prompt, completion=answer)
 

@@ -20,7 +20,7 @@ from ulora_remote.scenarios.paraphrase import ParaphraseSource, generate_pairs  
 from ulora_remote import run_scenario  # noqa: E402
 from ulora_remote.backend import AdamParams, Example, TrainingBackend  # noqa: E402
 from ulora_remote.cli import main  # noqa: E402
-from ulora_remote.errors import CheckpointError, InputError  # noqa: E402
+from ulora_remote.errors import CheckpointError, ConfigurationError, InputError  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -136,3 +136,8 @@ def test_a_run_that_answers_one_class_is_flagged(tmp_path: Path,
     assert "WARNING: all 200 predictions are" in printed  # the evaluation line
     assert "NOT above the majority class" in printed  # the final line of `ulora run`
     assert "WARNING: all 200 final predictions are" in printed
+
+
+def test_a_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist.*tiny-distilbert"):
+        ClassifierBackend(str(tmp_path / "no-model"))

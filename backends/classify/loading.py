@@ -45,6 +45,10 @@ def load_classifier(base_model: str, num_labels: int) -> LoadedClassifier:
         return LoadedClassifier(model, tokenizer, f"ulora/builtin-{TINY_NAME}", fingerprint)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    if base_model.startswith(("/", ".", "~")) and not Path(base_model).expanduser().is_dir():
+        raise ConfigurationError(
+            f"base model directory {base_model!r} does not exist; pass a Hugging Face model "
+            f"directory, a hub name such as 'distilbert-base-uncased', or '{TINY_NAME}'")
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_model)
         with warnings.catch_warnings():  # "some weights are newly initialized": the head, as meant
@@ -53,7 +57,8 @@ def load_classifier(base_model: str, num_labels: int) -> LoadedClassifier:
                 base_model, num_labels=num_labels)
     except (OSError, ValueError) as exc:
         raise ConfigurationError(
-            f"could not load the classifier base model {base_model!r}: {exc}. Without access to "
+            f"could not load the classifier base model {base_model!r}: {str(exc).rstrip('.')}. "
+            "Without access to "
             "the Hugging Face hub, download it on a connected machine (`huggingface-cli download "
             f"{base_model} --local-dir DIR`) and set backend.base_model = DIR, or use "
             f"'{TINY_NAME}' for an offline test model"
