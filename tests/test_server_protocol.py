@@ -427,3 +427,33 @@ def test_unsupported_lora_subsets_are_refused(server: RunningServer) -> None:
 )  # fmt: skip
 def test_loopback_detection(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_checkpoints_survive_a_restart_and_ids_stay_unique(
+    tmp_path: Path, calls: list[str]
+) -> None:
+    srv = _start(tmp_path, calls)
+    try:
+        with _http(srv) as http:
+            model_id = _model(http)
+            _result(http, _submit_fb(http, model_id, 1).json()["request_id"])
+            _result(http, _submit_optim(http, model_id, 2).json()["request_id"])
+            save = {"model_id": model_id, "path": "after-1", "seq_id": 3}
+            rid = http.post("/api/v1/save_weights", json=save).json()["request_id"]
+            path = _result(http, rid).json()["path"]
+    finally:
+        srv.stop()
+    srv = _start(tmp_path, calls)  # same checkpoint directory, fresh process state
+    try:
+        with _http(srv) as http:
+            sid = http.post("/api/v1/create_session", json=SESSION).json()["session_id"]
+            load = {"session_id": sid, "model_seq_id": 0, "path": path, "optimizer": True}
+            rid = http.post("/api/v1/load_weights", json=load).json()["request_id"]
+            loaded = _result(http, rid).json()
+    finally:
+        srv.stop()
+    assert sid != model_id.split(":")[0]  # a new session can never overwrite old checkpoints
+    assert loaded["model_id"] == f"{sid}:train:0"
+    counts = srv.counters.get(loaded["model_id"])
+    assert (counts.lineage_forward_backward, counts.lineage_optim_step) == (1, 1)
+    assert counts.loaded_from == path
