@@ -457,3 +457,43 @@ def test_checkpoints_survive_a_restart_and_ids_stay_unique(
     counts = srv.counters.get(loaded["model_id"])
     assert (counts.lineage_forward_backward, counts.lineage_optim_step) == (1, 1)
     assert counts.loaded_from == path
+
+
+def _sample(http: httpx.Client, sampler: str, **params: object) -> httpx.Response:
+    body = {
+        "sampling_session_id": sampler,
+        "seq_id": 0,
+        "num_samples": params.pop("num_samples", 1),
+        "prompt": {"chunks": [{"type": "encoded_text", "tokens": [2, 3, 4]}]},
+        "sampling_params": {"max_tokens": 5, "temperature": 0.0, **params.pop("sp", {})},
+        **params,
+    }
+    return http.post("/api/v1/asample", json=body)
+
+
+def test_sampling_sessions_stop_tokens_and_prompt_logprobs(server: RunningServer) -> None:
+    from tinker.proto.response_conv import deserialize_sample_response
+
+    with _http(server) as http:
+        sid = http.post("/api/v1/create_session", json=SESSION).json()["session_id"]
+        session = {"session_id": sid, "sampling_session_seq_id": 0, "base_model": "fake/unigram"}
+        sampler = http.post("/api/v1/create_sampling_session", json=session).json()
+        sampler_id = sampler["sampling_session_id"]
+        assert http.get(f"/api/v1/samplers/{sampler_id}").json()["base_model"] == "fake/unigram"
+
+        sub = _sample(http, sampler_id, num_samples=2, sp={"stop": []}).json()
+        assert sub["sample_sequence_ids"] == [f"{sub['request_id']}:{i}" for i in range(2)]
+        free = deserialize_sample_response(_result(http, sub["request_id"]).content)
+        stop_all = {"stop": list(range(VOCAB))}  # whatever comes first is a stop token
+        sub = _sample(http, sampler_id, sp=stop_all, prompt_logprobs=True).json()
+        stopped = deserialize_sample_response(_result(http, sub["request_id"]).content)
+        refused = _sample(http, sampler_id, topk_prompt_logprobs=3)
+        unknown = _sample(http, "s99999:sample:0")
+
+    assert [len(s.tokens) for s in free.sequences] == [5, 5]
+    assert [s.stop_reason for s in free.sequences] == ["length", "length"]
+    assert len(stopped.sequences[0].tokens) == 1 and stopped.sequences[0].stop_reason == "stop"
+    assert stopped.prompt_logprobs is not None and stopped.prompt_logprobs[0] is None
+    assert all(lp is not None and lp < 0 for lp in stopped.prompt_logprobs[1:])
+    assert refused.status_code == 400 and "topk_prompt_logprobs" in refused.json()["detail"]
+    assert unknown.status_code == 404

@@ -22,10 +22,10 @@ for _module in ("tinker", "starlette", "uvicorn", "zstandard"):
     if _util.find_spec(_module) is None:
         raise _MissingExtraError("server", _module)
 
-from ulora_remote.backends.server.config import FAULT_KINDS, FaultConfig, ServerConfig  # noqa: E402
-from ulora_remote.backends.server.counters import Counters, ModelCounts  # noqa: E402
-from ulora_remote.backends.server.engine import Engine, EngineSpec, local_engine_factory  # noqa: E402
-from ulora_remote.backends.server.runner import RunningServer, serve_forever, serve_in_thread  # noqa: E402
+from .config import FAULT_KINDS, FaultConfig, ServerConfig  # noqa: E402
+from .counters import Counters, ModelCounts  # noqa: E402
+from .engine import Engine, EngineSpec, local_engine_factory  # noqa: E402
+from .runner import RunningServer, serve_forever, serve_in_thread  # noqa: E402
 
 __all__ = [
     "FAULT_KINDS",

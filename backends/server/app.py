@@ -23,12 +23,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from tinker import types
-from ulora_remote.backends.server.config import FaultInjector, ServerConfig
-from ulora_remote.backends.server.scheduler import JobError, ModelGone
-from ulora_remote.backends.server.service import Service
-from ulora_remote.backends.server.wire import decode_forward_backward, decompress_body
 
 from ulora_remote.errors import BackendError, InputError
+
+from .config import FaultInjector, ServerConfig
+from .scheduler import JobError, ModelGone
+from .service import Service
+from .wire import decode_forward_backward, decompress_body
 
 __all__ = ["build_app"]
 

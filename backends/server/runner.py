@@ -15,13 +15,14 @@ import time
 from dataclasses import dataclass
 
 import uvicorn
-from ulora_remote.backends.server.app import build_app
-from ulora_remote.backends.server.config import FaultInjector, ServerConfig, is_loopback
-from ulora_remote.backends.server.counters import Counters
-from ulora_remote.backends.server.scheduler import Scheduler
-from ulora_remote.backends.server.service import Service
 
 from ulora_remote.errors import BackendError
+
+from .app import build_app
+from .config import FaultInjector, ServerConfig, is_loopback
+from .counters import Counters
+from .scheduler import Scheduler
+from .service import Service
 
 __all__ = ["RunningServer", "serve_forever", "serve_in_thread"]
 

@@ -12,11 +12,12 @@ import math
 from collections.abc import Sequence
 
 from tinker import types
-from ulora_remote.backends.server.engine import Engine
-from ulora_remote.backends.server.wire import encode_sample_response
 
 from ulora_remote.backend import Datum
 from ulora_remote.errors import InputError
+
+from .engine import Engine
+from .wire import encode_sample_response
 
 __all__ = ["run_sample", "stop_sequences"]
 

@@ -8,28 +8,29 @@ already-validated SDK types (``tinker.types``), so field names match the wire ex
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tinker import types
-from ulora_remote.backends.server.checkpoints import CheckpointIndex, CheckpointRecord, check_name
-from ulora_remote.backends.server.config import ServerConfig
-from ulora_remote.backends.server.counters import Counters
-from ulora_remote.backends.server.engine import (
+
+from ulora_remote.backend import AdamParams, Datum
+from ulora_remote.errors import InputError
+
+from .checkpoints import CheckpointIndex, CheckpointRecord, check_name
+from .config import ServerConfig
+from .counters import Counters
+from .engine import (
     Engine,
     EngineSpec,
     load_engine_state,
     local_engine_factory,
 )
-from ulora_remote.backends.server.sampling import check_supported, run_sample
-from ulora_remote.backends.server.scheduler import JobError, ModelGone, Outcome, Scheduler
-from ulora_remote.backends.server.wire import FwdBwdCall, encode_forward_backward_output
-
-from ulora_remote.backend import AdamParams, Datum
-from ulora_remote.errors import InputError
+from .samplers import SamplerPool
+from .sampling import check_supported, run_sample
+from .scheduler import JobError, ModelGone, Outcome, Scheduler
+from .wire import FwdBwdCall, encode_forward_backward_output
 
 __all__ = ["Service"]
 
@@ -64,9 +65,7 @@ class Service:
         self._factory = config.engine_factory or local_engine_factory
         self._sessions: dict[str, _Session] = {}
         self._models: dict[str, _Model] = {}
-        self._samplers: dict[str, tuple[str | None, str]] = {}  # id -> (tinker path, base)
-        self._sampler_engines: dict[int, tuple[Engine, str | None]] = {}
-        self._lock = threading.Lock()
+        self.samplers = SamplerPool(self.index, self._build)
         self._probe: Engine | None = None
 
     # ---- model construction (worker thread) -------------------------------------------
@@ -244,6 +243,7 @@ class Service:
         if self.index.exists(path) and not overwrite:
             raise JobError(f"checkpoint {path} exists; choose a new name or pass overwrite=True")
         local = self._engine(model).save_state(f"{kind}-{name}")
+        self.samplers.invalidate(path)
         counts = self.counters.get(model.model_id)
         self.index.put(
             CheckpointRecord(
@@ -282,7 +282,7 @@ class Service:
             model.ephemeral += 1
             path = self._save(model, "sampler_weights", f"ephemeral-{model.ephemeral}", True)
             sampler_id = f"{model.session_id}:sample:{req.sampling_session_seq_id}"
-            self._samplers[sampler_id] = (path, self.config.base_model)
+            self.samplers.register(sampler_id, path)
             return Outcome({"sampling_session_id": sampler_id, "type": "save_weights_for_sampler"})
 
         return self.scheduler.submit_ordered(model.model_id, req.seq_id, run)
@@ -328,38 +328,16 @@ class Service:
         else:
             self._check_base_model(req.base_model)
         sampler_id = f"{req.session_id}:sample:{req.sampling_session_seq_id}"
-        self._samplers[sampler_id] = (req.model_path, self.config.base_model)
+        self.samplers.register(sampler_id, req.model_path)
         return sampler_id
 
     def get_sampler(self, sampler_id: str) -> dict[str, Any]:
-        if sampler_id not in self._samplers:
-            raise ModelGone(f"sampler {sampler_id!r} does not exist", lost=False)
-        path, _ = self._samplers[sampler_id]
-        return {"sampler_id": sampler_id, "base_model": self.base_model_name, "model_path": path}
-
-    def _sampler_engine(self, path: str | None) -> Engine:
-        """An engine holding the weights at ``path`` (None: the base model) (worker thread).
-
-        One engine per LoRA rank is kept and reloaded when another checkpoint is asked for.
-        A fresh adapter is the base model, as LoRA initialises its B matrices to zero.
-        """
-        record = self.index.get(path) if path is not None else None
-        rank = record.rank if record is not None else 1
-        engine, loaded = self._sampler_engines.get(rank, (None, None))
-        if engine is None or (loaded != path and record is None):
-            engine = self._build(f"sampler-r{rank}", rank, 0)
-            loaded = None
-        if record is not None and loaded != path:
-            load_engine_state(engine, record.local_dir, optimizer=True)
-        self._sampler_engines[rank] = (engine, path)
-        return engine
+        return self.samplers.describe(sampler_id, self.base_model_name)
 
     def asample(self, req: types.SampleRequest) -> tuple[str, list[str]]:
         """Queue a sampling request; return its request id and one sequence id per sample."""
         if req.sampling_session_id is not None:
-            if req.sampling_session_id not in self._samplers:
-                raise ModelGone(f"sampler {req.sampling_session_id!r} does not exist", lost=False)
-            path, _ = self._samplers[req.sampling_session_id]
+            path = self.samplers.path_of(req.sampling_session_id)
         else:
             path = req.model_path
             if path is None:
@@ -376,7 +354,7 @@ class Service:
         self.token_check([Datum(tuple(prompt), tuple(prompt), (0.0,) * len(prompt))])
 
         def run() -> Outcome:
-            return Outcome(run_sample(self._sampler_engine(path), req))
+            return Outcome(run_sample(self.samplers.engine_for(path), req))
 
         request_id = self.scheduler.submit(run)
         return request_id, [f"{request_id}:{i}" for i in range(req.num_samples)]
