@@ -193,3 +193,18 @@ def test_a_model_directory_without_tokenizer_is_a_configuration_error(tmp_path: 
 def test_bad_options_are_configuration_errors(options: dict) -> None:
     with pytest.raises(ConfigurationError):
         LocalBackend("small", **options)
+
+
+def test_close_removes_its_own_checkpoint_dir_and_refuses_later_calls(tmp_path: Path) -> None:
+    from ulora_remote.errors import BackendError
+
+    owned = LocalBackend("small", seed=0)
+    path = Path(owned.save_state("x"))
+    kept = LocalBackend("small", seed=0, checkpoint_dir=tmp_path)
+    kept.save_state("y")
+    owned.close()
+    kept.close()
+    owned.close()  # safe to call twice
+    assert not path.exists() and (tmp_path / "y").is_dir()
+    with pytest.raises(BackendError, match="closed"):
+        owned.forward([Example("ab ->", " ba")])

@@ -238,7 +238,8 @@ class LocalBackend:
                             generator=gen or self.generator)
 
     def close(self) -> None:
-        """Drop the model and remove a checkpoint directory the backend created itself."""
+        """Clear pending gradients and remove the checkpoint directory the backend created
+        itself (a ``checkpoint_dir`` you passed is kept). Later calls raise BackendError."""
         if self._closed:
             return
         self._closed = True

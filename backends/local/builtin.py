@@ -2,8 +2,12 @@
 
 A LoRA on a randomly initialised base does not learn (issue 3 measured q/v LoRA stuck at loss 2–3
 after 1,500 steps), so each built-in base gets a short, deterministic generic pre-training: full
-fine-tuning to copy random letter strings (``"qzx ->"`` → ``" qzx"``). That teaches attention to
-find and copy characters of the prompt, which is what a LoRA then bends into Pig Latin.
+fine-tuning on three transforms of random lowercase strings, told apart by the arrow: copy
+(``"qzx ->"`` → ``" qzx"``), reverse (``"qzx <-"`` → ``" xzq"``) and rotate by one
+(``"qzx =>"`` → ``" zxq"``). That teaches attention to find, copy and reorder characters of the
+prompt, which a LoRA then bends into Pig Latin. Measured on "medium" with LoRA r=8 at lr 2e-3
+(README): the mix reached a held-out Pig Latin loss of 0.15 after 350 steps where copying alone
+(same 600 pre-training steps) was at 0.62.
 
 The result is cached under ``cache_dir/builtin-<size>-<key>`` where ``key`` hashes the config, the
 recipe, the vocabulary and torch's major.minor version; only the first use pays. Pre-training
@@ -35,7 +39,7 @@ __all__ = [
     "load_builtin",
 ]
 
-_FORMAT = 1  # bump when the on-disk layout or the meaning of the recipe changes
+_FORMAT = 2  # bump when the on-disk layout or the meaning of the recipe changes
 
 #: LlamaConfig fields per size. "small" is for tests (pre-trains in seconds on one thread);
 #: "medium" is the default scenario's base model.
@@ -47,11 +51,20 @@ BUILTIN_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+#: the pre-training transforms: the arrow that asks for each, and what it does to the letters.
+_TRANSFORMS: dict[str, tuple[str, Any]] = {
+    "copy": (" ->", lambda w: w),
+    "reverse": (" <-", lambda w: w[::-1]),
+    "rotate": (" =>", lambda w: w[1:] + w[:1]),
+}
+
+
 @dataclass(frozen=True)
 class PretrainRecipe:
-    """The generic pre-training: full fine-tuning on copying random lowercase strings."""
+    """The generic pre-training: full fine-tuning on transforms of random lowercase strings."""
 
     steps: int
+    tasks: tuple[str, ...] = ("copy", "reverse", "rotate")
     batch_size: int = 32
     lr: float = 3e-3
     min_len: int = 1
@@ -59,7 +72,7 @@ class PretrainRecipe:
     seed: int = 1234
 
 
-_RECIPES = {"small": PretrainRecipe(steps=300), "medium": PretrainRecipe(steps=300)}
+_RECIPES = {"small": PretrainRecipe(steps=300), "medium": PretrainRecipe(steps=600)}
 
 
 def _llama_config(size: str) -> Any:
@@ -106,19 +119,20 @@ def builtin_cache_path(size: str, cache_dir: str | Path | None = None) -> Path:
     return root / f"builtin-{size}-{_cache_key(size)}"
 
 
-def _copy_batch(gen: Any, recipe: PretrainRecipe) -> tuple[Any, Any, Any]:
-    """One batch of the copy task as right-padded (inputs, targets, weights) tensors."""
+def _pretrain_batch(gen: Any, recipe: PretrainRecipe) -> tuple[Any, Any, Any]:
+    """One batch of the transform tasks as right-padded (inputs, targets, weights) tensors."""
     import torch
 
     letters = [CHAR_VOCAB[c] for c in "abcdefghijklmnopqrstuvwxyz"]
     bos, eos, pad = CHAR_VOCAB["<bos>"], CHAR_VOCAB[EOS_TOKEN], CHAR_VOCAB["<pad>"]
-    arrow = [CHAR_VOCAB[c] for c in " ->"]
     lens = torch.randint(recipe.min_len, recipe.max_len + 1, (recipe.batch_size,), generator=gen)
+    kinds = torch.randint(0, len(recipe.tasks), (recipe.batch_size,), generator=gen)
     rows, n_prompt = [], []
-    for n in lens.tolist():
+    for n, kind in zip(lens.tolist(), kinds.tolist(), strict=True):
+        arrow, transform = _TRANSFORMS[recipe.tasks[kind]]
         word = [letters[i] for i in torch.randint(0, 26, (n,), generator=gen).tolist()]
-        prompt = [bos, *word, *arrow]
-        rows.append(prompt + [CHAR_VOCAB[" "], *word, eos])
+        prompt = [bos, *word, *(CHAR_VOCAB[c] for c in arrow)]
+        rows.append(prompt + [CHAR_VOCAB[" "], *transform(word), eos])
         n_prompt.append(len(prompt))
     width = max(len(r) for r in rows) - 1
     inputs = torch.full((len(rows), width), pad)
@@ -149,7 +163,7 @@ def _pretrain(size: str) -> Any:
         for step in range(recipe.steps):
             for group in opt.param_groups:  # linear decay to 10% keeps the end of training calm
                 group["lr"] = recipe.lr * (1.0 - 0.9 * step / recipe.steps)
-            inputs, targets, weights = _copy_batch(gen, recipe)
+            inputs, targets, weights = _pretrain_batch(gen, recipe)
             logits = model(input_ids=inputs).logits.float()
             nll = torch.nn.functional.cross_entropy(
                 logits.transpose(1, 2), targets, reduction="none"
