@@ -1,0 +1,58 @@
+"""Reproduce the issue-7 study: every baseline and controller variant, several seeds, one report.
+
+    python benchmarks/study.py --out runs/study --jobs 2
+
+runs (or reuses) every run under ``--out``, then writes ``--out/REPORT.md`` with the tables,
+paired tests, φ levels and the preset check, ``--out/shock_recovery.png``, and the per-run
+CSV files. ``--set KEY=VALUE`` (repeatable) applies to every run, e.g. ``--set steps=300``;
+``--scenarios``, ``--seeds``, ``--methods`` and ``--no-shock`` narrow the study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from ulora_remote.builders import parse_seeds
+from ulora_remote.errors import UloraError
+from ulora_remote.study import METHODS, NO_SHOCK_METHODS, StudyPlan, run_study
+from ulora_remote.study_report import write_study_report
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/study", help="directory of the runs and the report")
+    p.add_argument("--jobs", type=int, default=2, help="parallel runs (one torch thread each)")
+    p.add_argument("--scenarios", default="pig-latin-shock,pig-latin-v2")
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"besides the fixed LRs; any of {', '.join(METHODS)}")
+    p.add_argument("--no-shock", default=",".join(NO_SHOCK_METHODS),
+                   help="methods also run without shocks ('fixed' = every fixed LR; '' = none)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="scenario override applied to every run (repeatable)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    split = lambda text: tuple(x for x in text.split(",") if x.strip())  # noqa: E731
+    try:
+        plan = StudyPlan(scenarios=split(args.scenarios), seeds=tuple(parse_seeds(args.seeds)),
+                         methods=split(args.methods), no_shock=split(args.no_shock),
+                         overrides=tuple(args.overrides))
+        t0 = time.monotonic()
+        runs = run_study(plan, args.out, jobs=args.jobs)
+        wall_s = time.monotonic() - t0
+        report = write_study_report(runs, wall_s=wall_s)
+    except UloraError as exc:
+        print(f"study: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"study: done in {wall_s:.0f} s; report {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The multi-seed study of issue 7: every baseline and controller variant on the shock scenarios.
+
+One call runs (or reuses) every run directory, then ``ulora_remote.study_report`` builds the
+tables, tests and plot from those directories' own files. Layout::
+
+    out/<scenario>/<condition>/<label>-s<seed>/     condition: "shock" or "noshock"
+
+Two phases, because the z-skip baseline runs at the best fixed learning rate, which is only known
+once the fixed runs exist: (1) the fixed LRs of ``baselines.fixed_lrs`` with shocks; the best is
+the one with the lowest mean final clean loss; (2) everything else. A finished run is reused and
+an unfinished one is run again from scratch (``force``), so an interrupted study continues.
+
+Runs go to a pool of ``jobs`` worker processes, one torch thread each.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from ulora_remote.errors import ConfigurationError
+from ulora_remote.rundir import RunDir
+
+__all__ = [
+    "METHODS",
+    "NO_SHOCK_METHODS",
+    "RunSpec",
+    "StudyPlan",
+    "StudyRuns",
+    "best_fixed_lr",
+    "run_study",
+]
+
+# Named variants (scenario overrides). The fixed LRs come from the scenario's baselines.
+V2 = ("controller.cooldown=30", "controller.mirror_lock=true", "controller.derivative_gain=2.0")
+METHODS: dict[str, tuple[str, ...]] = {
+    "plateau": ('controller.method="plateau"', "controller.fixed_lr={top_lr}",
+                "controller.policy.plateau_min_lr={low_lr}"),
+    "zskip": ('controller.method="zskip"', "controller.fixed_lr={best_lr}"),
+    "v1": ('controller.method="controller"', "controller.cooldown=0"),
+    "v2": ('controller.method="controller"', *V2),
+    "v2-snapshot": ('controller.method="controller"', *V2, "controller.policy.snapshot_every=25"),
+    "scale-free": ('controller.method="controller"', 'controller.stress="ratio"',
+                   "controller.cooldown=0"),
+    "v1-lag1": ('controller.method="controller"', "controller.cooldown=0", "lag=1"),
+}
+#: Methods also run without shocks, for the cost of control in normal training.
+NO_SHOCK_METHODS: tuple[str, ...] = ("fixed", "plateau", "zskip", "v1", "v2", "scale-free")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: which scenario, with which overrides, into which directory."""
+
+    scenario: str
+    label: str
+    seed: int
+    overrides: tuple[str, ...]
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What the study runs.
+
+    Attributes:
+        scenarios: shipped scenario names or TOML paths.
+        seeds: seeds of every method.
+        methods: labels of ``METHODS`` to run beside the fixed LRs.
+        no_shock: labels (``"fixed"`` for every fixed LR) also run with no shock windows.
+        overrides: applied to every run first (e.g. ``steps=300`` for a shorter study).
+    """
+
+    scenarios: tuple[str, ...] = ("pig-latin-shock", "pig-latin-v2")
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    methods: tuple[str, ...] = tuple(METHODS)
+    no_shock: tuple[str, ...] = NO_SHOCK_METHODS
+    overrides: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(METHODS))
+        unknown += sorted(set(self.no_shock) - set(METHODS) - {"fixed"})
+        if unknown:
+            raise ConfigurationError(
+                f"unknown study method(s) {unknown}; choose from fixed, {', '.join(METHODS)}"
+            )
+        if len(self.seeds) < 2:
+            raise ConfigurationError("a study needs at least 2 seeds for an interval")
+
+
+def fixed_specs(plan: StudyPlan, out: Path, scenario: str, condition: str) -> list[RunSpec]:
+    """The fixed-LR runs of one scenario and condition."""
+    lrs = _fixed_lrs(plan, scenario)
+    return [_spec(plan, out, scenario, condition, f"fixed-{_fmt(lr)}",
+                  ('controller.method="fixed"', f"controller.fixed_lr={lr!r}"), seed)
+            for lr in lrs for seed in plan.seeds]
+
+
+def method_specs(plan: StudyPlan, out: Path, scenario: str, condition: str,
+                 best_lr: float) -> list[RunSpec]:
+    """The non-fixed runs of one scenario and condition (z-skip at ``best_lr``)."""
+    lrs = _fixed_lrs(plan, scenario)
+    names = plan.methods if condition == "shock" else [m for m in plan.no_shock if m != "fixed"]
+    specs = []
+    for name in names:
+        template = METHODS[name]
+        overrides = tuple(o.format(top_lr=repr(max(lrs)), low_lr=repr(min(lrs)),
+                                   best_lr=repr(best_lr)) for o in template)
+        specs += [_spec(plan, out, scenario, condition, name, overrides, seed)
+                  for seed in plan.seeds]
+    return specs
+
+
+def _spec(plan: StudyPlan, out: Path, scenario: str, condition: str, label: str,
+          method_overrides: tuple[str, ...], seed: int) -> RunSpec:
+    shock = ("shocks.windows=[]",) if condition == "noshock" else ()
+    overrides = (*plan.overrides, *shock, *method_overrides, f'controller.label="{label}"',
+                 f"seed={seed}")
+    run_dir = out / _stem(scenario) / condition / f"{label}-s{seed}"
+    return RunSpec(scenario, label, seed, overrides, run_dir)
+
+
+def _fixed_lrs(plan: StudyPlan, scenario: str) -> tuple[float, ...]:
+    from ulora_remote.scenarios import load_scenario
+
+    return tuple(load_scenario(scenario, plan.overrides).baselines.fixed_lrs)
+
+
+def best_fixed_lr(run_dirs: Sequence[Path]) -> float:
+    """The fixed LR whose runs have the lowest mean final clean loss (from summary.json)."""
+    by_lr: dict[float, list[float]] = {}
+    for path in run_dirs:
+        rd = RunDir(path)
+        summary, config = rd.read_summary(), rd.read_config()
+        if summary is None:
+            raise ConfigurationError(f"{path} is unfinished; run the study again to finish it")
+        lr = float(config["scenario"]["controller"]["fixed_lr"])
+        by_lr.setdefault(lr, []).append(float(summary["final"]["eval_loss"]))
+    return min(by_lr, key=lambda lr: (sum(by_lr[lr]) / len(by_lr[lr]), lr))
+
+
+@dataclass(frozen=True)
+class StudyRuns:
+    """The finished runs: ``specs[scenario][condition]`` and ``best_lr[scenario]``."""
+
+    root: Path
+    specs: dict[str, dict[str, list[RunSpec]]]
+    best_lr: dict[str, float]
+
+
+def run_study(plan: StudyPlan, out: str | Path, *, jobs: int = 2,
+              console: TextIO | None = None) -> StudyRuns:
+    """Run (or reuse) every run of ``plan`` under ``out``.
+
+    Returns:
+        The runs by scenario and condition, and each scenario's best fixed LR.
+
+    Raises:
+        ConfigurationError: a bad plan or scenario.
+        BackendError: a run failed (the others that finished are kept).
+    """
+    root, log = Path(out), console or sys.stdout
+    pool = _Pool(jobs, log)
+    fixed = {s: {c: fixed_specs(plan, root, s, c) for c in _conditions(plan)}
+             for s in plan.scenarios}
+    pool.run([spec for by_c in fixed.values() for specs in by_c.values() for spec in specs])
+    result: dict[str, dict[str, list[RunSpec]]] = {}
+    best_lrs: dict[str, float] = {}
+    later: list[RunSpec] = []
+    for scenario in plan.scenarios:
+        best = best_lrs[scenario] = best_fixed_lr([s.run_dir for s in fixed[scenario]["shock"]])
+        result[scenario] = {}
+        for condition in _conditions(plan):
+            extra = method_specs(plan, root, scenario, condition, best)
+            result[scenario][condition] = [*fixed[scenario].get(condition, []), *extra]
+            later += extra
+        print(f"study: {scenario}: best fixed LR {best!r} (lowest mean final clean loss)",
+              file=log)
+    pool.run(later)
+    return StudyRuns(root, result, best_lrs)
+
+
+def _conditions(plan: StudyPlan) -> tuple[str, ...]:
+    return ("shock", "noshock") if plan.no_shock else ("shock",)
+
+
+class _Pool:
+    """Runs specs in worker processes (or inline for ``jobs == 1``); skips finished runs."""
+
+    def __init__(self, jobs: int, log: TextIO) -> None:
+        if jobs < 1:
+            raise ConfigurationError(f"--jobs {jobs}: give at least 1 worker")
+        self.jobs, self.log = jobs, log
+
+    def run(self, specs: Sequence[RunSpec]) -> None:
+        todo = [s for s in specs if not RunDir(s.run_dir).finished]
+        print(f"study: {len(specs) - len(todo)} runs reused, {len(todo)} to run", file=self.log)
+        if not todo:
+            return
+        t0 = time.monotonic()
+        if self.jobs == 1:
+            results = map(_run_one, todo)
+            self._report(todo, results, t0)
+            return
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # no torch state shared with a fork
+        with ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_init_worker) as ex:
+            self._report(todo, ex.map(_run_one, todo), t0)
+
+    def _report(self, todo: Sequence[RunSpec], results: Iterable[float], t0: float) -> None:
+        for i, (spec, wall_s) in enumerate(zip(todo, results, strict=True), 1):
+            print(f"study: [{i}/{len(todo)}] {spec.run_dir} {wall_s:.0f} s "
+                  f"(elapsed {time.monotonic() - t0:.0f} s)", file=self.log, flush=True)
+
+
+def _init_worker() -> None:
+    try:
+        import torch
+    except ModuleNotFoundError:
+        return
+    torch.set_num_threads(1)
+
+
+def _run_one(spec: RunSpec) -> float:
+    """Run one spec from scratch into its directory; return its wall time in seconds."""
+    from ulora_remote.api import run_scenario
+
+    t0 = time.monotonic()
+    run_scenario(spec.scenario, out=spec.run_dir, overrides=spec.overrides, force=True,
+                 log_every=10**9, console=io.StringIO())
+    return time.monotonic() - t0
+
+
+def _stem(scenario: str) -> str:
+    return Path(scenario).stem
+
+
+def _fmt(lr: float) -> str:
+    from ulora_remote.console import format_lr
+
+    return format_lr(lr)
