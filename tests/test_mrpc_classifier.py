@@ -50,7 +50,7 @@ def test_losses_are_per_example_label_cross_entropy() -> None:
     enc = backend.tokenizer(["the bank sold the deal on monday ."], [
         "the lender sold the agreement on monday ."], return_tensors="pt")
     with torch.no_grad():
-        logits = backend.model(**enc).logits
+        logits = backend.model(**{k: v.to(backend.device) for k, v in enc.items()}).logits
     expected = -torch.log_softmax(logits, dim=-1)[0, 1].item()
     assert result.nll_sums[0] == pytest.approx(expected, rel=1e-5)
     assert result.mean_loss == pytest.approx(sum(result.nll_sums) / 2)
