@@ -268,10 +268,11 @@ class Runner:
 
         A skipped step keeps the screened result as its row's loss and submits no update.
         """
-        if not getattr(self.controller, "screens", False):
+        screen = getattr(self.controller, "screen", None)
+        if screen is None or not getattr(self.controller, "screens", False):
             return False
         screened = self.backend.forward(batch).result(self.s.result_timeout_s)
-        if not self.controller.screen(float(screened.mean_loss)):
+        if not screen(float(screened.mean_loss)):
             return False
         fb[t] = Completed(screened)
         self._skipped.add(t)

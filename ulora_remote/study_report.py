@@ -172,7 +172,7 @@ def _phi_table(specs: list[Any]) -> list[str]:
         if spec.label.startswith(("fixed", "plateau", "zskip")):
             continue
         for level in phi_levels(spec.run_dir):
-            rows.setdefault((spec.label, level["start"]), []).append(level)
+            rows.setdefault((spec.label, int(level["start"])), []).append(level)
     if not rows:
         return []
     lines = ["φ before → peak inside → settled after each shock (mean over seeds)", "",
