@@ -6,6 +6,7 @@ model trained by Adam) so that these tests need no torch and run in seconds.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -497,3 +498,49 @@ def test_sampling_sessions_stop_tokens_and_prompt_logprobs(server: RunningServer
     assert all(lp is not None and lp < 0 for lp in stopped.prompt_logprobs[1:])
     assert refused.status_code == 400 and "topk_prompt_logprobs" in refused.json()["detail"]
     assert unknown.status_code == 404
+
+
+POST_PATHS = [
+    "create_session", "session_heartbeat", "create_model", "get_info", "forward_backward",
+    "optim_step", "save_weights", "save_weights_for_sampler", "load_weights",
+    "create_sampling_session", "asample", "retrieve_future", "telemetry", "client/config",
+]  # fmt: skip
+
+
+def test_fuzzed_bodies_never_get_a_5xx(server: RunningServer) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+        max_leaves=12,
+    )
+    with _http(server) as http:
+        model_id = _model(http)
+        fields = st.fixed_dictionaries(
+            {"model_id": st.sampled_from([model_id, "x:train:0", ""])},
+            optional={"seq_id": st.integers(-5, 5), "path": st.text(max_size=30),
+                      "request_id": st.text(max_size=10), "session_id": st.text(max_size=10)},
+        )  # fmt: skip
+        bodies = (
+            st.binary(max_size=200).map(lambda b: ("raw", b))
+            | json_values.map(lambda v: ("json", v))
+            | st.builds(lambda d, extra: ("json", {**extra, **d}), fields, st.dictionaries(
+                st.sampled_from(["adam_params", "lora_config", "prompt", "optimizer"]),
+                json_values, max_size=2))
+        )  # fmt: skip
+
+        @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(path=st.sampled_from(POST_PATHS), body=bodies, proto=st.booleans())
+        def check(path: str, body: tuple[str, object], proto: bool) -> None:
+            kind, value = body
+            headers = {"Content-Type": "application/x-protobuf" if proto else "application/json"}
+            content = value if kind == "raw" else json.dumps(value).encode()
+            resp = http.post(f"/api/v1/{path}", content=content, headers=headers)  # type: ignore[arg-type]
+            assert resp.status_code < 500, (path, body, resp.text)
+            if resp.status_code >= 400 and resp.status_code != 408:
+                assert resp.json()["detail"]
+
+        check()
+        assert http.get("/api/v1/healthz").json() == {"status": "ok"}
