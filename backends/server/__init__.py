@@ -11,7 +11,8 @@ The unmodified ``tinker`` SDK trains, saves, restores and samples against it off
     server.stop()
 
 Needs the 'server' extra (tinker, starlette, uvicorn, zstandard) and, for the default engine,
-the 'local' extra. Importing this package imports tinker and starlette, never torch.
+the 'local' extra. Importing this package imports tinker and starlette (and tinker imports
+torch when it is installed); `import ulora_remote` alone imports none of them.
 """
 
 import importlib.util as _util
