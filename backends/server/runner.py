@@ -104,12 +104,13 @@ def _prepare(config: ServerConfig) -> tuple[Service, FaultInjector, uvicorn.Serv
     return service, faults, uvicorn.Server(uv_config), sock
 
 
-async def _serve(server: uvicorn.Server, scheduler: Scheduler, sock: socket.socket) -> None:
-    scheduler.start()
+async def _serve(server: uvicorn.Server, service: Service, sock: socket.socket) -> None:
+    service.scheduler.start()
     try:
         await server.serve(sockets=[sock])
     finally:
-        await scheduler.stop()
+        await service.scheduler.stop()
+        service.close()
 
 
 def serve_in_thread(config: ServerConfig, *, start_timeout_s: float = 30.0) -> RunningServer:
@@ -122,7 +123,7 @@ def serve_in_thread(config: ServerConfig, *, start_timeout_s: float = 30.0) -> R
     service, faults, server, sock = _prepare(config)
     host, port = sock.getsockname()[:2]
     thread = threading.Thread(
-        target=lambda: asyncio.run(_serve(server, service.scheduler, sock)),
+        target=lambda: asyncio.run(_serve(server, service, sock)),
         name=f"ulora-serve-{port}",
         daemon=True,
     )
@@ -148,4 +149,4 @@ def serve_forever(config: ServerConfig) -> None:
         f"(checkpoints in {service.index.root})",
         flush=True,
     )
-    asyncio.run(_serve(server, service.scheduler, sock))
+    asyncio.run(_serve(server, service, sock))

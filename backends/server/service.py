@@ -91,6 +91,12 @@ class Service:
     def base_model_name(self) -> str:
         return str(self.probe().base_model_name)
 
+    def close(self) -> None:
+        """Drop every engine (memory); counters and checkpoints stay readable."""
+        for model in self._models.values():
+            model.engine = None
+        self.samplers = SamplerPool(self.index, self._build)
+
     # ---- sessions ----------------------------------------------------------------------
 
     def create_session(self) -> str:
