@@ -97,7 +97,9 @@ def _prepare(config: ServerConfig) -> tuple[Service, FaultInjector, uvicorn.Serv
     faults = FaultInjector(config.faults)
     sock = _bind(config.host, config.port)
     app = build_app(service, config, faults)
-    uv_config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
+    uv_config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", timeout_keep_alive=30, timeout_graceful_shutdown=5
+    )
     uv_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _HideInjectedDrops) for f in uv_log.filters):
         uv_log.addFilter(_HideInjectedDrops())
