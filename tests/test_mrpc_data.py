@@ -150,3 +150,12 @@ def test_a_paraphrase_scenario_builds_its_source_and_mrpc_needs_its_data(tmp_pat
         build_source(missing)
     glue = load_scenario("mrpc-distilbert", [f"data.path='{_glue_dir(tmp_path)}'"])
     assert len(build_source(glue).eval_examples()) == 1
+
+
+def test_the_schema_lists_every_shock_kind_and_the_label_flip() -> None:
+    from typing import get_args
+
+    from ulora_remote.scenarios.schema import AnyShockKind
+    from ulora_remote.scenarios.shocks import SHOCK_KINDS
+
+    assert set(get_args(AnyShockKind)) == {*SHOCK_KINDS, "flipped-label"}
