@@ -121,7 +121,9 @@ def test_sdk_trains_restores_with_optimizer_and_samples(
     assert Path(str(info.model_data.tokenizer_id)).is_dir()
     tok = tc.get_tokenizer()  # from the local directory, with the hub offline
 
+    probe = tc.forward(batch(tok, 0), "cross_entropy").result(timeout=60)  # no state change
     head = train(tc, tok, range(20))
+    assert mean_loss(probe, batch(tok, 0)) == head[0]
     saved = tc.save_state("step-20").result(timeout=60)
     assert saved.path == f"tinker://{tc.model_id}/weights/step-20"
     tail_in_place = train(tc, tok, range(20, 30))
@@ -134,7 +136,7 @@ def test_sdk_trains_restores_with_optimizer_and_samples(
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
     assert tail_restored == tail_in_place  # the optimizer state survived the round trip
     counts = clean.counters.get(tc.model_id)
-    assert (counts.forward_backward, counts.optim_step) == (30, 30)
+    assert (counts.forward, counts.forward_backward, counts.optim_step) == (1, 30, 30)
     assert clean.counters.get(restored.model_id).lineage_optim_step == 30
 
     sampler = tc.save_weights_and_get_sampling_client().result(timeout=60)
