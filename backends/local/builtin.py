@@ -7,7 +7,7 @@ fine-tuning on three transforms of random lowercase strings, told apart by the a
 (``"qzx =>"`` → ``" zxq"``). That teaches attention to find, copy and reorder characters of the
 prompt, which a LoRA then bends into Pig Latin. Measured on "medium" with LoRA r=8 at lr 2e-3
 (README): the mix reached a held-out Pig Latin loss of 0.15 after 350 steps where copying alone
-(same 600 pre-training steps) was at 0.62.
+(same 600 pre-training steps) was at 0.62. "small" pre-trains on copying only (see _RECIPES).
 
 The result is cached under ``cache_dir/builtin-<size>-<key>`` where ``key`` hashes the config, the
 recipe, the vocabulary and torch's major.minor version; only the first use pays. Pre-training
@@ -72,7 +72,13 @@ class PretrainRecipe:
     seed: int = 1234
 
 
-_RECIPES = {"small": PretrainRecipe(steps=300), "medium": PretrainRecipe(steps=600)}
+# Measured (README): the small model learns Pig Latin faster after copying alone (held-out loss
+# 0.38 after 400 LoRA steps, vs 0.61 after the mix); medium gains from the mix (0.11 vs 0.29
+# after 700 steps).
+_RECIPES = {
+    "small": PretrainRecipe(steps=300, tasks=("copy",)),
+    "medium": PretrainRecipe(steps=600),
+}
 
 
 def _llama_config(size: str) -> Any:
