@@ -207,6 +207,8 @@ class RunDir:
     def append_checkpoint(self, record: Mapping[str, Any]) -> None:
         """Append one checkpoint line and fsync it, so a later SIGKILL cannot lose it."""
         line = json.dumps(record, sort_keys=True) + "\n"
+        if _ends_mid_line(self.checkpoints_path):
+            line = "\n" + line  # a kill cut the last line: keep the new one whole and parseable
         with self.checkpoints_path.open("a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
@@ -232,6 +234,14 @@ class RunDir:
     def last_checkpoint(self) -> dict[str, Any] | None:
         records = self.checkpoints()
         return records[-1] if records else None
+
+
+def _ends_mid_line(path: Path) -> bool:
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
