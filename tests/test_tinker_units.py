@@ -94,3 +94,20 @@ def test_a_missing_tinker_extra_names_the_install(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "tinker", None)  # import tinker now raises ImportError
     with pytest.raises(MissingExtraError, match=r"ulora-remote\[tinker\]"):
         TinkerBackend("meta-llama/Llama-3.2-1B", api_key=FAKE_KEY)
+
+
+def test_an_unreachable_service_fails_at_the_first_contacts_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ulora_remote.backends.tinker import TinkerBackend
+    from ulora_remote.errors import RemoteTimeoutError
+
+    monkeypatch.setenv("TINKER_TELEMETRY", "0")
+    # Port 1 on loopback refuses connections; the SDK alone would retry for about 5 minutes.
+    with pytest.raises(RemoteTimeoutError, match="get_server_capabilities did not finish"):
+        TinkerBackend(
+            "meta-llama/Llama-3.2-1B",
+            base_url="http://127.0.0.1:1",
+            api_key=FAKE_KEY,
+            connect_timeout_s=1.0,
+        )

@@ -17,6 +17,7 @@ import logging
 import re
 import secrets
 import sys
+import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,12 +34,13 @@ from ulora_remote.errors import (
     BackendError,
     CheckpointError,
     InputError,
+    RemoteTimeoutError,
     StateLostError,
     UloraError,
 )
 
 from .checkpoints import load_training_client, save_checkpoint
-from .futures import SdkFuture, map_sdk_error, scrub
+from .futures import SdkFuture, call_with_deadline, map_sdk_error, scrub
 from .render import (
     clean_completion,
     load_tokenizer,
@@ -47,7 +49,7 @@ from .render import (
     result_from_output,
     to_tinker_datum,
 )
-from .session import check_base_model, import_tinker, resolve_api_key
+from .session import check_base_model, import_tinker, resolve_api_key, rest_client
 
 __all__ = ["TinkerBackend"]
 
@@ -80,6 +82,9 @@ class TinkerBackend:
         run_name: prefix of checkpoint names (a random one by default), unique per run.
         save_check_s: while a save has not answered, look it up in the run's checkpoint
             list this often (a listed checkpoint is complete; see ``checkpoints.py``).
+        connect_timeout_s: the deadline of the first contact (the model list) and of closing
+            the session, so that an unreachable service fails fast; the SDK alone would retry
+            for about 5 minutes.
 
     Raises:
         ConfigurationError: no key or a malformed one, a key the service refuses, or a base
@@ -101,6 +106,7 @@ class TinkerBackend:
         rebuild_attempts: int = 3,
         run_name: str | None = None,
         save_check_s: float = 30.0,
+        connect_timeout_s: float = 60.0,
     ) -> None:
         self._tinker = import_tinker()
         self._key = resolve_api_key(api_key)
@@ -111,17 +117,20 @@ class TinkerBackend:
         self.timeout_s = float(timeout_s)
         self.rebuild_attempts = rebuild_attempts
         self.save_check_s = float(save_check_s)
+        self.connect_timeout_s = float(connect_timeout_s)
         self.run_name = _NAME_OK.sub("-", run_name) if run_name else f"ulora-{secrets.token_hex(4)}"
-        self._base_url = base_url
         self._closed = False
         self._generation = 0  # bumped whenever the training client is replaced
         self._lost: StateLostError | None = None
-        check_base_model(
-            self._tinker, base_model, base_url=base_url, api_key=self._key, timeout_s=timeout_s
-        )
         self._service = self._tinker.ServiceClient(base_url=base_url, api_key=self._key)
         _open_backends.add(self)
         try:
+            check_base_model(
+                self._service,
+                base_model,
+                api_key=self._key,
+                timeout_s=min(self.timeout_s, self.connect_timeout_s),
+            )
             self._client = self._wait(
                 lambda: self._service.create_lora_training_client(base_model, rank=rank, seed=seed),
                 "create_lora_training_client",
@@ -130,7 +139,7 @@ class TinkerBackend:
                 load_tokenizer(tokenizer) if tokenizer is not None else self._client.get_tokenizer()
             )
         except BaseException:
-            self.close(status="errored")
+            self.close()  # "errored", or "interrupted" on Ctrl-C
             raise
         self._eos_text = self._special_text("eos_token_id")
 
@@ -237,11 +246,16 @@ class TinkerBackend:
 
     def _wait(self, submit: Any, name: str, *, training: bool = False) -> Any:
         """Submit with ``submit()`` and wait for the value under the deadline."""
+        deadline = time.monotonic() + self.timeout_s
         try:
-            sdk_future = submit()
+            # Creating the first client opens the session synchronously inside the SDK.
+            sdk_future = call_with_deadline(submit, self.timeout_s, name)
+        except RemoteTimeoutError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, name, training=training) from None
-        return self._wrap(sdk_future, name, lambda value: value, training=training).result()
+        future = self._wrap(sdk_future, name, lambda value: value, training=training)
+        return future.result(timeout=max(0.0, deadline - time.monotonic()))
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -260,10 +274,9 @@ class TinkerBackend:
         full_name = f"{self.run_name}-{_NAME_OK.sub('-', name)}"
         try:
             return save_checkpoint(
-                self._tinker,
+                rest_client(self._service),  # built during check_base_model: no I/O here
                 client,
                 full_name,
-                base_url=self._base_url,
                 api_key=self._key,
                 timeout_s=self.timeout_s,
                 check_every_s=self.save_check_s,
@@ -351,8 +364,13 @@ class TinkerBackend:
                 status = "success"
             else:
                 status = "errored" if issubclass(active, Exception) else "interrupted"
+        wait_s = min(self.timeout_s, self.connect_timeout_s, 30.0)
         try:
-            self._service.close(status).result(timeout=min(self.timeout_s, 30.0))
+            # On a thread: the SDK's close waits on a lock that a client still connecting to an
+            # unreachable service holds for minutes.
+            call_with_deadline(
+                lambda: self._service.close(status).result(timeout=wait_s), wait_s, "close"
+            )
         except Exception as exc:  # noqa: BLE001 - closing must not mask the run's own error
             logger.warning("closing the Tinker session failed: %s", scrub(str(exc), self._key))
 

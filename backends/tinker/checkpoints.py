@@ -51,10 +51,13 @@ def _is_conflict(exc: BaseException) -> bool:
 
 
 def find_checkpoint(
-    tinker: Any, model_id: str, name: str, *, base_url: str | None, api_key: str, timeout_s: float
+    rest: Any, model_id: str, name: str, *, api_key: str, timeout_s: float
 ) -> str | None:
-    """The ``tinker://`` path of training checkpoint ``name`` of ``model_id``, or None."""
-    rest = tinker.RestClient(base_url=base_url, api_key=api_key)
+    """The ``tinker://`` path of training checkpoint ``name`` of ``model_id``, or None.
+
+    Args:
+        rest: a ``tinker.RestClient``.
+    """
     try:
         listing = rest.list_checkpoints(model_id).result(timeout=timeout_s)
     except Exception as exc:  # noqa: BLE001
@@ -69,11 +72,10 @@ def find_checkpoint(
 
 
 def save_checkpoint(
-    tinker: Any,
+    rest: Any,
     client: Any,
     name: str,
     *,
-    base_url: str | None,
     api_key: str,
     timeout_s: float,
     check_every_s: float = 30.0,
@@ -102,9 +104,7 @@ def save_checkpoint(
     deadline = time.monotonic() + timeout_s
 
     def listed() -> str | None:
-        return find_checkpoint(
-            tinker, model_id, name, base_url=base_url, api_key=api_key, timeout_s=timeout_s
-        )
+        return find_checkpoint(rest, model_id, name, api_key=api_key, timeout_s=timeout_s)
 
     while True:
         try:

@@ -15,6 +15,7 @@ unknown cause. A failure the service attributes to the user (category ``user``, 
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -27,7 +28,7 @@ from ulora_remote.errors import (
     UloraError,
 )
 
-__all__ = ["SdkFuture", "map_sdk_error", "scrub"]
+__all__ = ["SdkFuture", "call_with_deadline", "map_sdk_error", "scrub"]
 
 T = TypeVar("T")
 
@@ -176,3 +177,35 @@ class SdkFuture(Generic[T]):
         inner = getattr(self._sdk_future, "future", None)
         if callable(inner):
             inner().cancel()
+
+
+def call_with_deadline(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Run a blocking SDK call under a wall-clock deadline.
+
+    Some SDK calls block the caller before they return a future: building a client fetches
+    ``/client/config`` and opens the session synchronously, retrying connection errors for up
+    to 300 s. They run on a daemon thread here, so that an unreachable service fails within
+    ``timeout_s`` (the thread is abandoned and cannot keep the process alive at exit).
+
+    Raises:
+        RemoteTimeoutError: ``fn`` did not return within ``timeout_s``.
+        Exception: whatever ``fn`` raised.
+    """
+    outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            outcome.set_exception(exc)
+
+    threading.Thread(target=run, name=f"ulora-tinker-{what}", daemon=True).start()
+    try:
+        return outcome.result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError as exc:
+        if outcome.done():  # fn itself raised a TimeoutError
+            raise
+        raise RemoteTimeoutError(
+            f"{what} did not finish within {timeout_s:g} s (wall clock); is the Tinker service "
+            "reachable (base_url / TINKER_BASE_URL)?"
+        ) from exc

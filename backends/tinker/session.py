@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any
 
-from ulora_remote.errors import ConfigurationError, MissingExtraError, RemoteError
+from ulora_remote.errors import ConfigurationError, MissingExtraError, RemoteTimeoutError
 
-from .futures import map_sdk_error, scrub
+from .futures import call_with_deadline, map_sdk_error, scrub
 
-__all__ = ["check_base_model", "import_tinker", "resolve_api_key"]
+__all__ = ["check_base_model", "import_tinker", "resolve_api_key", "rest_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,27 +50,40 @@ def resolve_api_key(api_key: str | None) -> str:
     return key
 
 
-def check_base_model(
-    tinker: Any, base_model: str, *, base_url: str | None, api_key: str, timeout_s: float
-) -> None:
+def rest_client(service: Any) -> Any:
+    """A ``RestClient`` over ``service``'s own connections.
+
+    ``tinker.RestClient(base_url, api_key)`` shares one process-wide holder per (URL, key) and
+    builds it under a process-wide lock, retrying an unreachable service for about 5 minutes;
+    every other ``RestClient`` waits on that lock meanwhile. ``ServiceClient.create_rest_client``
+    (deprecated in 0.38, still public in the supported range) uses a holder owned by this
+    service alone, closed with it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return service.create_rest_client()
+
+
+def check_base_model(service: Any, base_model: str, *, api_key: str, timeout_s: float) -> None:
     """Fail unless the service offers ``base_model`` for training.
 
-    Uses ``RestClient.get_server_capabilities`` (no session is opened). A service that does not
-    implement the endpoint (HTTP 404) is not checked: model creation then reports the problem.
+    Uses ``get_server_capabilities`` (no session is opened). A service that does not implement
+    the endpoint (HTTP 404) is not checked: model creation then reports the problem.
 
     Raises:
         ConfigurationError: the model is not offered (the message lists what is), or the key
             was refused.
-        RemoteError, RemoteTimeoutError: the service could not be asked.
+        RemoteError: the service could not be asked.
+        RemoteTimeoutError: no answer within ``timeout_s`` (e.g. the service is unreachable).
     """
+
+    def ask() -> Any:
+        return rest_client(service).get_server_capabilities().result(timeout=timeout_s)
+
     try:
-        rest = tinker.RestClient(base_url=base_url, api_key=api_key)
-        capabilities = rest.get_server_capabilities().result(timeout=timeout_s)
-    except TimeoutError as exc:
-        raise RemoteError(
-            f"get_server_capabilities did not answer within {timeout_s:g} s; is the Tinker "
-            "service reachable (TINKER_BASE_URL)?"
-        ) from exc
+        capabilities = call_with_deadline(ask, timeout_s, "get_server_capabilities")
+    except RemoteTimeoutError:
+        raise
     except Exception as exc:  # noqa: BLE001 - translated below
         if getattr(exc, "status_code", None) == 404:
             logger.warning("the service does not list its models; %r is not checked", base_model)
