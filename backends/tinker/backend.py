@@ -33,6 +33,7 @@ from ulora_remote.backend import (
 from ulora_remote.errors import (
     BackendError,
     CheckpointError,
+    ConfigurationError,
     InputError,
     RemoteTimeoutError,
     StateLostError,
@@ -111,7 +112,7 @@ class TinkerBackend:
         self._tinker = import_tinker()
         self._key = resolve_api_key(api_key)
         if timeout_s <= 0:
-            raise InputError(f"timeout_s={timeout_s!r} must be > 0")
+            raise ConfigurationError(f"timeout_s={timeout_s!r} must be > 0 (seconds)")
         self.base_model = base_model
         self.rank = rank
         self.timeout_s = float(timeout_s)

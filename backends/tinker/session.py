@@ -19,6 +19,8 @@ __all__ = ["check_base_model", "import_tinker", "resolve_api_key", "rest_client"
 
 logger = logging.getLogger(__name__)
 
+SUPPORTED_PREFIX = "0.38."  # keep in step with pyproject: tinker>=0.38,<0.39
+
 
 def import_tinker() -> Any:
     """Import the SDK, or raise ``MissingExtraError("tinker", "tinker")``."""
@@ -26,6 +28,13 @@ def import_tinker() -> Any:
         import tinker
     except ImportError as exc:
         raise MissingExtraError("tinker", "tinker") from exc
+    version = str(getattr(tinker, "__version__", "unknown"))
+    if not version.startswith(SUPPORTED_PREFIX):
+        logger.warning(
+            "tinker %s is outside the supported range >=0.38,<0.39 (pyproject's 'tinker' "
+            "extra); install it with: pip install 'ulora-remote[tinker]'",
+            version,
+        )
     return tinker
 
 
