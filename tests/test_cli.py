@@ -115,3 +115,17 @@ def test_compare_two_seeds_builds_the_table_from_the_runs_files(tmp_path, capsys
     assert main(["report", str(tmp_path / "controller-s0")]) == 0
     assert json.loads(summary_path.read_text())["steps"] == 30
     assert (tmp_path / "controller-s0" / "plot.png").stat().st_size > 10_000
+
+
+def test_commands_other_than_serve_import_neither_torch_nor_tinker():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ulora_remote.cli import main\n"
+        "assert main(['scenarios']) == 0\n"
+        "heavy = sorted(m for m in ('torch', 'tinker', 'matplotlib') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -23,7 +24,8 @@ DEFAULT_SCENARIO = "pig-latin-shock"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ulora``; returns the exit status."""
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(serving=bool(argv) and argv[0] == "serve")
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
@@ -34,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, serving: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ulora", description="LoRA training under the Unified-LoRA controller."
     )
@@ -70,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     scenarios = sub.add_parser("scenarios", help="list the shipped scenarios")
     scenarios.set_defaults(func=_cmd_scenarios)
 
-    _add_serve(sub)
+    _add_serve(sub, load=serving)
     return parser
 
 
@@ -79,13 +81,22 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="override a scenario field, e.g. --set controller.cooldown=0 (repeatable)")
 
 
-def _add_serve(sub: Any) -> None:
-    """``serve`` comes from the server backend; absent when that module is not installed."""
+def _add_serve(sub: Any, *, load: bool) -> None:
+    """``serve`` comes from the server backend; absent when that module is not installed.
+
+    The server imports tinker and torch (seconds), so its options load only for ``ulora serve``;
+    other commands list it by name.
+    """
+    help_text = "serve Tinker's HTTP protocol on 127.0.0.1 (local)"
+    if not load:
+        if importlib.util.find_spec("ulora_remote.backends.server") is not None:
+            sub.add_parser("serve", help=help_text)
+        return
     try:
         server_cli = importlib.import_module("ulora_remote.backends.server.cli")
     except ImportError:
         return
-    serve = sub.add_parser("serve", help="serve Tinker's HTTP protocol on 127.0.0.1 (local)")
+    serve = sub.add_parser("serve", help=help_text)
     server_cli.add_serve_arguments(serve)
     serve.set_defaults(func=server_cli.serve_main)
 
