@@ -34,9 +34,10 @@ def plot_shock_recovery(runs: StudyRuns, path: Path) -> Path:
     except ModuleNotFoundError as exc:
         raise MissingExtraError("plot", "matplotlib") from exc
     panels = _panels(runs)
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.2),
-                             squeeze=False)
-    for ax, (title, curves) in zip(axes[0], panels, strict=False):
+    cols = min(2, max(1, len(panels)))
+    rows = max(1, -(-len(panels) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.4 * rows), squeeze=False)
+    for ax, (title, curves) in zip(axes.flat, panels, strict=False):
         for method, frame in curves.items():
             stats = frame.groupby("offset")["eval_loss"].agg(["mean", "min", "max"])
             style = "--" if method.startswith("fixed") else "-"
@@ -48,6 +49,8 @@ def plot_shock_recovery(runs: StudyRuns, path: Path) -> Path:
         ax.set_xlabel("steps since the shock started")
         ax.set_ylabel("clean eval loss (nats/token)")
     axes[0][0].legend(fontsize=7, ncol=2)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

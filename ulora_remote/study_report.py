@@ -113,6 +113,7 @@ def write_study_report(runs: StudyRuns, *, wall_s: float | None = None) -> Path:
             lines += _group_table(per_run, stem, condition)
             lines += _paired_table(paired, stem, condition)
         lines += _phi_table(runs.specs[scenario].get("shock", []))
+        lines += _lag_table(per_run, stem)
     lines += _preset_verdict(per_run)
     try:
         from ulora_remote.study_plot import plot_shock_recovery
@@ -180,6 +181,26 @@ def _phi_table(specs: list[Any]) -> list[str]:
     for (label, start), levels in rows.items():
         cells = [sum(x[k] for x in levels) / len(levels) for k in ("pre", "peak", "post")]
         lines.append(f"| {label} | {start} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return [*lines, ""]
+
+
+def _lag_table(per_run: pd.DataFrame, scenario: str, lag0: str = "v1",
+               lag1: str = "v1-lag1") -> list[str]:
+    """The controller at lag 1 against lag 0, paired by seed (shock runs)."""
+    g = per_run[(per_run["scenario"] == scenario) & (per_run["condition"] == "shock")
+                & per_run["window"].isin(["all shocks", "final"])]
+    if not {lag0, lag1} <= set(g["method"]):
+        return []
+    lines = [f"Control lag: {lag1} − {lag0}, paired by seed ({scenario}, shocks)", "",
+             "| metric | lag 0 mean | lag 1 mean | mean diff | p | n |",
+             "|---|---|---|---|---|---|"]
+    for metric, m in g.groupby("metric", sort=False):
+        a = m[m["method"] == lag1].set_index("seed")["value"]
+        b = m[m["method"] == lag0].set_index("seed")["value"]
+        a, b = a.align(b, join="inner")
+        test = paired_t_test([float(x) for x in a], [float(x) for x in b])
+        lines.append(f"| {metric} | {b.mean():.3g} | {a.mean():.3g} | "
+                     f"{test.mean_difference:+.3g} | {test.p_value:.3g} | {test.n} |")
     return [*lines, ""]
 
 
