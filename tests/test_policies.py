@@ -321,3 +321,13 @@ def test_snapshots_are_set_only_for_the_controller_method() -> None:
     assert build_settings(on, "x").snapshot_every == 25
     assert build_settings(off, "x").snapshot_every == 0
     assert build_policy(off.controller, UnifiedController()).__class__ is UnifiedController
+
+
+def test_the_shipped_zskip_scenario_screens_at_the_studys_best_fixed_lr() -> None:
+    from ulora_remote.builders import build_controller
+    from ulora_remote.scenarios import load_scenario
+
+    policy = build_controller(load_scenario("pig-latin-zskip"))
+    assert isinstance(policy, PolicyController) and policy.screens
+    assert policy.initial_lr == 2e-3 and policy.screener is not None
+    assert (policy.screener.z, policy.screener.window) == (3.0, 50)

@@ -200,6 +200,7 @@ def test_shipped_scenarios_load_and_match_the_seeds_schedules() -> None:
         "pig-latin-shock",
         "pig-latin-v2",
         "pig-latin-readme",
+        "pig-latin-zskip",
         "llama32-1b-tinker",
         "mrpc-distilbert",
         "mrpc-tinker",
