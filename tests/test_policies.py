@@ -324,8 +324,9 @@ def test_snapshots_are_set_only_for_the_controller_method() -> None:
 
 
 def test_the_shipped_zskip_scenario_screens_at_the_studys_best_fixed_lr() -> None:
-    from ulora_remote.builders import build_controller
     from ulora_remote.scenarios import load_scenario
+
+    from ulora_remote.builders import build_controller
 
     policy = build_controller(load_scenario("pig-latin-zskip"))
     assert isinstance(policy, PolicyController) and policy.screens
