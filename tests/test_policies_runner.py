@@ -168,3 +168,26 @@ def test_rollback_restores_weights_and_optimizer_state_exactly_on_the_local_back
         for key, value in state.items():
             other = restored["optim"][name][key]
             assert torch.equal(other, value) if torch.is_tensor(value) else other == value
+
+
+@pytest.mark.parametrize("kind", ["plateau", "zskip", "scale-free"])
+def test_recovery_from_a_checkpoint_replays_a_policy_run_identically(tmp_path, kind) -> None:
+    from ulora_remote.stress import ScaleFreeController
+
+    def make() -> Any:
+        inner = UnifiedController.from_preset("tinker")
+        if kind == "plateau":
+            return PolicyController(inner, rule=PlateauRule(1e-3, patience=3, threshold=0.0))
+        if kind == "zskip":
+            return PolicyController(inner, fixed_lr=1e-3,
+                                    screen=ZScoreScreen(window=10, min_history=5))
+        return ScaleFreeController(ControllerConfig.preset("tinker", cooldown=0))
+
+    source = ShockSource([(20, 30)])
+    straight, _ = _run(tmp_path / "a", make(), source=source, checkpoint_every=15)
+    # The fake loses its state on its 25th forward_backward; the runner reloads step 15's
+    # checkpoint (backend and policy state) and replays.
+    recovered, _ = _run(tmp_path / "b", make(), backend=FakeBackend(lose_state_at_fb=[25]),
+                        source=source, checkpoint_every=15)
+    columns = ["step", "loss", "phi", "mode", "lr"]
+    pd.testing.assert_frame_equal(straight[columns], recovered[columns])
