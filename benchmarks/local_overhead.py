@@ -68,33 +68,34 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run(size: str, steps: int, batch_size: int, warmup: int, lr: float) -> dict[str, Any]:
+def run(
+    size: str, steps: int, batch_size: int, warmup: int, lr: float, device: str | None = None
+) -> dict[str, Any]:
     """Train both arms for ``warmup + steps`` steps; return timings of the last ``steps``."""
-    backend = LocalBackend(size, seed=0)
-    device = backend.device
-    model, opt = _bare_arm(size, 0, device)
+    backend = LocalBackend(size, seed=0, device=device)
+    model, opt = _bare_arm(size, 0, backend.device)
     task = PigLatinTask(seed=0, eval_size=1)
     times: dict[str, list[float]] = {"backend": [], "bare": []}
     loss_diff, tokens = 0.0, []
     for step in range(warmup + steps):
         batch = task.train_batch(step, batch_size)
         datums = [backend.render(e) for e in batch]
-        tensors = pad_datums(datums, backend.pad_token_id, device)
+        tensors = pad_datums(datums, backend.pad_token_id, backend.device)
         arms = [("backend", lambda b=batch: _backend_step(backend, b, lr)),
                 ("bare", lambda t=tensors: _bare_step(model, opt, t, lr))]
         losses = {}
         for name, fn in arms if step % 2 == 0 else arms[::-1]:
-            _sync(device)
+            _sync(backend.device)
             start = time.perf_counter()
             losses[name] = fn()
-            _sync(device)
+            _sync(backend.device)
             if step >= warmup:
                 times[name].append(time.perf_counter() - start)
         loss_diff = max(loss_diff, abs(losses["backend"] - losses["bare"]))
         if step >= warmup:
             tokens.append(sum(len(d.input_tokens) for d in datums))
     return {"times": times, "tokens": statistics.mean(tokens), "loss_diff": loss_diff,
-            "device": str(device)}
+            "device": str(backend.device)}
 
 
 def _peak_rss_mib() -> float:
@@ -110,9 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    res = run(args.size, args.steps, args.batch_size, args.warmup, args.lr)
+    res = run(args.size, args.steps, args.batch_size, args.warmup, args.lr, args.device)
     med = {k: statistics.median(v) for k, v in res["times"].items()}
     print(f"local backend overhead: {args.size} model, {res['device']}, {args.threads} threads, "
           f"{args.steps} steps of batch {args.batch_size} (+{args.warmup} warm-up), "
