@@ -79,6 +79,10 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path, refe
     rc, log = _interrupt(out, signal.SIGKILL, min_rows=47)  # past the checkpoint at 40
     assert rc == -signal.SIGKILL, log
     assert not (out / "summary.json").exists()
+    from ulora_remote.cli import main
+
+    assert main(["report", str(out)]) == 0  # an unfinished run gets a plot, no summary.json
+    assert (out / "plot.png").exists() and not (out / "summary.json").exists()
     rc, log = _finish(_ulora("run", "--out", str(out), *ARGS))
     assert rc == 2 and "--resume" in log  # an unfinished run is not silently overwritten
     rc, log = _finish(_ulora("run", "--resume", str(out)))
