@@ -194,7 +194,7 @@ class Runner:
         self._next_read = start
         for t in range(start, self.s.steps):
             self._boundary(t, fb, opt, shock, skip_checkpoint=(t == start and t > 0))
-            self._snapshot_or_rollback(t, opt)
+            self._snapshot_or_rollback(t, fb, opt, shock)
             batch, shock[t] = self.source.batch(t)
             skip = self._screen(t, batch, fb)
             if not skip:
@@ -278,13 +278,17 @@ class Runner:
         self._skipped.add(t)
         return True
 
-    def _snapshot_or_rollback(self, t: int, opt: dict[int, Future[Any]]) -> None:
+    def _snapshot_or_rollback(self, t: int, fb: dict[int, Future[Any]],
+                              opt: dict[int, Future[Any]], shock: dict[int, bool]) -> None:
         """At boundary t: restore the oldest stability snapshot after a switch into Mirror, or
-        save one while stable (DESIGN.md §4). Submitted updates are drained first, so a snapshot
-        holds every step < t and a rollback is not undone by an update still in flight."""
+        save one while stable (DESIGN.md §4). Every submitted step is read and drained first, as
+        at an evaluation boundary: a snapshot then holds every step < t, a rollback is not undone
+        by an update in flight, and no future of the replaced Tinker client is left unread (it
+        would refuse its result with StateLostError)."""
         keeper = self._snapshots
         if keeper is None or not (keeper.pending or keeper.due(t)):
             return
+        self._read_until(t - 1, fb, opt, shock)
         for u in sorted(opt):
             opt.pop(u).result(self.s.result_timeout_s)
         if keeper.pending:
