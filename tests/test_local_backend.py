@@ -174,3 +174,16 @@ def test_sampling_stops_on_stop_tokens_and_is_reproducible_with_a_seed() -> None
     assert cut == greedy[: greedy.index(stop) + 1]
     hot = [backend.sample_tokens(prompt, 8, temperature=1.5, seed=11) for _ in range(2)]
     assert hot[0] == hot[1]
+
+
+def test_the_builtin_fast_encoder_matches_the_tokenizer() -> None:
+    from ulora_remote.backends.local import CHAR_VOCAB
+
+    backend = LocalBackend("small", seed=0)
+    text = "".join(c for c in CHAR_VOCAB if len(c) == 1)  # every character of the vocabulary
+    example = Example(text + " ->", " " + text[::-1])
+    d = backend.render(example)
+    tok = backend.tokenizer
+    expected = [*tok.encode(example.prompt),
+                *tok.encode(example.completion, add_special_tokens=False), backend.eos_token_id]
+    assert [*d.input_tokens, d.target_tokens[-1]] == expected

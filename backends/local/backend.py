@@ -31,8 +31,9 @@ from ulora_remote.errors import BackendError, ConfigurationError, InputError
 
 from . import state
 from .models import attach_lora, load_base
-from .render import check_datums, encode_prompts, pad_datums, render_examples
+from .render import char_encoder, check_datums, encode_prompts, pad_datums, render_examples
 from .sampling import generate
+from .tokenizer import CHAR_VOCAB
 
 __all__ = ["DatumsResult", "LocalBackend"]
 
@@ -96,6 +97,8 @@ class LocalBackend:
         pad = self.tokenizer.pad_token_id
         self.pad_token_id: int = self.eos_token_id if pad is None else int(pad)
         self.vocab_size: int = int(self.model.get_input_embeddings().num_embeddings)
+        builtin = base.name.startswith("ulora/builtin-")
+        self._encode = char_encoder(self.tokenizer, CHAR_VOCAB) if builtin else None
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW([p for _, p in self.params], lr=0.0)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -107,7 +110,7 @@ class LocalBackend:
 
     def render(self, example: Example) -> Datum:
         """Tokenize one example (see ``render.render_examples``). Raises InputError."""
-        return render_examples(self.tokenizer, [example], self.eos_token_id)[0]
+        return render_examples(self.tokenizer, [example], self.eos_token_id, self._encode)[0]
 
     def forward_backward_datums(self, datums: Sequence[Datum]) -> Completed[DatumsResult]:
         """Accumulate gradients of Σ weight·(−log p(target)) over ``datums``.
@@ -121,9 +124,12 @@ class LocalBackend:
         """The same numbers as ``forward_backward_datums``; no gradients, no state change."""
         return Completed(self._run(datums, train=False, want_logprobs=True))
 
-    def _run(self, datums: Sequence[Datum], *, train: bool, want_logprobs: bool) -> DatumsResult:
+    def _run(self, datums: Sequence[Datum], *, train: bool, want_logprobs: bool,
+             trusted: bool = False) -> DatumsResult:
+        """The shared forward (and backward) pass; ``trusted``: rendered here, already valid."""
         self._check_open()
-        check_datums(datums, self.vocab_size)
+        if not trusted:
+            check_datums(datums, self.vocab_size)
         inputs, targets, weights = pad_datums(datums, self.pad_token_id, self.device)
         with torch.enable_grad() if train else torch.inference_mode():
             logits = self.model(input_ids=inputs).logits.float()
@@ -145,14 +151,14 @@ class LocalBackend:
 
     def forward_backward(self, batch: Sequence[Example]) -> Completed[ForwardBackwardResult]:
         """Render ``batch`` and accumulate its gradients. Raises InputError on bad examples."""
-        datums = render_examples(self.tokenizer, batch, self.eos_token_id)
-        res = self._run(datums, train=True, want_logprobs=False)
+        datums = render_examples(self.tokenizer, batch, self.eos_token_id, self._encode)
+        res = self._run(datums, train=True, want_logprobs=False, trusted=True)
         return Completed(res.to_forward_backward_result())
 
     def forward(self, batch: Sequence[Example]) -> Completed[ForwardBackwardResult]:
         """Per-example NLL sums without gradients. Raises InputError on bad examples."""
-        datums = render_examples(self.tokenizer, batch, self.eos_token_id)
-        res = self._run(datums, train=False, want_logprobs=False)
+        datums = render_examples(self.tokenizer, batch, self.eos_token_id, self._encode)
+        res = self._run(datums, train=False, want_logprobs=False, trusted=True)
         return Completed(res.to_forward_backward_result())
 
     def optim_step(self, params: AdamParams) -> Completed[OptimStepResult]:

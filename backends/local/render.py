@@ -7,13 +7,22 @@ targets that belong to the completion (and the EOS) carry weight.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ulora_remote.backend import Datum, Example
 from ulora_remote.errors import InputError
 
-__all__ = ["check_datums", "encode_prompts", "pad_datums", "render_examples"]
+__all__ = [
+    "Encoder",
+    "char_encoder",
+    "check_datums",
+    "encode_prompts",
+    "pad_datums",
+    "render_examples",
+]
+
+Encoder = Callable[[list[str], bool], list[list[int]]]
 
 
 def _unencodable(tokenizer: Any, text: str, unk_id: int) -> str:
@@ -47,13 +56,39 @@ def _encode_batch(tokenizer: Any, texts: list[str], special: bool) -> list[list[
     return [fast.encode(text, add_special_tokens=special).ids for text in texts]
 
 
-def render_examples(tokenizer: Any, examples: Sequence[Example], eos_id: int) -> list[Datum]:
-    """Render each example to a ``Datum`` (two batched tokenizer calls for the whole batch).
+def char_encoder(tokenizer: Any, vocab: dict[str, int]) -> Encoder:
+    """A fast path for a one-token-per-character tokenizer with vocabulary ``vocab``: a dict
+    lookup per character (~30x faster than a tokenizer call on short texts, which matters for
+    a model as small as the built-in ones). Texts with a character outside ``vocab`` go through
+    ``tokenizer`` itself, so unknown characters are reported exactly as without the fast path.
+    """
+    bos = tokenizer.bos_token_id
+
+    def encode(texts: list[str], special: bool) -> list[list[int]]:
+        out = []
+        for text in texts:
+            try:
+                ids = [vocab[ch] for ch in text]
+            except KeyError:
+                out.extend(_encode_batch(tokenizer, [text], special))
+                continue
+            out.append([bos, *ids] if special and bos is not None else ids)
+        return out
+
+    return encode
+
+
+def render_examples(
+    tokenizer: Any, examples: Sequence[Example], eos_id: int, encode: Encoder | None = None
+) -> list[Datum]:
+    """Render each example to a ``Datum``.
 
     Args:
         tokenizer: a Hugging Face fast tokenizer.
         examples: at least one example.
         eos_id: the token appended after every completion.
+        encode: ``(texts, add_special_tokens) -> ids``, a faster equivalent of the tokenizer
+            (see ``char_encoder``); None calls the tokenizer.
 
     Returns:
         One datum per example, in order.
@@ -64,8 +99,12 @@ def render_examples(tokenizer: Any, examples: Sequence[Example], eos_id: int) ->
     """
     if len(examples) == 0:
         raise InputError("empty batch: pass at least one Example")
-    prompts = _encode_batch(tokenizer, [e.prompt for e in examples], special=True)
-    completions = _encode_batch(tokenizer, [e.completion for e in examples], special=False)
+    def default(texts: list[str], special: bool) -> list[list[int]]:
+        return _encode_batch(tokenizer, texts, special)
+
+    encode = encode or default
+    prompts = encode([e.prompt for e in examples], True)
+    completions = encode([e.completion for e in examples], False)
     datums = []
     for i, (ex, p, c) in enumerate(zip(examples, prompts, completions, strict=True)):
         _check_encoded(tokenizer, p, ex.prompt, "prompt", ex, i)
@@ -111,12 +150,14 @@ def check_datums(datums: Sequence[Datum], vocab_size: int) -> None:
     for i, d in enumerate(datums):
         if not d.input_tokens:
             raise InputError(f"datum {i} has no tokens; every datum needs at least one target")
-        for tok in (*d.input_tokens, *d.target_tokens):
-            if not 0 <= tok < vocab_size:
-                raise InputError(
-                    f"datum {i} has token id {tok}, outside this model's vocabulary "
-                    f"[0, {vocab_size}); render it with this backend's tokenizer"
-                )
+        low = min(min(d.input_tokens), min(d.target_tokens))
+        high = max(max(d.input_tokens), max(d.target_tokens))
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            raise InputError(
+                f"datum {i} has token id {bad}, outside this model's vocabulary "
+                f"[0, {vocab_size}); render it with this backend's tokenizer"
+            )
 
 
 def pad_datums(datums: Sequence[Datum], pad_id: int, device: Any) -> tuple[Any, Any, Any]:
