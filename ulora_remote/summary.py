@@ -29,8 +29,8 @@ __all__ = [
 
 #: Per-window metrics that go into the compare table, in table order.
 METRIC_NAMES: tuple[str, ...] = (
-    "peak_damage", "time_to_recover_steps", "overshoot", "excess_area", "forgetting",
-    "final_eval_loss", "final_exact_match", *(f"final_{m}" for m in (
+    "peak_damage", "recovered", "time_to_recover_steps", "overshoot", "excess_area",
+    "forgetting", "final_eval_loss", "final_exact_match", *(f"final_{m}" for m in (
         "accuracy", "f1", "majority_accuracy", "majority_f1", "one_class")),
 )
 FINAL_METRICS: tuple[str, ...] = ("final_eval_loss", "final_exact_match")
@@ -130,7 +130,10 @@ def run_metrics_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         label = f"shock {w['start']}-{w['end']}"
         for metric in METRIC_NAMES:
             if metric in w:
-                rows.append({**base, "window": label, "metric": metric, "value": w[metric]})
+                # bool → 0/1, so the table's mean of "recovered" is the share of seeds that
+                # recovered (the others' time to recover is censored at the horizon).
+                rows.append({**base, "window": label, "metric": metric,
+                             "value": float(w[metric])})
     final = summary.get("final", {})
     for metric, key in zip(FINAL_METRICS, ("eval_loss", "exact_match"), strict=True):
         if key in final:
