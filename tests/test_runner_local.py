@@ -13,17 +13,14 @@ import math
 
 import pandas as pd
 import pytest
+from ulora_remote.scenarios import load_scenario
 
-pytest.importorskip("torch")
+from ulora_remote import RunResult, load_run, run_scenario
+from ulora_remote.errors import ConfigurationError
+from ulora_remote.rundir import EVAL_COLUMNS, STEP_COLUMNS
+
+torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
-
-import torch  # noqa: E402
-
-from ulora_remote import RunResult, load_run, run_scenario  # noqa: E402
-from ulora_remote.errors import ConfigurationError  # noqa: E402
-from ulora_remote.rundir import EVAL_COLUMNS, STEP_COLUMNS  # noqa: E402
-from ulora_remote.scenarios import load_scenario  # noqa: E402
-
 torch.set_num_threads(1)
 
 TINY = [
