@@ -4,6 +4,10 @@ Every training call runs synchronously when it is submitted and returns a ``Comp
 so requests execute in submission order. Determinism: the constructor seeds torch's global RNG
 (LoRA initialisation) and owns a private ``torch.Generator`` for sampling; with the same seed and
 thread count the loss sequence on CPU is bit-identical.
+
+Threads: the built-in models are so small that torch's intra-op threads mostly wait on each
+other. On a shared 2-vCPU machine, ``threads=1`` ran the medium model 3–5x faster than
+``threads=2`` whenever another process was busy (45 vs 14 steps/s measured), with the same losses.
 """
 
 from __future__ import annotations
