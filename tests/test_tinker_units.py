@@ -100,6 +100,7 @@ def test_an_unreachable_service_fails_at_the_first_contacts_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from ulora_remote.backends.tinker import TinkerBackend
+
     from ulora_remote.errors import RemoteTimeoutError
 
     monkeypatch.setenv("TINKER_TELEMETRY", "0")

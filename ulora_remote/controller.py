@@ -90,11 +90,15 @@ class ControllerConfig:
         for name in ("lr_single", "lr_multi", "lr_mirror"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ConfigurationError(f"{name}={value!r}: a learning rate must be finite and ≥ 0")
+                raise ConfigurationError(
+                    f"{name}={value!r}: a learning rate must be finite and ≥ 0"
+                )
         for name in ("cooldown", "lock_patience"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"{name}={value!r}: must be an integer number of steps ≥ 0")
+                raise ConfigurationError(
+                    f"{name}={value!r}: must be an integer number of steps ≥ 0"
+                )
         if self.formula not in ("readme", "report"):
             raise ConfigurationError(
                 f"formula={self.formula!r}: choose 'readme' (default) or 'report'"
