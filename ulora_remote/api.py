@@ -106,9 +106,18 @@ def run_scenario(
     """
     scenario = _resolve(scenario, overrides)
     rd = RunDir(out if out is not None else default_run_dir(scenario))
-    rd.prepare_new(force=force)
-    rd.write_config(_config_record(scenario))
-    return _execute(scenario, rd, backend, resume=False, log_every=log_every, console=console)
+    # Build everything that can fail on bad input (a missing extra, a model directory without a
+    # tokenizer, a missing key) before the directory is touched: a failed start leaves no
+    # half-made run behind, and --force deletes an old run only once the new one can start.
+    rd.refuse_existing(force=force)
+    parts = _build(scenario, rd, backend, log_every)
+    try:
+        rd.prepare_new(force=force)
+        rd.write_config(_config_record(scenario))
+    except BaseException:
+        parts.backend.close()
+        raise
+    return _execute(parts, rd, resume=False, console=console)
 
 
 def resume_run(
@@ -133,7 +142,7 @@ def resume_run(
             "to redraw it, or `ulora run --force --out ...` to run it again)"
         )
     scenario = Scenario.model_validate(config["scenario"])
-    return _execute(scenario, rd, backend, resume=True, log_every=log_every, console=console)
+    return _execute(_build(scenario, rd, backend, log_every), rd, resume=True, console=console)
 
 
 def _resolve(scenario: Any, overrides: Sequence[str]) -> Any:
@@ -149,13 +158,25 @@ def _resolve(scenario: Any, overrides: Sequence[str]) -> Any:
     return scenario
 
 
-def _execute(scenario: Any, rd: RunDir, backend: TrainingBackend | None, *, resume: bool,
-             log_every: int, console: TextIO | None) -> RunResult:
+@dataclass(frozen=True)
+class _Parts:
+    settings: Any
+    controller: Any
+    source: Any
+    backend: TrainingBackend
+
+
+def _build(scenario: Any, rd: RunDir, backend: TrainingBackend | None, log_every: int) -> _Parts:
     settings = build_settings(scenario, rd.path.name, log_every=log_every)
     controller = build_controller(scenario)
     source = build_source(scenario)
     backend = backend if backend is not None else build_backend(scenario, rd.checkpoint_dir)
-    Runner(backend, controller, source, settings, rd, out=console).run(resume=resume)
+    return _Parts(settings, controller, source, backend)
+
+
+def _execute(parts: _Parts, rd: RunDir, *, resume: bool, console: TextIO | None) -> RunResult:
+    Runner(parts.backend, parts.controller, parts.source, parts.settings, rd,
+           out=console).run(resume=resume)
     write_report(rd)
     return load_run(rd.path)
 

@@ -135,6 +135,14 @@ class RunDir:
             ConfigurationError: it already holds a run and ``force`` is false; the message
                 names the flag to use.
         """
+        self.refuse_existing(force=force)
+        for p in (self.steps_path, self.evals_path, self.checkpoints_path, self.eval_scores_path,
+                  self.summary_path, self.plot_path, self.config_path):
+            p.unlink(missing_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def refuse_existing(self, *, force: bool) -> None:
+        """Raise ConfigurationError if the directory holds a run and ``force`` is false."""
         if self.started and not force:
             if self.finished:
                 raise ConfigurationError(
@@ -145,10 +153,6 @@ class RunDir:
                 f"{self.path} holds an unfinished run; continue it with "
                 f"`ulora run --resume {self.path}` or start over with --force"
             )
-        for p in (self.steps_path, self.evals_path, self.checkpoints_path, self.eval_scores_path,
-                  self.summary_path, self.plot_path, self.config_path):
-            p.unlink(missing_ok=True)
-        self.path.mkdir(parents=True, exist_ok=True)
 
     # -- config and summary -------------------------------------------------------------------
     def write_config(self, config: Mapping[str, Any]) -> None:
