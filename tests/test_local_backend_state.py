@@ -54,6 +54,27 @@ def test_save_load_continue_is_bit_identical_to_not_stopping(tmp_path: Path) -> 
         assert all(torch.equal(s[k], f[k]) for k in ("step", "exp_avg", "exp_avg_sq")), n
 
 
+def test_weights_only_load_restores_weights_and_starts_adamw_afresh(tmp_path: Path) -> None:
+    trained = LocalBackend("small", seed=0, checkpoint_dir=tmp_path)
+    _steps(trained, 0, 3)
+    path = trained.save_state("after-3")
+    # A weights-only load equals a backend whose adapter weights were copied in by hand.
+    loaded = LocalBackend("small", seed=5, checkpoint_dir=tmp_path)
+    _steps(loaded, 10, 2)  # moments and step counts that must be dropped
+    loaded.load_state(path, optimizer=False)
+    by_hand = LocalBackend("small", seed=5, checkpoint_dir=tmp_path)
+    with torch.no_grad():
+        for (_, p), (_, q) in zip(by_hand.params, trained.params, strict=True):
+            p.copy_(q)
+    for (n, p), (_, q) in zip(loaded.params, trained.params, strict=True):
+        assert torch.equal(p, q), n
+    assert len(loaded.optimizer.state) == 0
+    weights_only = _steps(loaded, 3, 2)
+    assert weights_only == _steps(by_hand, 3, 2)
+    # The saved moments matter: continuing with them gives other losses.
+    assert _steps(trained, 3, 2) != weights_only
+
+
 def test_checkpoints_are_safetensors_and_json_written_atomically(tmp_path: Path) -> None:
     backend = LocalBackend("small", seed=0, checkpoint_dir=tmp_path)
     _steps(backend, 0, 1)

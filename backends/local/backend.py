@@ -195,14 +195,15 @@ class LocalBackend:
         self._check_open()
         return str(state.save(self, name))
 
-    def load_state(self, ref: str) -> None:
+    def load_state(self, ref: str, *, optimizer: bool = True) -> None:
         """Restore a checkpoint (a path from ``save_state``, or a name in ``checkpoint_dir``).
 
-        Pending gradients are discarded. Raises CheckpointError when it is missing, incomplete,
-        or was made for another base model or LoRA shape.
+        ``optimizer=False`` restores the adapter weights only and starts AdamW afresh. Pending
+        gradients are discarded. Raises CheckpointError when it is missing, incomplete, or was
+        made for another base model or LoRA shape.
         """
         self._check_open()
-        state.load(self, ref)
+        state.load(self, ref, optimizer=optimizer)
 
     def sample(
         self, prompts: Sequence[str], max_tokens: int, temperature: float = 0.0

@@ -80,8 +80,13 @@ def _check_compatible(path: Path, saved: dict[str, Any], ours: dict[str, Any]) -
             )
 
 
-def load(backend: LocalBackend, ref: str) -> None:
-    """Restore adapter weights, AdamW state and RNG state; discard pending gradients."""
+def load(backend: LocalBackend, ref: str, *, optimizer: bool = True) -> None:
+    """Restore adapter weights, AdamW state and RNG state; discard pending gradients.
+
+    With ``optimizer=False`` only the adapter weights are restored and the optimizer starts
+    afresh (no moments, step counts at 0), as Tinker's weights-only load does; RNG state is
+    left as it is.
+    """
     path = _resolve(backend, ref)
     tensors, saved = read_checkpoint(path)
     _check_compatible(path, saved, manifest_of(backend))
@@ -89,6 +94,10 @@ def load(backend: LocalBackend, ref: str) -> None:
     with torch.no_grad():
         for name, p in backend.params:
             p.copy_(tensors["adapter"][name])
+    if not optimizer:
+        backend.optimizer.state.clear()
+        backend.optimizer.zero_grad(set_to_none=True)
+        return
     per_param: dict[int, dict[str, Any]] = {}
     order = {n: i for i, (n, _) in enumerate(backend.params)}
     for key, value in tensors["optimizer"].items():
