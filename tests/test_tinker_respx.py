@@ -358,6 +358,21 @@ def test_410_on_a_training_future_rebuilds_from_checkpoint_and_replays(
     assert set(fake.executed.values()) == {1}
 
 
+def test_a_resumed_backend_builds_only_the_client_restored_from_the_checkpoint(
+    fake: FakeTinker, tokenizer_dir: Path
+) -> None:
+    with open_backend(fake, tokenizer_dir) as first:
+        run_steps(first, range(2))
+        ref = first.save_state("step-000002")
+    assert len(fake.models) == 1
+    with open_backend(fake, tokenizer_dir) as resumed:  # what `ulora run --resume` does
+        resumed.load_state(ref)
+        assert run_steps(resumed, range(2, 4)) == pytest.approx(
+            [expected_loss(t) for t in range(2, 4)]
+        )
+    assert len(fake.models) == 2  # the restored one; no fresh, unused LoRA client
+
+
 def test_409_on_a_retried_save_that_landed_counts_as_success(
     fake: FakeTinker, tokenizer_dir: Path
 ) -> None:
@@ -455,6 +470,7 @@ def test_submission_does_not_wait_for_the_service(fake: FakeTinker, tokenizer_di
 
 def test_a_wait_past_its_deadline_names_the_request(fake: FakeTinker, tokenizer_dir: Path) -> None:
     with open_backend(fake, tokenizer_dir) as backend:
+        assert backend.model_id  # the LoRA client is created on first use: create it now
         fake.hold_results = True  # every future stays pending ("try_again")
         fb = backend.forward_backward(BATCH)
         with pytest.raises(
@@ -490,6 +506,7 @@ def test_the_session_is_closed_after_an_error_or_ctrl_c(
     fake: FakeTinker, tokenizer_dir: Path, error: type[BaseException], reason: str
 ) -> None:
     backend = open_backend(fake, tokenizer_dir)
+    assert backend.model_id  # a started run: its LoRA client, and so its session, exist
     with pytest.raises(error):
         try:
             raise error()

@@ -87,6 +87,10 @@ class TinkerBackend:
             the session, so that an unreachable service fails fast; the SDK alone would retry
             for about 5 minutes.
 
+    The key and the base model are checked here, before any step. The LoRA training client is
+    created on first use (the first request, ``model_id`` or the tokenizer), or restored by a
+    first ``load_state``, so resuming a run allocates no unused model on the service.
+
     Raises:
         ConfigurationError: no key or a malformed one, a key the service refuses, or a base
             model the service does not offer (the message lists the offered ones).
@@ -132,22 +136,39 @@ class TinkerBackend:
                 api_key=self._key,
                 timeout_s=min(self.timeout_s, self.connect_timeout_s),
             )
-            self._client = self._wait(
-                lambda: self._service.create_lora_training_client(base_model, rank=rank, seed=seed),
-                "create_lora_training_client",
-            )
-            self._tokenizer = (
-                load_tokenizer(tokenizer) if tokenizer is not None else self._client.get_tokenizer()
-            )
+            self._local_tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else None
         except BaseException:
             self.close()  # "errored", or "interrupted" on Ctrl-C
             raise
-        self._eos_text = self._special_text("eos_token_id")
+        # The LoRA client is created on first use, so that a resumed run, whose first call is
+        # load_state, builds only the client restored from its checkpoint and no unused one.
+        self._new_client = lambda: self._service.create_lora_training_client(
+            base_model, rank=rank, seed=seed
+        )
+        self._client: Any = None
+        self._eos: tuple[str | None] | None = None
+
+    def _ensure_client(self) -> Any:
+        if self._client is None:
+            self._client = self._wait(self._new_client, "create_lora_training_client")
+        return self._client
+
+    @property
+    def _tokenizer(self) -> Any:
+        if self._local_tokenizer is None:
+            self._local_tokenizer = self._ensure_client().get_tokenizer()
+        return self._local_tokenizer
+
+    @property
+    def _eos_text(self) -> str | None:
+        if self._eos is None:
+            self._eos = (self._special_text("eos_token_id"),)
+        return self._eos[0]
 
     @property
     def model_id(self) -> str:
         """The service's id of the current training client (it changes on ``load_state``)."""
-        return str(self._client.model_id)
+        return str(self._ensure_client().model_id)
 
     # -- rendering -------------------------------------------------------------------------
 
@@ -220,7 +241,7 @@ class TinkerBackend:
                 f"the training client's state is lost ({self._lost}); call "
                 "load_state(<last checkpoint>) before submitting again"
             )
-        return self._client
+        return self._ensure_client()
 
     def _wrap(self, sdk_future: Any, name: str, convert: Any, *, training: bool) -> SdkFuture[Any]:
         generation = self._generation
