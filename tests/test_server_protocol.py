@@ -96,9 +96,13 @@ class FakeEngine:
         np.savez(path.with_suffix(".npz"), b=self.b, m=self.m, v=self.v, t=self.t)
         return str(path.with_suffix(".npz"))
 
-    def load_state(self, path: str) -> None:
+    def load_state(self, path: str, *, optimizer: bool = True) -> None:
         data = np.load(path)
-        self.b, self.m, self.v, self.t = data["b"], data["m"], data["v"], int(data["t"])
+        self.b = data["b"]
+        if optimizer:
+            self.m, self.v, self.t = data["m"], data["v"], int(data["t"])
+        else:
+            self.m, self.v, self.t = np.zeros(VOCAB), np.zeros(VOCAB), 0
 
     def sample_tokens(self, prompt, max_tokens, temperature=0.0, stop_tokens=(), seed=None):
         tok = int(np.argmax(self.b))

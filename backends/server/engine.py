@@ -7,7 +7,6 @@ single worker thread, so engines need not be thread-safe.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -15,13 +14,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ulora_remote.backend import AdamParams, Datum, Future, OptimStepResult
-from ulora_remote.errors import CheckpointError, MissingExtraError
+from ulora_remote.errors import MissingExtraError
 
 __all__ = [
     "DatumsResultLike",
     "Engine",
     "EngineSpec",
-    "load_engine_state",
     "local_engine_factory",
 ]
 
@@ -59,7 +57,10 @@ class Engine(Protocol):
 
     def save_state(self, name: str) -> str: ...
 
-    def load_state(self, path: str) -> None: ...
+    def load_state(self, path: str, *, optimizer: bool = True) -> None:
+        """Restore weights, and the optimizer state unless ``optimizer`` is False (then the
+        optimizer starts afresh, as Tinker's weights-only load does)."""
+        ...
 
     def sample_tokens(
         self,
@@ -111,22 +112,3 @@ def local_engine_factory(spec: EngineSpec) -> Engine:
         checkpoint_dir=spec.checkpoint_dir,
     )
     return engine
-
-
-def load_engine_state(engine: Engine, path: str, *, optimizer: bool) -> None:
-    """Restore ``path`` into ``engine``: weights and optimizer, or weights only.
-
-    Raises:
-        CheckpointError: a weights-only load was asked of an engine that cannot skip the
-            optimizer state (rather than silently restoring it).
-    """
-    if optimizer:
-        engine.load_state(path)
-        return
-    params = inspect.signature(engine.load_state).parameters
-    if "optimizer" not in params:
-        raise CheckpointError(
-            "this engine cannot load weights without the optimizer state; use "
-            "create_training_client_from_state_with_optimizer"
-        )
-    engine.load_state(path, optimizer=False)  # type: ignore[call-arg]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .checkpoints import CheckpointIndex
-from .engine import Engine, load_engine_state
+from .engine import Engine
 from .scheduler import ModelGone
 
 __all__ = ["SamplerPool"]
@@ -56,7 +56,7 @@ class SamplerPool:
         if engine is None or (record is None and loaded is not None):
             engine, loaded = self._build(f"sampler-r{rank}", rank, 0), None
         if record is not None and loaded != path:
-            load_engine_state(engine, record.local_dir, optimizer=True)
+            engine.load_state(record.local_dir)
         self._engines[rank] = (engine, path)
         return engine
 

@@ -24,7 +24,6 @@ from .counters import Counters
 from .engine import (
     Engine,
     EngineSpec,
-    load_engine_state,
     local_engine_factory,
 )
 from .samplers import SamplerPool
@@ -305,7 +304,7 @@ class Service:
 
             def create() -> Outcome:
                 model.engine = self._build(model.model_id, model.rank, model.seed)
-                load_engine_state(model.engine, record.local_dir, optimizer=req.optimizer)
+                model.engine.load_state(record.local_dir, optimizer=req.optimizer)
                 inherited = (record.forward_backward, record.optim_step)
                 self.counters.add_model(model.model_id, loaded_from=req.path, inherited=inherited)
                 return Outcome(
@@ -320,7 +319,7 @@ class Service:
             raise InputError(f"checkpoint rank {record.rank} differs from the model's {model.rank}")
 
         def load() -> Outcome:
-            load_engine_state(self._engine(model), record.local_dir, optimizer=req.optimizer)
+            self._engine(model).load_state(record.local_dir, optimizer=req.optimizer)
             return Outcome({"path": req.path, "model_id": model.model_id, "type": "load_weights"})
 
         return self.scheduler.submit_ordered(model.model_id, req.seq_id, load)
