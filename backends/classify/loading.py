@@ -92,7 +92,8 @@ def attach_classifier_lora(model: Any, rank: int, alpha: float,
     Raises:
         ConfigurationError: the target modules match nothing in the model.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+    from ulora_remote.backends.local.models import wrap_with_lora
 
     targets = list(target_modules) if target_modules else default_targets(model)
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
@@ -100,12 +101,5 @@ def attach_classifier_lora(model: Any, rank: int, alpha: float,
     config = LoraConfig(r=rank, lora_alpha=alpha,  # type: ignore[arg-type]
                         target_modules=targets, lora_dropout=0.0, bias="none",
                         task_type="SEQ_CLS", modules_to_save=[h for h in _HEADS if h in names])
-    try:
-        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            return get_peft_model(model, config)
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"target_modules={targets!r} does not fit this model: {exc}; use the names of its "
-            "attention projections, e.g. ['q_lin', 'v_lin'] for DistilBERT"
-        ) from exc
+    return wrap_with_lora(model, config, "the names of its attention projections, e.g. "
+                                         "['q_lin', 'v_lin'] for DistilBERT")

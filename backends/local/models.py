@@ -123,16 +123,25 @@ def attach_lora(model: Any, rank: int, alpha: float, target_modules: str | list[
     Raises:
         ConfigurationError: the target modules match nothing in the model.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules,  # type: ignore[arg-type]
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    return wrap_with_lora(model, config, "'all-linear' or names of linear layers such as "
+                                         "['q_proj', 'v_proj']")
+
+
+def wrap_with_lora(model: Any, config: Any, targets_hint: str) -> Any:
+    """``peft.get_peft_model(model, config)``, with a ConfigurationError naming the target
+    modules and ``targets_hint`` (what to use instead) when they do not fit the model."""
+    from peft import get_peft_model
+
     try:
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
             return get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigurationError(
-            f"target_modules={target_modules!r} does not fit this model: {exc}; use "
-            "'all-linear' or names of linear layers such as ['q_proj', 'v_proj']"
+            f"target_modules={config.target_modules!r} does not fit this model: {exc}; use "
+            f"{targets_hint}"
         ) from exc
