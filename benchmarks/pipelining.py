@@ -9,7 +9,7 @@ steps on the same batches through ``TinkerBackend`` and the unmodified SDK, over
   cycles a step (a cycle answers the work it ran before the next boundary, so each request costs
   exactly one); shared/TINKER.md reports about three on the hosted service, where answers can
   miss the next boundary. Against this server the ratio is therefore at most 2x;
-- pipelined: the runner's order at lag 1 (``ulora_remote.runner``): submit fb_t, read fb_{t-1}
+- pipelined: the runner's order at lag 1 (``ulora_remote.run.runner``): submit fb_t, read fb_{t-1}
   (and its optim step), submit opt_t; so fb_{t+1} and opt_t are queued together.
 
 Run:  python benchmarks/pipelining.py --steps 30 --cycle-s 0.2

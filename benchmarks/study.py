@@ -15,10 +15,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from ulora_remote.builders import parse_seeds
 from ulora_remote.errors import UloraError
-from ulora_remote.study import METHODS, NO_SHOCK_METHODS, StudyPlan, run_study
-from ulora_remote.study_report import write_study_report
+from ulora_remote.run.builders import parse_seeds
+from ulora_remote.study.plan import METHODS, NO_SHOCK_METHODS, StudyPlan, run_study
+from ulora_remote.study.report import write_study_report
 
 
 def _parser() -> argparse.ArgumentParser:

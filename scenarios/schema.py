@@ -34,7 +34,7 @@ from ulora_remote.scenarios.pig_latin import EVAL_POOL_SIZE
 from ulora_remote.scenarios.shocks import Schedule
 
 from ulora_remote.backend import AdamParams
-from ulora_remote.controller import ControllerConfig
+from ulora_remote.control.controller import ControllerConfig
 from ulora_remote.errors import ConfigurationError
 
 __all__ = [
@@ -91,12 +91,12 @@ class BackendSection(BaseModel):
 
 
 class PolicySection(BaseModel):
-    """``[controller.policy]``: options of the baselines and variants (``ulora_remote.policies``,
-    ``ulora_remote.stress``). ``plateau_*``: PyTorch's ReduceLROnPlateau rule on the training
-    loss, starting at ``controller.fixed_lr``; ``zskip_*``: skip a batch whose screened loss is
-    more than z σ above recent accepted ones; ``ratio_*``: the scale-free stress of
-    ``controller.stress = "ratio"``; ``snapshot_every`` > 0: keep stability snapshots and roll
-    back on entering Mirror (method "controller" only)."""
+    """``[controller.policy]``: options of the baselines and variants
+    (``ulora_remote.control.policies``, ``ulora_remote.control.stress``). ``plateau_*``:
+    PyTorch's ReduceLROnPlateau rule on the training loss, starting at ``controller.fixed_lr``;
+    ``zskip_*``: skip a batch whose screened loss is more than z σ above recent accepted ones;
+    ``ratio_*``: the scale-free stress of ``controller.stress = "ratio"``; ``snapshot_every`` > 0:
+    keep stability snapshots and roll back on entering Mirror (method "controller" only)."""
 
     model_config = _STRICT
     plateau_factor: float = Field(default=0.5, gt=0.0, lt=1.0)

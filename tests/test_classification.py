@@ -76,7 +76,7 @@ def test_bad_inputs_say_what_is_wrong(preds: list[str], gold: list[str],
 
 
 def test_summary_rows_and_console_line_carry_the_majority_comparison() -> None:
-    from ulora_remote.summary import METRIC_NAMES, classification_line, run_metrics_rows
+    from ulora_remote.run.summary import METRIC_NAMES, classification_line, run_metrics_rows
 
     scores = score_predictions(["1"] * 4, ["1", "1", "1", "0"]).to_dict()
     summary = {"method": "controller", "seed": 0, "windows": [], "final": {},

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from ulora_remote.cli import main
-from ulora_remote.console import format_lr
-from ulora_remote.rundir import RunDir, scrub_secrets
+from ulora_remote.run.console import format_lr
+from ulora_remote.run.rundir import RunDir, scrub_secrets
 
 
 def test_scenarios_lists_the_shipped_names(capsys):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from ulora_remote.errors import InputError
-from ulora_remote.metrics import RecoveryParams, recovery_metrics, recovery_metrics_from_frame
+from ulora_remote.run.metrics import RecoveryParams, recovery_metrics, recovery_metrics_from_frame
 
 STEPS = list(range(0, 310, 10))  # evaluations every 10 steps, 0..300
 
@@ -154,7 +154,8 @@ def test_bad_params_are_rejected() -> None:
 
 def test_metrics_import_neither_torch_nor_pandas() -> None:
     code = (
-        "import sys, ulora_remote.metrics; print('torch' in sys.modules, 'pandas' in sys.modules)"
+        "import sys, ulora_remote.run.metrics; "
+        "print('torch' in sys.modules, 'pandas' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

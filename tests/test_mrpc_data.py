@@ -17,8 +17,8 @@ from ulora_remote.scenarios.paraphrase import (
     vocabulary,
 )
 
-from ulora_remote.builders import build_source
 from ulora_remote.errors import ConfigurationError, MissingExtraError
+from ulora_remote.run.builders import build_source
 
 HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
 

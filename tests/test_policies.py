@@ -7,16 +7,16 @@ import random
 
 import pytest
 
-from ulora_remote.controller import ControllerConfig, UnifiedController
-from ulora_remote.errors import ConfigurationError, InputError
-from ulora_remote.policies import (
+from ulora_remote.control.controller import ControllerConfig, UnifiedController
+from ulora_remote.control.policies import (
     PlateauRule,
     PolicyController,
     SnapshotKeeper,
     ZScoreScreen,
     build_policy,
 )
-from ulora_remote.stress import RatioStress, RatioStressConfig, ScaleFreeController
+from ulora_remote.control.stress import RatioStress, RatioStressConfig, ScaleFreeController
+from ulora_remote.errors import ConfigurationError, InputError
 
 # -- reduce-on-plateau ---------------------------------------------------------------------------
 
@@ -289,7 +289,7 @@ def test_ratio_stress_config_rejects_a_fast_average_slower_than_the_slow_one() -
 def test_scenario_selects_the_policy(overrides: list[str], kind: type) -> None:
     from ulora_remote.scenarios import load_scenario
 
-    from ulora_remote.builders import build_controller, build_settings, method_label
+    from ulora_remote.run.builders import build_controller, build_settings, method_label
 
     scenario = load_scenario("pig-latin-shock", overrides)
     policy = build_controller(scenario)
@@ -302,7 +302,7 @@ def test_scenario_selects_the_policy(overrides: list[str], kind: type) -> None:
 def test_scenario_rejects_ratio_stress_on_a_baseline_and_names_the_fix() -> None:
     from ulora_remote.scenarios import load_scenario
 
-    from ulora_remote.builders import build_controller
+    from ulora_remote.run.builders import build_controller
 
     scenario = load_scenario("pig-latin-shock", ['controller.method="fixed"',
                                                  'controller.stress="ratio"'])
@@ -313,7 +313,7 @@ def test_scenario_rejects_ratio_stress_on_a_baseline_and_names_the_fix() -> None
 def test_snapshots_are_set_only_for_the_controller_method() -> None:
     from ulora_remote.scenarios import load_scenario
 
-    from ulora_remote.builders import build_settings
+    from ulora_remote.run.builders import build_settings
 
     on = load_scenario("pig-latin-shock", ["controller.policy.snapshot_every=25"])
     off = load_scenario("pig-latin-shock", ["controller.policy.snapshot_every=25",
@@ -326,7 +326,7 @@ def test_snapshots_are_set_only_for_the_controller_method() -> None:
 def test_the_shipped_zskip_scenario_screens_at_the_studys_best_fixed_lr() -> None:
     from ulora_remote.scenarios import load_scenario
 
-    from ulora_remote.builders import build_controller
+    from ulora_remote.run.builders import build_controller
 
     policy = build_controller(load_scenario("pig-latin-zskip"))
     assert isinstance(policy, PolicyController) and policy.screens

@@ -10,10 +10,10 @@ import pytest
 from runner_fakes import FakeBackend, FakeSource
 
 from ulora_remote.backend import Example
-from ulora_remote.controller import ControllerConfig, Decision, UnifiedController
-from ulora_remote.policies import PlateauRule, PolicyController, ZScoreScreen
-from ulora_remote.rundir import RunDir
-from ulora_remote.runner import Runner, RunSettings
+from ulora_remote.control.controller import ControllerConfig, Decision, UnifiedController
+from ulora_remote.control.policies import PlateauRule, PolicyController, ZScoreScreen
+from ulora_remote.run.rundir import RunDir
+from ulora_remote.run.runner import Runner, RunSettings
 
 
 def _run(tmp_path, controller: Any, backend: Any = None, source: Any = None,
@@ -172,7 +172,7 @@ def test_rollback_restores_weights_and_optimizer_state_exactly_on_the_local_back
 
 @pytest.mark.parametrize("kind", ["plateau", "zskip", "scale-free"])
 def test_recovery_from_a_checkpoint_replays_a_policy_run_identically(tmp_path, kind) -> None:
-    from ulora_remote.stress import ScaleFreeController
+    from ulora_remote.control.stress import ScaleFreeController
 
     def make() -> Any:
         inner = UnifiedController.from_preset("tinker")

@@ -22,8 +22,8 @@ from ulora_remote.backends.tinker import TinkerBackend  # noqa: E402
 from ulora_remote.scenarios.pig_latin import PigLatinTask  # noqa: E402
 
 from ulora_remote.backend import Example  # noqa: E402
-from ulora_remote.rundir import RunDir  # noqa: E402
-from ulora_remote.runner import Runner, RunSettings  # noqa: E402
+from ulora_remote.run.rundir import RunDir  # noqa: E402
+from ulora_remote.run.runner import Runner, RunSettings  # noqa: E402
 
 FAKE_KEY = "tml-test-not-a-real-key"
 TASK = PigLatinTask(seed=0, eval_size=4)

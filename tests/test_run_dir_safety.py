@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ulora_remote import ConfigurationError
-from ulora_remote.api import run_scenario
+from ulora_remote.run.api import run_scenario
 
 SHORT = ["steps=30", "shocks.windows=[[10,20]]"]
 

@@ -17,7 +17,7 @@ from ulora_remote.scenarios import load_scenario
 
 from ulora_remote import RunResult, load_run, run_scenario
 from ulora_remote.errors import ConfigurationError
-from ulora_remote.rundir import EVAL_COLUMNS, STEP_COLUMNS
+from ulora_remote.run.rundir import EVAL_COLUMNS, STEP_COLUMNS
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -37,7 +37,7 @@ def _run(tmp_path, *extra: str) -> RunResult:
 def _replayed_lrs(steps: pd.DataFrame, cfg_overrides: dict, lag: int, warmup: int,
                   warmup_lr: float) -> None:
     """Assert the logged controller state and applied LR equal a replay on the losses."""
-    from ulora_remote.controller import UnifiedController
+    from ulora_remote.control.controller import UnifiedController
 
     replay = UnifiedController.from_preset("tinker", **cfg_overrides)
     decided = []

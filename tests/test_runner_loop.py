@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from runner_fakes import FakeBackend, FakeSource
 
-from ulora_remote.controller import UnifiedController
+from ulora_remote.control.controller import UnifiedController
 from ulora_remote.errors import BackendError
-from ulora_remote.rundir import EVAL_COLUMNS, STEP_COLUMNS, RunDir
-from ulora_remote.runner import Runner, RunSettings
+from ulora_remote.run.rundir import EVAL_COLUMNS, STEP_COLUMNS, RunDir
+from ulora_remote.run.runner import Runner, RunSettings
 
 
 def _settings(**kw) -> RunSettings:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ulora_remote.errors import ConfigurationError
-from ulora_remote.study import StudyPlan, best_fixed_lr, method_specs, run_study
+from ulora_remote.study.plan import StudyPlan, best_fixed_lr, method_specs, run_study
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")

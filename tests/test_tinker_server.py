@@ -19,8 +19,8 @@ torch.set_num_threads(1)
 
 from ulora_remote.backends.tinker import TinkerBackend  # noqa: E402
 
-from ulora_remote.api import run_scenario  # noqa: E402
-from ulora_remote.rundir import EVAL_COLUMNS, STEP_COLUMNS  # noqa: E402
+from ulora_remote.run.api import run_scenario  # noqa: E402
+from ulora_remote.run.rundir import EVAL_COLUMNS, STEP_COLUMNS  # noqa: E402
 
 FAKE_KEY = "tml-test-not-a-real-key"
 STEPS = 12
@@ -145,7 +145,7 @@ class InterruptAt:
 
 @pytest.mark.slow
 def test_resume_after_ctrl_c_continues_exactly_once(server: Any, env: None, tmp_path: Path) -> None:
-    from ulora_remote.api import resume_run
+    from ulora_remote.run.api import resume_run
 
     model = server.service.base_model_name
     first = TinkerBackend(model, rank=4, seed=0, base_url=server.base_url)

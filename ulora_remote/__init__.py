@@ -14,7 +14,7 @@ from ulora_remote.backend import (
     OptimStepResult,
     TrainingBackend,
 )
-from ulora_remote.controller import (
+from ulora_remote.control.controller import (
     MODE_NAMES,
     PRESETS,
     ControllerConfig,
@@ -38,11 +38,11 @@ __version__ = "0.1.0"
 # The run API pulls in pandas and the scenario schema; load it on first use so that
 # `import ulora_remote` stays light.
 _LAZY = {
-    "RunResult": "ulora_remote.api",
-    "load_run": "ulora_remote.api",
-    "resume_run": "ulora_remote.api",
-    "run_scenario": "ulora_remote.api",
-    "compare_scenario": "ulora_remote.compare",
+    "RunResult": "ulora_remote.run.api",
+    "load_run": "ulora_remote.run.api",
+    "resume_run": "ulora_remote.run.api",
+    "run_scenario": "ulora_remote.run.api",
+    "compare_scenario": "ulora_remote.study.compare",
 }
 
 

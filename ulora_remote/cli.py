@@ -115,7 +115,7 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ulora_remote.api import resume_run, run_scenario
+    from ulora_remote.run.api import resume_run, run_scenario
 
     if args.resume is not None:
         if args.scenario or _run_overrides(args) or args.out:
@@ -131,8 +131,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from ulora_remote.builders import parse_seeds
-    from ulora_remote.compare import compare_scenario
+    from ulora_remote.run.builders import parse_seeds
+    from ulora_remote.study.compare import compare_scenario
 
     table = compare_scenario(args.scenario, seeds=parse_seeds(args.seeds), out=args.out,
                              overrides=args.overrides, force=args.force)
@@ -142,8 +142,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ulora_remote.rundir import RunDir
-    from ulora_remote.summary import write_report
+    from ulora_remote.run.rundir import RunDir
+    from ulora_remote.run.summary import write_report
 
     rd = RunDir(args.run_dir)
     summary = write_report(rd)
@@ -167,7 +167,7 @@ def _print_summary(summary: dict[str, Any] | None, run_dir: Path) -> None:
         print(f"final eval loss {final.get('eval_loss', float('nan')):.4f}, exact match "
               f"{final.get('exact_match', float('nan')):.3f}, "
               f"{summary.get('wall_s', float('nan')):.1f} s")
-        from ulora_remote.summary import classification_line
+        from ulora_remote.run.summary import classification_line
 
         line = classification_line(summary)
         if line:

@@ -1,6 +1,6 @@
 """summary.json and plot.png of a run, computed from the run directory's own files.
 
-The recovery metrics come from ``ulora_remote.metrics`` (DESIGN.md §7) on evals.csv; the rest
+The recovery metrics come from ``ulora_remote.run.metrics`` (DESIGN.md §7) on evals.csv; the rest
 (switches, time per mode, wall time) from steps.csv. ``write_report`` is what the end of a run
 and ``ulora report`` call, so both give the same files.
 """
@@ -13,10 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from ulora_remote.controller import MODE_NAMES
+from ulora_remote.control.controller import MODE_NAMES
 from ulora_remote.errors import MissingExtraError
-from ulora_remote.metrics import recovery_metrics_from_frame
-from ulora_remote.rundir import RunDir
+from ulora_remote.run.metrics import recovery_metrics_from_frame
+from ulora_remote.run.rundir import RunDir
 
 __all__ = [
     "FINAL_METRICS",
@@ -106,8 +106,8 @@ def write_report(rd: RunDir, *, out: Any = None) -> dict[str, Any]:
 
 
 def _plot(rd: RunDir) -> None:
-    from ulora_remote.controller import ControllerConfig
-    from ulora_remote.plotting import plot_run
+    from ulora_remote.control.controller import ControllerConfig
+    from ulora_remote.run.plotting import plot_run
 
     config = rd.read_config()
     scenario = config["scenario"]

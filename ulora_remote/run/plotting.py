@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from ulora_remote.controller import MODE_NAMES
+from ulora_remote.control.controller import MODE_NAMES
 from ulora_remote.errors import MissingExtraError
 
 __all__ = ["plot_run"]

@@ -312,7 +312,7 @@ def summarize(values: Iterable[float]) -> MeanInterval:
     return MeanInterval(mean, mean - half, mean + half)
 
 
-mean_ci = summarize  # the name ulora_remote.compare uses
+mean_ci = summarize  # the name ulora_remote.study.compare uses
 
 
 def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTTest:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from ulora_remote.errors import MissingExtraError
-from ulora_remote.rundir import RunDir
-from ulora_remote.study import StudyRuns
+from ulora_remote.run.rundir import RunDir
+from ulora_remote.study.plan import StudyRuns
 
 __all__ = ["plot_shock_recovery"]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ulora_remote.backend import Example, TrainingBackend
-from ulora_remote.controller import ControllerConfig, UnifiedController
+from ulora_remote.control.controller import ControllerConfig, UnifiedController
 from ulora_remote.errors import ConfigurationError, MissingExtraError
-from ulora_remote.runner import RunSettings
+from ulora_remote.run.runner import RunSettings
 
 __all__ = [
     "ScenarioSource",
@@ -92,8 +92,8 @@ def controller_overrides(controller_section: Any) -> dict[str, Any]:
 
 def build_controller(scenario: Any) -> Any:
     """The scenario's preset with its overrides, wrapped for the baselines and variants
-    (``ulora_remote.policies.build_policy``). Raises ConfigurationError on a bad field."""
-    from ulora_remote.policies import build_policy
+    (``ulora_remote.control.policies.build_policy``). Raises ConfigurationError on a bad field."""
+    from ulora_remote.control.policies import build_policy
 
     section = scenario.controller
     inner = UnifiedController.from_preset(section.preset, **controller_overrides(section))
@@ -107,7 +107,7 @@ def effective_lag(scenario: Any) -> int:
 
 def method_label(scenario: Any) -> str:
     """``controller`` or ``fixed-5e-4``: names runs and rows of the compare table."""
-    from ulora_remote.console import format_lr
+    from ulora_remote.run.console import format_lr
 
     c = scenario.controller
     if getattr(c, "label", None):

@@ -24,7 +24,8 @@ from typing import Any, TextIO
 import pandas as pd
 
 from ulora_remote.backend import TrainingBackend
-from ulora_remote.builders import (
+from ulora_remote.errors import ConfigurationError
+from ulora_remote.run.builders import (
     build_backend,
     build_controller,
     build_settings,
@@ -32,10 +33,9 @@ from ulora_remote.builders import (
     effective_lag,
     method_label,
 )
-from ulora_remote.errors import ConfigurationError
-from ulora_remote.rundir import RunDir
-from ulora_remote.runner import Runner
-from ulora_remote.summary import write_report
+from ulora_remote.run.rundir import RunDir
+from ulora_remote.run.runner import Runner
+from ulora_remote.run.summary import write_report
 
 __all__ = ["RunResult", "default_run_dir", "load_run", "resume_run", "run_scenario"]
 
@@ -127,7 +127,7 @@ def resume_run(
     log_every: int = 25,
     console: TextIO | None = None,
 ) -> RunResult:
-    """Continue an interrupted run from its last checkpoint (see ``ulora_remote.runner``).
+    """Continue an interrupted run from its last checkpoint (see ``ulora_remote.run.runner``).
 
     Raises:
         ConfigurationError: not a run directory, or the run already finished.

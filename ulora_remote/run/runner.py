@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from ulora_remote.backend import AdamParams, Completed, Example, Future, TrainingBackend
-from ulora_remote.console import Console
-from ulora_remote.controller import UnifiedController
+from ulora_remote.control.controller import UnifiedController
+from ulora_remote.control.policies import SnapshotKeeper
 from ulora_remote.errors import BackendError, CheckpointError, StateLostError
-from ulora_remote.policies import SnapshotKeeper
-from ulora_remote.rundir import CsvAppender, RunDir
+from ulora_remote.run.console import Console
+from ulora_remote.run.rundir import CsvAppender, RunDir
 
 __all__ = ["BatchSource", "RunSettings", "Runner"]
 
@@ -57,12 +57,12 @@ class BatchSource(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
-    """Plain values the loop needs; built from a scenario by ``ulora_remote.builders``.
+    """Plain values the loop needs; built from a scenario by ``ulora_remote.run.builders``.
 
     ``fixed_lr`` None means the controller drives the LR; a number makes a fixed baseline.
     ``optimizer`` holds AdamParams fields other than ``learning_rate``.
     ``snapshot_every`` > 0 keeps stability snapshots and rolls back on entering Mirror
-    (``ulora_remote.policies.SnapshotKeeper``; not carried across a resume).
+    (``ulora_remote.control.policies.SnapshotKeeper``; not carried across a resume).
     """
 
     run_name: str
@@ -113,8 +113,8 @@ class Runner:
         self._rows_written = 0
         self._steps_csv: CsvAppender | None = None
         self._evals_csv: CsvAppender | None = None
-        # Baselines and variants (ulora_remote.policies): steps skipped by a loss screen (their
-        # row logs the screened loss with lr 0) and the Mirror rollback snapshots.
+        # Baselines and variants (ulora_remote.control.policies): steps skipped by a loss
+        # screen (their row logs the screened loss with lr 0) and the Mirror rollback snapshots.
         self._skipped: set[int] = set()
         self._snapshots = self._new_snapshot_keeper()
 
@@ -262,7 +262,7 @@ class Runner:
             return float(getattr(self.controller, "initial_lr", self.controller.config.lrs[1]))
         return self._decided_lr[source]
 
-    # -- baselines and variants (ulora_remote.policies) ------------------------------------------
+    # -- baselines and variants (ulora_remote.control.policies) -------------------------------
     def _screen(self, t: int, batch: Sequence[Example], fb: dict[int, Future[Any]]) -> bool:
         """Screen the batch with a gradient-free forward when the policy asks; True = skip it.
 

@@ -1,6 +1,6 @@
 """The multi-seed study of issue 7: every baseline and controller variant on the shock scenarios.
 
-One call runs (or reuses) every run directory, then ``ulora_remote.study_report`` builds the
+One call runs (or reuses) every run directory, then ``ulora_remote.study.report`` builds the
 tables, tests and plot from those directories' own files. Layout::
 
     out/<scenario>/<condition>/<label>-s<seed>/     condition: "shock" or "noshock"
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ulora_remote.errors import ConfigurationError
-from ulora_remote.rundir import RunDir
+from ulora_remote.run.rundir import RunDir
 
 __all__ = [
     "METHODS",
@@ -230,7 +230,7 @@ def _init_worker() -> None:
 
 def _run_one(spec: RunSpec) -> float:
     """Run one spec from scratch into its directory; return its wall time in seconds."""
-    from ulora_remote.api import run_scenario
+    from ulora_remote.run.api import run_scenario
 
     t0 = time.monotonic()
     run_scenario(spec.scenario, out=spec.run_dir, overrides=spec.overrides, force=True,
@@ -243,6 +243,6 @@ def _stem(scenario: str) -> str:
 
 
 def _fmt(lr: float) -> str:
-    from ulora_remote.console import format_lr
+    from ulora_remote.run.console import format_lr
 
     return format_lr(lr)

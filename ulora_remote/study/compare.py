@@ -3,7 +3,7 @@
 Every run is an ordinary run directory under ``out/<method>-s<seed>``. A finished run found
 there is reused (never overwritten without ``force``) and an unfinished one is resumed, so an
 interrupted comparison continues where it stopped. The table is computed from the runs' own files
-(evals.csv, through ``ulora_remote.summary``), not from anything kept in memory.
+(evals.csv, through ``ulora_remote.run.summary``), not from anything kept in memory.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any, TextIO
 
 import pandas as pd
 
-from ulora_remote.builders import method_label
-from ulora_remote.rundir import RunDir
-from ulora_remote.summary import METRIC_NAMES, build_summary, run_metrics_rows
+from ulora_remote.run.builders import method_label
+from ulora_remote.run.rundir import RunDir
+from ulora_remote.run.summary import METRIC_NAMES, build_summary, run_metrics_rows
 
 __all__ = ["CompareTable", "compare_runs", "compare_scenario"]
 
@@ -57,7 +57,7 @@ def compare_scenario(
     Raises:
         ConfigurationError: an invalid scenario or override.
     """
-    from ulora_remote.api import resume_run, run_scenario
+    from ulora_remote.run.api import resume_run, run_scenario
     from ulora_remote.scenarios import load_scenario
 
     base = load_scenario(scenario, overrides)
@@ -92,7 +92,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> CompareTabl
 
     Writes ``out/compare.csv`` (the aggregated table) and ``out/compare.md``.
     """
-    from ulora_remote.metrics import summarize
+    from ulora_remote.run.metrics import summarize
 
     rows: list[dict[str, Any]] = []
     for path in run_dirs:

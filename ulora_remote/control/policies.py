@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ulora_remote.controller import ControllerConfig, Decision, UnifiedController
+from ulora_remote.control.controller import ControllerConfig, Decision, UnifiedController
 from ulora_remote.errors import ConfigurationError
 
 __all__ = ["PlateauRule", "PolicyController", "SnapshotKeeper", "ZScoreScreen", "build_policy"]
@@ -266,7 +266,7 @@ def build_policy(section: Any, inner: UnifiedController) -> Any:
     Raises:
         ConfigurationError: an unknown method, or stress "ratio" with a baseline method.
     """
-    from ulora_remote.stress import RatioStressConfig, ScaleFreeController
+    from ulora_remote.control.stress import RatioStressConfig, ScaleFreeController
 
     p, method = section.policy, section.method
     if section.stress == "ratio":

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ulora_remote.controller import ControllerConfig, Decision, UnifiedController
+from ulora_remote.control.controller import ControllerConfig, Decision, UnifiedController
 from ulora_remote.errors import ConfigurationError
 
 __all__ = ["RatioStress", "RatioStressConfig", "ScaleFreeController"]

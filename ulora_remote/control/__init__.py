@@ -1,0 +1,1 @@
+"""Control: the seed's controller, learning-rate policies, stresses, guards and snapshots."""

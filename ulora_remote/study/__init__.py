@@ -1,0 +1,1 @@
+"""Studies over many runs: compare tables, the multi-seed study, its report, statistics, plots."""
