@@ -4,8 +4,9 @@ Installed as ``ulora_remote.scenarios``. The public surface::
 
     load_scenario(name_or_path, overrides=()) -> Scenario   # validated, frozen
     list_scenarios() -> [(name, description), ...]
-    PigLatinTask(seed, eval_size)                           # deterministic batches
+    PigLatinTask(seed, eval_size)                           # a Task (ulora_remote.task)
     Schedule(windows).is_shock(step)
+    ShockStream(task, batch_size=8, schedule=..., kind=...)  # the runner's BatchSource
 """
 
 from ulora_remote.scenarios.loader import (
@@ -23,32 +24,37 @@ from ulora_remote.scenarios.pig_latin import (
     to_pig_latin,
 )
 from ulora_remote.scenarios.schema import (
-    BackendSection,
     BaselinesSection,
     CheckpointSection,
-    ControllerSection,
     EvalSection,
     OptimizerSection,
     Scenario,
     ShocksSection,
+    TaskSection,
 )
-from ulora_remote.scenarios.shocks import SHOCK_KINDS, Schedule, ShockKind, corrupt_answer
+from ulora_remote.scenarios.shocks import (
+    SHOCK_KINDS,
+    Schedule,
+    ShockKind,
+    ShockStream,
+    corrupt_answer,
+)
 
 __all__ = [
     "DEFAULT_SCENARIO",
     "EVAL_POOL_SIZE",
     "SHOCK_KINDS",
-    "BackendSection",
     "BaselinesSection",
     "CheckpointSection",
-    "ControllerSection",
     "EvalSection",
     "OptimizerSection",
     "PigLatinTask",
     "Scenario",
     "Schedule",
     "ShockKind",
+    "ShockStream",
     "ShocksSection",
+    "TaskSection",
     "corrupt_answer",
     "list_scenarios",
     "load_scenario",

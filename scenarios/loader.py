@@ -160,7 +160,8 @@ def validate_scenario(
 
 
 def _describe(err: Any, source: str, overrides: Mapping[str, str]) -> str:
-    loc = tuple(err["loc"])
+    raw_loc = tuple(err["loc"])
+    loc, _ = _walk(raw_loc)
     key = _dotted(loc)
     origin = f"{source} with override {overrides[key]!r}" if key in overrides else source
     kind = err["type"]
@@ -172,9 +173,16 @@ def _describe(err: Any, source: str, overrides: Mapping[str, str]) -> str:
         origin = f"{source} with override {', '.join(map(repr, causes))}" if causes else source
         return f"{origin}: {text}"
     if kind == "extra_forbidden":
-        return f"{origin}: {_unknown_key(loc)}"
+        return f"{origin}: {_unknown_key(raw_loc)}"
     if kind == "missing":
         return f"{origin}: {key} is required — add it to the file"
+    if kind == "union_tag_invalid":
+        ctx = err["ctx"]
+        tag_key = f"{key}.{ctx['discriminator'].strip(chr(39))}"
+        if tag_key in overrides:
+            origin = f"{source} with override {overrides[tag_key]!r}"
+        return (f"{origin}: {tag_key} = {ctx['tag']!r} is not known — choose one of "
+                f"{ctx['expected_tags']}")
     shown = f"{key} = {err['input']!r}"
     return f"{origin}: {shown}: {err['msg'].lower()} — {_fix(kind, err.get('ctx', {}))}"
 
@@ -202,11 +210,37 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return text
 
 
-def _unknown_key(loc: tuple[Any, ...]) -> str:
+def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], type[BaseModel]]:
+    """``loc`` without the tags pydantic puts in for discriminated unions (``controller.fixed.lr``
+    is ``controller.lr``), and the model of the innermost table it names."""
     model: type[BaseModel] = Scenario
-    for part in loc[:-1]:
-        annotation = model.model_fields[part].annotation
-        model = next(t for t in (annotation, *_args(annotation)) if _is_model(t))
+    clean: list[Any] = []
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        clean.append(part)
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            continue
+        members = [t for t in (field.annotation, *_args(field.annotation)) if _is_model(t)]
+        if field.discriminator and parts:
+            tag = parts.pop(0)
+            members = [m for m in members if _has_tag(m, str(field.discriminator), tag)]
+        if not members:
+            clean.extend(parts)  # below a plain field: indices of an array, kept as they are
+            break
+        model = members[0]
+    return tuple(clean), model
+
+
+def _has_tag(model: type[BaseModel], discriminator: str, tag: Any) -> bool:
+    annotation = model.model_fields[discriminator].annotation
+    return tag in _args(annotation)
+
+
+def _unknown_key(raw_loc: tuple[Any, ...]) -> str:
+    table, model = _walk(raw_loc[:-1])
+    loc = (*table, raw_loc[-1])
     valid = list(model.model_fields)
     where = f"in [{'.'.join(map(str, loc[:-1]))}]" if len(loc) > 1 else "at the top level"
     close = difflib.get_close_matches(str(loc[-1]), valid, n=1)

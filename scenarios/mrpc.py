@@ -21,27 +21,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from ulora_remote.scenarios.paraphrase import ParaphraseSource, SentencePair, generate_pairs
+from pydantic import BaseModel, Field, model_validator
+from ulora_remote.scenarios.paraphrase import PAIR_SHOCK, PairTask, SentencePair, generate_pairs
 
 from ulora_remote.errors import ConfigurationError, MissingExtraError
+from ulora_remote.sections import STRICT
 
-__all__ = [
-    "PAIR_TASKS",
-    "SPLITS",
-    "DataSection",
-    "build_pair_source",
-    "check_pair_task",
-    "load_mrpc",
-    "read_glue_tsv",
-    "uses_classifier",
-]
-
-#: Tasks whose examples are sentence pairs: GLUE MRPC, and the generated offline set.
-PAIR_TASKS = ("mrpc", "paraphrase")
-PAIR_SHOCK = "flipped-label"
+__all__ = ["SPLITS", "PairsSection", "load_mrpc", "read_glue_tsv"]
 
 SPLITS = ("train", "validation")
 _TSV_NAMES = {"train": ("train.tsv",), "validation": ("dev.tsv",)}
@@ -63,9 +51,9 @@ def load_mrpc(split: str, path: str | Path | None = None) -> list[SentencePair]:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ConfigurationError(
-            f"data.path = {str(path)!r} is not a directory; point it at a folder with GLUE's MRPC "
+            f"task.path = {str(path)!r} is not a directory; point it at a folder with GLUE's MRPC "
             "train.tsv and dev.tsv (or train-*.parquet and validation-*.parquet), or remove "
-            "data.path to load GLUE MRPC through `datasets`")
+            "task.path to load GLUE MRPC through `datasets`")
     file = _find_file(root, split)
     if file.suffix == ".parquet":
         return _from_parquet(file)
@@ -80,7 +68,7 @@ def _find_file(root: Path, split: str) -> Path:
     if parquet:
         return parquet[0]
     raise ConfigurationError(
-        f"data.path = {str(root)!r} has no MRPC {split} file: expected one of "
+        f"task.path = {str(root)!r} has no MRPC {split} file: expected one of "
         f"{list(_TSV_NAMES[split])} or {split}-*.parquet; download GLUE MRPC into it")
 
 
@@ -135,76 +123,53 @@ def _from_datasets(split: str) -> list[SentencePair]:
         raise ConfigurationError(
             f"could not load GLUE MRPC through `datasets`: {str(exc).rstrip('.')}. Without the "
             "Hugging Face hub, "
-            "download MRPC elsewhere and set data.path to the folder with train.tsv/dev.tsv or "
+            "download MRPC elsewhere and set task.path to the folder with train.tsv/dev.tsv or "
             "the Parquet files") from exc
     return [_pair(r["sentence1"], r["sentence2"], r["label"], "datasets:glue/mrpc", i)
             for i, r in enumerate(rows)]
 
 
-class DataSection(BaseModel):
-    """``[data]``: the sentence-pair data of the ``mrpc`` and ``paraphrase`` tasks.
+class PairsSection(BaseModel):
+    """``[task] kind = "mrpc"`` or ``"paraphrase"``: sentence pairs, paraphrase or not.
 
-    ``path``: MRPC files (see ``load_mrpc``); absent means ``datasets``. ``format``:
-    ``"classifier"`` (labels "1"/"0", the local sequence classifier) or ``"completion"``
-    (" yes"/" no", a causal LM such as Llama-3.2-1B on Tinker). ``train_size``: use the first
-    this many training pairs (0: all; the generated set has 2,000 by default).
-    ``positive_rate``: the generated set's share of paraphrases.
+    ``path``: MRPC files (see ``load_mrpc``; ``mrpc`` only); absent means ``datasets``.
+    ``format``: ``"classifier"`` (labels "1"/"0", the local sequence classifier) or
+    ``"completion"`` (" yes"/" no", a causal LM such as Llama-3.2-1B on Tinker). ``train_size``:
+    use the first this many training pairs (0: all; the generated set has 2,000 by default).
+    ``positive_rate``: the generated set's share of paraphrases. Shocks flip labels.
     """
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    model_config = STRICT
+    kind: Literal["mrpc", "paraphrase"]
     path: str | None = None
     format: Literal["classifier", "completion"] = "classifier"
-    train_size: int = Field(default=0, ge=0)
+    train_size: int = Field(default=0, ge=0, le=10_000_000)
     positive_rate: float = Field(default=0.6, gt=0.0, lt=1.0)
+    max_eval_size: ClassVar[int | None] = None
+    shock_kinds: ClassVar[tuple[str, ...]] = (PAIR_SHOCK,)
 
+    @property
+    def needs_classifier(self) -> bool:
+        """Whether the task trains the local sequence classifier (not a causal LM)."""
+        return self.format == "classifier"
 
-def check_pair_task(scenario: Any) -> None:
-    """Cross-field rules of the pair tasks, for the scenario validator (messages name the key).
+    @model_validator(mode="after")
+    def _check_path(self) -> PairsSection:
+        if self.kind == "paraphrase" and self.path is not None:
+            raise ValueError("task.path reads MRPC files, but task.kind = 'paraphrase' is "
+                             "generated; remove task.path or set task.kind = 'mrpc'")
+        return self
 
-    Raises:
-        ValueError: label-flip shocks on Pig Latin (or other shocks on pairs), ``[data]`` on
-            Pig Latin, or the classifier format on a backend other than local.
-    """
-    pairs = scenario.task in PAIR_TASKS
-    kind = scenario.shocks.kind if scenario.shocks is not None else None
-    if pairs and kind is not None and kind != PAIR_SHOCK:
-        raise ValueError(f"shocks.kind = {kind!r} corrupts words; task = {scenario.task!r} "
-                         f"has sentence pairs: set shocks.kind = {PAIR_SHOCK!r}")
-    if not pairs and kind == PAIR_SHOCK:
-        raise ValueError(f"shocks.kind = {PAIR_SHOCK!r} needs a sentence-pair task "
-                         f"({', '.join(PAIR_TASKS)}); pick another kind for {scenario.task!r}")
-    if not pairs and scenario.data is not None:
-        raise ValueError(f"[data] belongs to the sentence-pair tasks ({', '.join(PAIR_TASKS)});"
-                         f" remove it for task = {scenario.task!r}")
-    data = scenario.data or DataSection()
-    if pairs and data.format == "classifier" and scenario.backend.kind != "local":
-        raise ValueError(f"data.format = 'classifier' trains a local sequence classifier, but "
-                         f"backend.kind = {scenario.backend.kind!r}; set data.format = "
-                         "'completion' (\" yes\"/\" no\" answers) or backend.kind = 'local'")
+    def build(self, *, seed: int, eval_size: int) -> PairTask:
+        """Load (MRPC) or generate (paraphrase) the pairs.
 
-
-def uses_classifier(scenario: Any) -> bool:
-    """Whether the scenario trains the local sequence classifier (not a causal LM)."""
-    data = scenario.data or DataSection()
-    return scenario.task in PAIR_TASKS and data.format == "classifier"
-
-
-def build_pair_source(scenario: Any) -> ParaphraseSource:
-    """The batch source of an ``mrpc`` or ``paraphrase`` scenario (loads or generates data).
-
-    Raises:
-        ConfigurationError, MissingExtraError: as ``load_mrpc``.
-    """
-    data = scenario.data or DataSection()
-    if scenario.task == "mrpc":
-        train = load_mrpc("train", data.path)
-        eval_pairs = load_mrpc("validation", data.path)[: scenario.eval.size]
-    else:
-        train = generate_pairs(data.train_size or 2000, "train", data.positive_rate)
-        eval_pairs = generate_pairs(scenario.eval.size, "eval", data.positive_rate)
-    shocks = scenario.shocks
-    return ParaphraseSource(
-        train[: data.train_size or None], eval_pairs, fmt=data.format, seed=scenario.seed,
-        batch_size=scenario.batch_size,
-        windows=[tuple(w) for w in shocks.windows] if shocks is not None else (),
-        fraction=shocks.fraction if shocks is not None else 1.0)
+        Raises:
+            ConfigurationError, MissingExtraError: as ``load_mrpc``.
+        """
+        if self.kind == "mrpc":
+            train = load_mrpc("train", self.path)
+            eval_pairs = load_mrpc("validation", self.path)[:eval_size]
+        else:
+            train = generate_pairs(self.train_size or 2000, "train", self.positive_rate)
+            eval_pairs = generate_pairs(eval_size, "eval", self.positive_rate)
+        return PairTask(train[: self.train_size or None], eval_pairs, fmt=self.format, seed=seed)

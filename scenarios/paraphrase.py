@@ -1,11 +1,11 @@
 """Sentence-pair paraphrase tasks: the pair type, its two renderings, a generated offline set,
-and the runner's batch source (with label-flip shocks and classification scoring).
+and the pair task (with label-flip shocks and classification scoring).
 
 Two renderings of a pair (``render_pair``):
 
-* ``"classifier"``: ``Example(prompt="<sentence 1>\\n<sentence 2>", completion="1" | "0")`` for a
-  sequence classifier (``ulora_remote.backends.classify``), which splits the prompt at the
-  newline into the tokenizer's text pair;
+* ``"classifier"``: ``Example(inputs=(<sentence 1>, <sentence 2>), completion="1" | "0")`` for
+  a sequence classifier (``ulora_remote.backends.classify``), which hands the two sentences to
+  its tokenizer as a text pair (the prompt also holds them, one per line);
 * ``"completion"``: a question for a causal LM with the answer ``" yes"`` / ``" no"`` (Tinker).
 
 The generated set (``generate_pairs``) needs no download. Sentence 1 is
@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
-from ulora_remote.scenarios.shocks import Schedule
-
 from ulora_remote.backend import Example
 from ulora_remote.classification import ClassificationScores, score_predictions
 from ulora_remote.errors import ConfigurationError, InputError
+from ulora_remote.task import Scores, exact_match
 
 __all__ = [
     "LABEL_TEXTS",
+    "PAIR_SHOCK",
     "PairFormat",
-    "ParaphraseSource",
+    "PairTask",
     "SentencePair",
     "generate_pairs",
     "render_pair",
@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 PairFormat = Literal["classifier", "completion"]
+#: The shock kind of the pair tasks: flip the label.
+PAIR_SHOCK = "flipped-label"
 #: (negative, positive) label texts of each rendering.
 LABEL_TEXTS: dict[str, tuple[str, str]] = {"classifier": ("0", "1"), "completion": (" no", " yes")}
 
@@ -77,7 +79,8 @@ def render_pair(pair: SentencePair, fmt: str) -> Example:
         raise ConfigurationError(f"pair format {fmt!r}: choose one of {sorted(LABEL_TEXTS)}")
     answer = LABEL_TEXTS[fmt][pair.label]
     if fmt == "classifier":
-        return Example(prompt=f"{pair.sentence1}\n{pair.sentence2}", completion=answer)
+        return Example(prompt=f"{pair.sentence1}\n{pair.sentence2}", completion=answer,
+                       inputs=(pair.sentence1, pair.sentence2))
     # One line: the built-in character model has no newline token, and Llama reads it as well.
     prompt = (f"Sentence 1: {pair.sentence1} | Sentence 2: {pair.sentence2} | "
               "Do both sentences say the same thing? Answer:")
@@ -129,62 +132,69 @@ def _sentence(words: list[str], time_first: bool = False) -> str:
     return f"{subject} {verb} {obj} {time} ."
 
 
-class ParaphraseSource:
-    """A ``BatchSource`` over sentence pairs, plus ``score_eval`` for classification scores.
+class PairTask:
+    """A sentence-pair classification task (a ``ulora_remote.task.Task``) with label-flip shocks.
 
     Training walks through ``train`` in a fresh seeded permutation each epoch, so every batch is
-    a function of ``(seed, step)``. A shock batch flips the labels of ``round(fraction·batch)``
-    examples (at least one), chosen by the step's own seeded generator.
+    a function of ``(seed, step)``. A shock batch flips the labels of ``max(1,
+    round(fraction·size))`` examples, chosen by the step's own seeded generator. Scores are
+    exact match plus accuracy, F1 and the majority baseline (``ClassificationScores``).
 
     Args:
         train: training pairs (at least one).
         eval_pairs: held-out pairs, scored at every evaluation (at least one).
         fmt: ``"classifier"`` or ``"completion"`` (see ``render_pair``).
         seed: the run's seed.
-        batch_size: examples per step.
-        windows: shock windows ``[start, end)`` in steps.
-        fraction: share of a shock batch whose labels flip, in (0, 1].
 
     Raises:
-        ConfigurationError: empty data, an unknown format, or a bad fraction.
+        ConfigurationError: empty data or an unknown format.
     """
 
+    shock_kinds: tuple[str, ...] = (PAIR_SHOCK,)
+
     def __init__(self, train: Sequence[SentencePair], eval_pairs: Sequence[SentencePair], *,
-                 fmt: str, seed: int, batch_size: int,
-                 windows: Sequence[Sequence[int]] = (), fraction: float = 1.0) -> None:
+                 fmt: str, seed: int) -> None:
         if not train or not eval_pairs:
             raise ConfigurationError(f"{len(train)} training and {len(eval_pairs)} evaluation "
                                      "pairs: both sets need at least one pair")
-        if not 0.0 < fraction <= 1.0:
-            raise ConfigurationError(f"shocks.fraction = {fraction}: use a value in (0, 1]")
         render_pair(train[0], fmt)  # raises ConfigurationError on an unknown format
         self.labels = LABEL_TEXTS[fmt]
         self.train, self.eval_pairs = tuple(train), tuple(eval_pairs)
-        self.fmt, self.seed, self.batch_size = fmt, seed, batch_size
-        self.schedule, self.fraction = Schedule(windows), fraction
+        self.fmt, self.seed = fmt, seed
         self._eval = [render_pair(p, fmt) for p in self.eval_pairs]
 
-    def batch(self, step: int) -> tuple[list[Example], bool]:
-        """The batch of ``step`` and whether its labels were flipped (a shock step)."""
-        if step < 0:
-            raise InputError(f"step={step}: steps start at 0")
-        n, first = len(self.train), step * self.batch_size
-        pairs = [_permutation(self.train, self.seed, i // n)[i % n]
-                 for i in range(first, first + self.batch_size)]
-        shock = self.schedule.is_shock(step)
-        if shock:
-            rng = random.Random(f"paraphrase:{self.seed}:shock:{step}")
-            count = max(1, round(self.fraction * self.batch_size))
-            for i in rng.sample(range(self.batch_size), count):
-                p = pairs[i]
-                pairs[i] = SentencePair(p.sentence1, p.sentence2, 1 - p.label)
-        return [render_pair(p, self.fmt) for p in pairs], shock
+    def train_batch(self, step: int, size: int) -> list[Example]:
+        return [render_pair(p, self.fmt) for p in self._pairs(step, size)]
+
+    def shock_batch(self, step: int, size: int, kind: str, fraction: float) -> list[Example]:
+        if kind != PAIR_SHOCK:
+            raise ConfigurationError(f"shock kind {kind!r}: sentence pairs take {PAIR_SHOCK!r}")
+        if not 0.0 < fraction <= 1.0:
+            raise InputError(f"fraction={fraction}: the corrupted share must lie in (0, 1]")
+        pairs = self._pairs(step, size)
+        rng = random.Random(f"paraphrase:{self.seed}:shock:{step}")
+        for i in rng.sample(range(size), max(1, round(fraction * size))):
+            p = pairs[i]
+            pairs[i] = SentencePair(p.sentence1, p.sentence2, 1 - p.label)
+        return [render_pair(p, self.fmt) for p in pairs]
+
+    def _pairs(self, step: int, size: int) -> list[SentencePair]:
+        if step < 0 or size < 1:
+            raise InputError(f"step={step}, size={size}: need step >= 0, size >= 1")
+        n, first = len(self.train), step * size
+        return [_permutation(self.train, self.seed, i // n)[i % n]
+                for i in range(first, first + size)]
 
     def eval_examples(self) -> list[Example]:
         """The held-out examples, the same list on every call."""
         return self._eval
 
-    def score_eval(self, outputs: Sequence[str]) -> ClassificationScores:
+    def score(self, outputs: Sequence[str]) -> Scores:
+        scores = self.classification_scores(outputs)
+        return Scores(exact_match=exact_match(outputs, self._eval), details=scores.to_dict(),
+                      summary=scores.describe())
+
+    def classification_scores(self, outputs: Sequence[str]) -> ClassificationScores:
         """Accuracy, F1 and the majority baseline of ``outputs`` (one per eval example)."""
         negative, positive = self.labels
         if self.fmt == "completion":  # a causal LM may go on after its answer: "Yes." → "yes"

@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from functools import cache, lru_cache
 from importlib import resources
+from typing import ClassVar, Literal
 
-from ulora_remote.scenarios.shocks import corrupt_answer
+from pydantic import BaseModel
+from ulora_remote.scenarios.shocks import SHOCK_KINDS, corrupt_answer
 
 from ulora_remote.backend import Example
 from ulora_remote.errors import ConfigurationError, InputError
+from ulora_remote.sections import STRICT
+from ulora_remote.task import Scores, exact_match
 
-__all__ = ["EVAL_POOL_SIZE", "PigLatinTask", "load_words", "to_pig_latin"]
+__all__ = ["EVAL_POOL_SIZE", "PigLatinSection", "PigLatinTask", "load_words", "to_pig_latin"]
 
 EVAL_POOL_SIZE = 500
 _VOWELS = frozenset("aeiou")
@@ -73,7 +78,8 @@ def _split(words: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 class PigLatinTask:
-    """Deterministic batches of the Pig Latin task.
+    """The Pig Latin task (a ``ulora_remote.task.Task``): deterministic batches, scored by exact
+    match.
 
     Every batch is a function of ``(seed, step)`` only, so a resumed or replayed run renders the
     same batches without any saved random state. Training walks through the training words in a
@@ -95,6 +101,7 @@ class PigLatinTask:
             )
         self.seed = seed
         self.eval_size = eval_size
+        self.shock_kinds = SHOCK_KINDS
         eval_pool, self.train_words = _split(load_words())
         self.eval_words = eval_pool[:eval_size]
         self._answers = {w: to_pig_latin(w) for w in self.train_words}
@@ -144,6 +151,10 @@ class PigLatinTask:
         """The clean held-out examples; none of their words is ever in a training batch."""
         return [_example(w, to_pig_latin(w)) for w in self.eval_words]
 
+    def score(self, outputs: Sequence[str]) -> Scores:
+        """Exact match of the generations against the held-out words' Pig Latin."""
+        return Scores(exact_match=exact_match(outputs, self.eval_examples()))
+
     def _epoch_order(self, epoch: int) -> tuple[str, ...]:
         return _permutation(self.train_words, self.seed, epoch)
 
@@ -159,3 +170,16 @@ def _permutation(words: tuple[str, ...], seed: int, epoch: int) -> tuple[str, ..
 
 def _example(word: str, answer: str) -> Example:
     return Example(prompt=f"{word} ->", completion=f" {answer}")
+
+
+class PigLatinSection(BaseModel):
+    """``[task] kind = "pig-latin"``: English word -> Pig Latin over the shipped word list."""
+
+    model_config = STRICT
+    kind: Literal["pig-latin"] = "pig-latin"
+    max_eval_size: ClassVar[int] = EVAL_POOL_SIZE
+    shock_kinds: ClassVar[tuple[str, ...]] = SHOCK_KINDS
+    needs_classifier: ClassVar[bool] = False
+
+    def build(self, *, seed: int, eval_size: int) -> PigLatinTask:
+        return PigLatinTask(seed, eval_size)

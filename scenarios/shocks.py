@@ -1,13 +1,14 @@
 """Shock kinds and schedules: how a shock batch corrupts its targets, and when shocks happen.
 
 A shock keeps each example's prompt and replaces its completion with a wrong target
-(shared/DESIGN.md §6). Three kinds, all deterministic given the ``random.Random`` passed in:
+(docs/design.md, "Scenarios"). Three kinds, all deterministic given the ``random.Random`` passed in:
 
 * ``random-letters``: random lowercase letters, the length of the true answer ± 1;
 * ``reversed``: the word spelled backwards (``"pig" -> "gip"``);
 * ``swapped-answer``: the correct answer of another word (a fluent but wrong target).
 
-A ``Schedule`` holds the shock windows ``[start, end)`` in steps and answers ``is_shock(step)``.
+A ``Schedule`` holds the shock windows ``[start, end)`` in steps and answers ``is_shock(step)``;
+``ShockStream`` puts a task and a schedule together as the runner's ``BatchSource``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from ulora_remote.backend import Example
 from ulora_remote.errors import ConfigurationError, InputError
+from ulora_remote.task import Batch, Scores, Task
 
-__all__ = ["SHOCK_KINDS", "Schedule", "ShockKind", "corrupt_answer"]
+__all__ = ["SHOCK_KINDS", "Schedule", "ShockKind", "ShockStream", "corrupt_answer"]
 
 ShockKind = Literal["random-letters", "reversed", "swapped-answer"]
 SHOCK_KINDS: tuple[str, ...] = get_args(ShockKind)
@@ -115,3 +118,44 @@ def _as_pair(window: Sequence[int]) -> tuple[int, int]:
     if not 0 <= start < end:
         raise InputError(f"shock window [{start}, {end}) needs 0 <= start < end")
     return start, end
+
+
+class ShockStream:
+    """A task's batches with its shock schedule: the runner's ``BatchSource``.
+
+    Steps inside a window get ``task.shock_batch(step, batch_size, kind, fraction)``, the others
+    ``task.train_batch(step, batch_size)``. The evaluation set is read once and kept.
+
+    Args:
+        task: any ``ulora_remote.task.Task``.
+        batch_size: examples per step (≥ 1).
+        schedule: the shock windows (empty: no shocks).
+        kind: the shock kind (one of ``task.shock_kinds``); None means no shocks.
+        fraction: share of a shock batch that is corrupted, in (0, 1].
+    """
+
+    def __init__(self, task: Task, *, batch_size: int, schedule: Schedule | None = None,
+                 kind: str | None = None, fraction: float = 1.0) -> None:
+        if kind is not None and kind not in task.shock_kinds:
+            raise ConfigurationError(
+                f"shock kind {kind!r} does not apply to this task; choose one of "
+                f"{list(task.shock_kinds)}"
+            )
+        self.task, self.batch_size = task, batch_size
+        self.schedule = schedule if schedule is not None else Schedule()
+        self.kind, self.fraction = kind, fraction
+        self._eval: list[Example] | None = None
+
+    def batch(self, step: int) -> Batch:
+        if self.kind is not None and self.schedule.is_shock(step):
+            examples = self.task.shock_batch(step, self.batch_size, self.kind, self.fraction)
+            return Batch(examples, shock=True)
+        return Batch(self.task.train_batch(step, self.batch_size), shock=False)
+
+    def eval_examples(self) -> list[Example]:
+        if self._eval is None:
+            self._eval = list(self.task.eval_examples())
+        return self._eval
+
+    def score(self, outputs: Sequence[str]) -> Scores:
+        return self.task.score(outputs)

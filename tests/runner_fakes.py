@@ -19,6 +19,7 @@ from ulora_remote.backend import (
     OptimStepResult,
 )
 from ulora_remote.errors import CheckpointError, StateLostError
+from ulora_remote.task import Batch, Scores, exact_match
 
 
 def _target(batch: Sequence[Example]) -> float:
@@ -88,10 +89,14 @@ class FakeSource:
     def __init__(self, windows: Sequence[tuple[int, int]] = ((20, 30),), batch_size: int = 4):
         self.windows, self.batch_size = list(windows), batch_size
 
-    def batch(self, step: int) -> tuple[list[Example], bool]:
+    def batch(self, step: int) -> Batch:
         shock = any(s <= step < e for s, e in self.windows)
         tag = "shock" if shock else "clean"
-        return [Example(f"{tag}{step}-{i} ->", f" {i}") for i in range(self.batch_size)], shock
+        return Batch([Example(f"{tag}{step}-{i} ->", f" {i}") for i in range(self.batch_size)],
+                     shock)
 
     def eval_examples(self) -> list[Example]:
         return [Example(f"w{i}", f"w{i}ay") for i in range(4)]
+
+    def score(self, outputs: Sequence[str]) -> Scores:
+        return Scores(exact_match=exact_match(outputs, self.eval_examples()))

@@ -59,15 +59,16 @@ def test_cut_lines_are_ignored_and_truncation_keeps_rows_before_k(tmp_path):
     for t in range(5):
         steps.write({"step": t, "shock": False, "loss": 1.0 / (t + 1), "e_smooth": 1.0,
                      "phi": 0.5, "mode": 1, "mode_name": "Multi", "lr": 5e-4,
-                     "switched": False, "tokens": 9.0, "wall_s": 0.1})
+                     "switched": False, "kept": 4, "skipped": False, "tokens": 9.0,
+                     "wall_s": 0.1, "reason": ""})
     steps.close()
     with rd.steps_path.open("a") as fh:
         fh.write("5,False,0.3")  # a row cut by SIGKILL
-    rd.append_checkpoint({"step": 3, "ref": "r3", "controller": {}})
+    rd.append_checkpoint({"step": 3, "ref": "r3", "policy": {}})
     with rd.checkpoints_path.open("a") as fh:
         fh.write('{"step": 4, "ref"')
     assert rd.last_checkpoint()["ref"] == "r3"
-    rd.append_checkpoint({"step": 4, "ref": "r4", "controller": {}})  # after the cut line
+    rd.append_checkpoint({"step": 4, "ref": "r4", "policy": {}})  # after the cut line
     assert [c["ref"] for c in rd.checkpoints()] == ["r3", "r4"]
     rd.truncate_tables(3)
     table = pd.read_csv(rd.steps_path)

@@ -15,7 +15,7 @@ pytest.importorskip("peft")
 
 import torch  # noqa: E402
 from ulora_remote.backends.classify import ClassifierBackend  # noqa: E402
-from ulora_remote.scenarios.paraphrase import ParaphraseSource, generate_pairs  # noqa: E402
+from ulora_remote.scenarios.paraphrase import PairTask, generate_pairs  # noqa: E402
 
 from ulora_remote import run_scenario  # noqa: E402
 from ulora_remote.backend import AdamParams, Example, TrainingBackend  # noqa: E402
@@ -24,18 +24,33 @@ from ulora_remote.errors import CheckpointError, ConfigurationError, InputError 
 
 torch.set_num_threads(1)
 
-OFFLINE = ["task=paraphrase", 'backend.base_model="tiny-distilbert"', "eval.size=200",
-           "data.train_size=800"]
+OFFLINE = ['task.kind="paraphrase"', 'backend.base_model="tiny-distilbert"', "eval.size=200",
+           "task.train_size=800"]
 
 
-def _source(batch_size: int = 16) -> ParaphraseSource:
-    return ParaphraseSource(generate_pairs(800, "train"), generate_pairs(200, "eval"),
-                            fmt="classifier", seed=0, batch_size=batch_size)
+class _Source:
+    def __init__(self, batch_size: int) -> None:
+        self.task = PairTask(generate_pairs(800, "train"), generate_pairs(200, "eval"),
+                             fmt="classifier", seed=0)
+        self.batch_size = batch_size
+
+    def batch(self, step: int) -> list[Example]:
+        return self.task.train_batch(step, self.batch_size)
+
+    def eval_examples(self) -> list[Example]:
+        return self.task.eval_examples()
+
+    def score_eval(self, outputs: list[str]):  # type: ignore[no-untyped-def]
+        return self.task.classification_scores(outputs)
 
 
-def _train(backend: ClassifierBackend, source: ParaphraseSource, steps: range, lr: float) -> None:
+def _source(batch_size: int = 16) -> _Source:
+    return _Source(batch_size)
+
+
+def _train(backend: ClassifierBackend, source: _Source, steps: range, lr: float) -> None:
     for step in steps:
-        backend.forward_backward(source.batch(step)[0]).result()
+        backend.forward_backward(source.batch(step)).result()
         backend.optim_step(AdamParams(learning_rate=lr)).result()
 
 
@@ -86,7 +101,7 @@ def test_checkpoint_round_trip_and_a_foreign_rank_is_refused(tmp_path: Path) -> 
     backend = ClassifierBackend("tiny-distilbert", seed=0, checkpoint_dir=tmp_path)
     _train(backend, source, range(5), lr=1e-3)
     ref = backend.save_state("step5")
-    probe = source.batch(99)[0]
+    probe = source.batch(99)
     saved = backend.forward(probe).result().nll_sums
     _train(backend, source, range(5, 10), lr=1e-3)
     assert backend.forward(probe).result().nll_sums != saved
@@ -106,7 +121,7 @@ def test_scenario_run_reports_accuracy_f1_and_majority(tmp_path: Path) -> None:
     result = run_scenario(
         "mrpc-distilbert", out=tmp_path / "run", console=out,
         overrides=[*OFFLINE, "steps=150", "eval.every=75", "checkpoint.every=75",
-                   "controller.method=fixed", "controller.fixed_lr=1e-3"])
+                   "controller.method=fixed", "controller.lr=1e-3"])
     summary = result.summary
     assert summary is not None and summary["all_one_class"] is False
     c = summary["classification"]
@@ -124,7 +139,7 @@ def test_scenario_run_reports_accuracy_f1_and_majority(tmp_path: Path) -> None:
 def test_a_run_that_answers_one_class_is_flagged(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     sets = [x for o in [*OFFLINE, "eval.every=2", "controller.method=fixed",
-                        "controller.fixed_lr=1e-7"] for x in ("--set", o)]
+                        "controller.lr=1e-7"] for x in ("--set", o)]
     code = main(["run", "mrpc-distilbert", "--steps", "2", "--out", str(tmp_path / "run"), *sets])
     printed = capsys.readouterr().out
     assert code == 0

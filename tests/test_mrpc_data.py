@@ -10,12 +10,13 @@ import pytest
 from ulora_remote.scenarios import load_scenario
 from ulora_remote.scenarios.mrpc import load_mrpc
 from ulora_remote.scenarios.paraphrase import (
-    ParaphraseSource,
+    PairTask,
     SentencePair,
     generate_pairs,
     render_pair,
     vocabulary,
 )
+from ulora_remote.scenarios.shocks import Schedule, ShockStream
 
 from ulora_remote.errors import ConfigurationError, MissingExtraError
 from ulora_remote.run.builders import build_source
@@ -59,7 +60,7 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path: Path,
 
 
 def test_missing_path_and_missing_files_are_clear(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match=r"data.path = .*nowhere.* is not a directory"):
+    with pytest.raises(ConfigurationError, match=r"task.path = .*nowhere.* is not a directory"):
         load_mrpc("train", tmp_path / "nowhere")
     with pytest.raises(ConfigurationError, match=r"no MRPC validation file.*dev.tsv"):
         load_mrpc("validation", tmp_path)
@@ -93,7 +94,7 @@ def test_generated_pairs_follow_their_rules() -> None:
 
 def test_renderings() -> None:
     pair = SentencePair("a .", "b .", 1)
-    assert render_pair(pair, "classifier").prompt == "a .\nb ."
+    assert render_pair(pair, "classifier").inputs == ("a .", "b .")
     assert render_pair(pair, "classifier").completion == "1"
     completion = render_pair(SentencePair("a .", "b .", 0), "completion")
     assert completion.completion == " no" and completion.prompt.endswith("Answer:")
@@ -103,36 +104,41 @@ def test_renderings() -> None:
 
 def test_source_batches_are_deterministic_and_shocks_flip_labels() -> None:
     train, held = generate_pairs(50, "t"), generate_pairs(20, "e")
-    clean = ParaphraseSource(train, held, fmt="classifier", seed=3, batch_size=8)
-    shocked = ParaphraseSource(train, held, fmt="classifier", seed=3, batch_size=8,
-                               windows=[(2, 4)], fraction=0.5)
+    task = PairTask(train, held, fmt="classifier", seed=3)
+    clean = ShockStream(task, batch_size=8)
+    shocked = ShockStream(task, batch_size=8, schedule=Schedule([(2, 4)]),
+                          kind="flipped-label", fraction=0.5)
     assert clean.batch(7) == clean.batch(7) and clean.batch(1) != clean.batch(2)
-    assert shocked.batch(1) == (clean.batch(1)[0], False)
-    batch, is_shock = shocked.batch(2)
-    flipped = sum(a.completion != b.completion for a, b in zip(batch, clean.batch(2)[0],
+    assert shocked.batch(1) == clean.batch(1) and not shocked.batch(1).shock
+    shock = shocked.batch(2)
+    flipped = sum(a.completion != b.completion for a, b in zip(shock.examples,
+                                                              clean.batch(2).examples,
                                                               strict=True))
-    assert is_shock and flipped == 4
-    assert [e.prompt for e in batch] == [e.prompt for e in clean.batch(2)[0]]
+    assert shock.shock and flipped == 4
+    assert [e.prompt for e in shock.examples] == [e.prompt for e in clean.batch(2).examples]
 
 
 def test_completion_scoring_reads_the_first_word() -> None:
     held = [SentencePair("a .", "b .", 1), SentencePair("c .", "d .", 0)]
-    source = ParaphraseSource(held, held, fmt="completion", seed=0, batch_size=2)
-    scores = source.score_eval([" Yes.", " no, because"])
+    task = PairTask(held, held, fmt="completion", seed=0)
+    scores = task.classification_scores([" Yes.", " no, because"])
+    assert task.score([" Yes.", " no, because"]).details == scores.to_dict()
     assert scores.accuracy == 1.0 and scores.f1 == 1.0 and scores.positive_label == "yes"
 
 
 def test_pair_task_rules_in_scenarios() -> None:
-    with pytest.raises(ConfigurationError, match="set shocks.kind = 'flipped-label'"):
+    with pytest.raises(ConfigurationError, match="choose one of flipped-label"):
         load_scenario("mrpc-distilbert", ["shocks.kind=reversed"])
-    with pytest.raises(ConfigurationError, match="needs a sentence-pair task"):
+    with pytest.raises(ConfigurationError, match="does not apply to task 'pig-latin'"):
         load_scenario("pig-latin-shock", ["shocks.kind=flipped-label"])
-    with pytest.raises(ConfigurationError, match="data.format = 'completion'"):
+    with pytest.raises(ConfigurationError, match="task.format = 'completion'"):
         load_scenario("mrpc-distilbert", ["backend.kind=tinker"])
-    with pytest.raises(ConfigurationError, match=r"\[data\] belongs"):
+    with pytest.raises(ConfigurationError, match=r"data moved: use \[task\]"):
         load_scenario("pig-latin-shock", ["data.format=completion"])
+    with pytest.raises(ConfigurationError, match="unknown key 'task.format'"):
+        load_scenario("pig-latin-shock", ["task.format=completion"])
     tinker = load_scenario("mrpc-tinker")
-    assert tinker.data is not None and tinker.data.format == "completion" and tinker.lag == 1
+    assert tinker.task.kind == "mrpc" and tinker.task.format == "completion" and tinker.lag == 1
     ref = load_scenario("mrpc-distilbert")
     shape = (ref.backend.rank, ref.backend.lora_alpha, ref.batch_size, ref.steps)
     assert shape == (16, 32, 16, 688)
@@ -140,22 +146,23 @@ def test_pair_task_rules_in_scenarios() -> None:
 
 
 def test_a_paraphrase_scenario_builds_its_source_and_mrpc_needs_its_data(tmp_path: Path) -> None:
-    scenario = load_scenario("mrpc-distilbert", ["task=paraphrase", "eval.size=30",
-                                                 "data.train_size=100"])
+    scenario = load_scenario("mrpc-distilbert", ['task.kind="paraphrase"', "eval.size=30",
+                                                 "task.train_size=100"])
     source = build_source(scenario)
-    assert isinstance(source, ParaphraseSource)
-    assert len(source.eval_examples()) == 30 and len(source.train) == 100
-    missing = load_scenario("mrpc-distilbert", [f"data.path='{tmp_path / 'none'}'"])
-    with pytest.raises(ConfigurationError, match="data.path"):
+    assert isinstance(source.task, PairTask)
+    assert len(source.eval_examples()) == 30 and len(source.task.train) == 100
+    missing = load_scenario("mrpc-distilbert", [f"task.path='{tmp_path / 'none'}'"])
+    with pytest.raises(ConfigurationError, match="task.path"):
         build_source(missing)
-    glue = load_scenario("mrpc-distilbert", [f"data.path='{_glue_dir(tmp_path)}'"])
+    glue = load_scenario("mrpc-distilbert", [f"task.path='{_glue_dir(tmp_path)}'"])
     assert len(build_source(glue).eval_examples()) == 1
 
 
-def test_the_schema_lists_every_shock_kind_and_the_label_flip() -> None:
-    from typing import get_args
-
-    from ulora_remote.scenarios.schema import AnyShockKind
+def test_each_task_declares_its_shock_kinds() -> None:
+    from ulora_remote.scenarios.mrpc import PairsSection
+    from ulora_remote.scenarios.pig_latin import PigLatinSection
     from ulora_remote.scenarios.shocks import SHOCK_KINDS
 
-    assert set(get_args(AnyShockKind)) == {*SHOCK_KINDS, "flipped-label"}
+    assert PigLatinSection.shock_kinds == SHOCK_KINDS
+    assert PairsSection.shock_kinds == ("flipped-label",)
+    assert PigLatinSection().build(seed=0, eval_size=2).shock_kinds == SHOCK_KINDS

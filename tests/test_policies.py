@@ -7,15 +7,17 @@ import random
 
 import pytest
 
+from ulora_remote.backend import ForwardBackwardResult
 from ulora_remote.control.controller import ControllerConfig, UnifiedController
+from ulora_remote.control.guard import Guard, ZScoreGuard
 from ulora_remote.control.policies import (
+    FixedPolicy,
+    PlateauPolicy,
     PlateauRule,
-    PolicyController,
-    SnapshotKeeper,
-    ZScoreScreen,
-    build_policy,
 )
-from ulora_remote.control.stress import RatioStress, RatioStressConfig, ScaleFreeController
+from ulora_remote.control.policy import NO_MODE, LrPolicy, Signal
+from ulora_remote.control.snapshots import SnapshotKeeper
+from ulora_remote.control.stress import RatioStress, RatioStressConfig
 from ulora_remote.errors import ConfigurationError, InputError
 
 # -- reduce-on-plateau ---------------------------------------------------------------------------
@@ -97,73 +99,104 @@ def _noisy(n: int, level: float = 1.0, seed: int = 0) -> list[float]:
     return [level + rng.uniform(-0.05, 0.05) for _ in range(n)]
 
 
+class _Screen:
+    """The batch-level z-score guard fed one batch loss at a time (one example, one token)."""
+
+    def __init__(self, **kwargs: float) -> None:
+        self.guard = ZScoreGuard(**kwargs)  # type: ignore[arg-type]
+
+    def screen(self, loss: float) -> bool:
+        return self.guard.judge(0, ForwardBackwardResult((loss,), (1.0,))).skip
+
+
 def test_zskip_accepts_everything_until_the_history_is_long_enough() -> None:
-    screen = ZScoreScreen(z=3.0, window=10, min_history=5)
+    screen = _Screen(z=3.0, window=10, min_history=5)
     assert [screen.screen(x) for x in (1.0, 9.0, 1.0, 50.0)] == [False] * 4
-    assert screen.threshold() == math.inf
+    assert screen.guard.threshold() == math.inf
+    assert isinstance(screen.guard, Guard)
 
 
 def test_zskip_skips_a_spike_and_then_accepts_clean_batches_again() -> None:
-    screen = ZScoreScreen(z=3.0, window=20, min_history=10)
+    screen = _Screen(z=3.0, window=20, min_history=10)
     assert not any(screen.screen(x) for x in _noisy(20))
-    threshold = screen.threshold()
+    threshold = screen.guard.threshold()
     assert 1.0 < threshold < 1.2
     assert screen.screen(5.0)  # the shock
-    assert screen.threshold() == threshold  # a skipped loss never enters the window
+    assert screen.guard.threshold() == threshold  # a skipped loss never enters the window
     assert not screen.screen(1.01)  # recovery: clean losses pass again
-    assert screen.skipped == 1
+    assert screen.guard.skipped == 1
 
 
 def test_zskip_keeps_skipping_a_long_shock_and_any_non_finite_loss() -> None:
-    screen = ZScoreScreen(z=3.0, window=20, min_history=10)
+    screen = _Screen(z=3.0, window=20, min_history=10)
     for x in _noisy(20):
         screen.screen(x)
     assert all(screen.screen(4.0 + 0.1 * i) for i in range(100))
     assert screen.screen(math.nan) and screen.screen(math.inf)
-    clone = ZScoreScreen(z=3.0, window=20, min_history=10)
-    clone.load_state_dict(screen.state_dict())
-    assert clone.threshold() == screen.threshold() and clone.skipped == 102
+    clone = ZScoreGuard(z=3.0, window=20, min_history=10)
+    clone.load_state_dict(screen.guard.state_dict())
+    assert clone.threshold() == screen.guard.threshold() and clone.skipped == 102
+
+
+def test_zskip_judges_the_batch_mean_and_keeps_all_or_nothing() -> None:
+    guard = ZScoreGuard(z=3.0, window=20, min_history=10)
+    for x in _noisy(20):
+        guard.judge(0, ForwardBackwardResult((x, x), (1.0, 1.0)))
+    # one outlier example in four lifts the batch mean per token past the threshold
+    spiky = guard.judge(1, ForwardBackwardResult((1.0, 1.0, 1.0, 9.0), (1.0,) * 4))
+    assert spiky.keep == (False,) * 4 and spiky.rejected_fraction == 1.0
+    calm = guard.judge(2, ForwardBackwardResult((2.0, 2.0), (2.0, 2.0)))
+    assert calm.keep == (True, True) and calm.rejected_fraction == 0.0
 
 
 def test_zskip_rejects_a_history_longer_than_its_window() -> None:
     with pytest.raises(ConfigurationError, match="min_history"):
-        ZScoreScreen(window=10, min_history=20)
+        ZScoreGuard(window=10, min_history=20)
 
 
-# -- the policy wrapper --------------------------------------------------------------------------
+# -- the baseline policies ------------------------------------------------------------------------
 
 
-def test_policy_controller_keeps_phi_and_replaces_only_the_lr() -> None:
+def test_baseline_policies_keep_phi_and_replace_only_the_lr() -> None:
     losses = [2.0, 1.5, 1.5, 1.5, 1.5, 0.5]
     plain = UnifiedController.from_preset("tinker")
-    wrapped = PolicyController(UnifiedController.from_preset("tinker"),
-                               rule=PlateauRule(2e-3, factor=0.5, patience=2, threshold=0.0))
+    plateau = PlateauPolicy(PlateauRule(2e-3, factor=0.5, patience=2, threshold=0.0),
+                            UnifiedController.from_preset("tinker"))
+    fixed = FixedPolicy(5e-4, UnifiedController.from_preset("tinker"))
     for x in losses:
-        a, b = plain.decide(x), wrapped.decide(x)
-        assert (a.phi, a.e_smooth, a.mode) == (b.phi, b.e_smooth, b.mode)
-    assert wrapped.rule is not None and wrapped.rule.lr == 1e-3
-    assert wrapped.initial_lr == 1e-3 and not wrapped.screens
+        a, b, c = plain.decide(x), plateau.observe(Signal(x)), fixed.observe(Signal(x))
+        assert (a.phi, a.e_smooth) == (b.phi, b.e_smooth) == (c.phi, c.e_smooth)
+        assert b.mode == c.mode == NO_MODE and c.lr == 5e-4
+        assert (b.mode_name, c.mode_name) == ("plateau", "fixed")
+    assert plateau.rule.lr == 1e-3 and plateau.initial_decision().lr == 1e-3
+    assert fixed.initial_decision().lr == 5e-4
+    assert all(isinstance(p, LrPolicy) for p in (plain, plateau, fixed))
 
 
-def test_policy_controller_state_round_trip() -> None:
-    def make() -> PolicyController:
-        return PolicyController(UnifiedController.from_preset("tinker"), fixed_lr=5e-4,
-                                screen=ZScoreScreen(window=5, min_history=3))
+def test_a_plateau_reduction_is_marked_as_a_switch_with_its_reason() -> None:
+    plateau = PlateauPolicy(PlateauRule(2e-3, factor=0.5, patience=1, threshold=0.0),
+                            UnifiedController.from_preset("tinker"))
+    decisions = [plateau.observe(Signal(x)) for x in (1.0, 1.0, 1.0)]
+    assert [d.switched for d in decisions] == [False, False, True]
+    assert decisions[-1].lr == 1e-3 and "plateau" in decisions[-1].reason
+
+
+def test_baseline_policy_state_round_trip() -> None:
+    def make() -> PlateauPolicy:
+        return PlateauPolicy(PlateauRule(2e-3, patience=2),
+                             UnifiedController.from_preset("tinker"))
     a = make()
     for x in _noisy(8):
-        a.screen(x)
-        a.decide(x)
+        a.observe(Signal(x))
     b = make()
     b.load_state_dict(a.state_dict())
-    assert b.screen(9.0) and a.screen(9.0)
-    assert a.decide(1.0) == b.decide(1.0)
+    assert a.observe(Signal(1.0)) == b.observe(Signal(1.0))
 
 
-def test_policy_controller_needs_exactly_one_lr_source() -> None:
-    with pytest.raises(ConfigurationError):
-        PolicyController(UnifiedController(), fixed_lr=1e-3, rule=PlateauRule(1e-3))
-    with pytest.raises(ConfigurationError):
-        PolicyController(UnifiedController())
+def test_a_fixed_policy_needs_a_finite_positive_lr() -> None:
+    for bad in (0.0, -1e-3, math.inf, math.nan):
+        with pytest.raises(ConfigurationError):
+            FixedPolicy(bad, UnifiedController())
 
 
 # -- snapshots -------------------------------------------------------------------------------------
@@ -241,9 +274,13 @@ def test_ratio_stress_treats_non_finite_loss_as_full_stress_without_poisoning() 
     assert stress.fast == 1.0 and stress.slow == 1.0
 
 
+def _scale_free(cfg: ControllerConfig) -> UnifiedController:
+    return UnifiedController(cfg, stress=RatioStress())
+
+
 def test_scale_free_controller_stays_out_of_mirror_at_a_high_start_unlike_the_default() -> None:
     cfg = ControllerConfig.preset("tinker", cooldown=0)
-    default, scale_free = UnifiedController(cfg), ScaleFreeController(cfg)
+    default, scale_free = UnifiedController(cfg), _scale_free(cfg)
     start = _run_with_shock(1.0)[:150]
     default_modes = [default.decide(x).mode for x in start]
     free_modes = [scale_free.decide(x).mode for x in start]
@@ -252,21 +289,23 @@ def test_scale_free_controller_stays_out_of_mirror_at_a_high_start_unlike_the_de
 
 
 def test_scale_free_controller_enters_mirror_on_a_shock_and_recovers() -> None:
-    ctrl = ScaleFreeController(ControllerConfig.preset("tinker", cooldown=0))
+    ctrl = _scale_free(ControllerConfig.preset("tinker", cooldown=0))
     modes = [ctrl.decide(x).mode for x in _run_with_shock(0.3)]
     assert max(modes[150:210]) == 2
     assert modes[-1] == 0
-    clone = ScaleFreeController(ControllerConfig.preset("tinker", cooldown=0))
+    clone = _scale_free(ControllerConfig.preset("tinker", cooldown=0))
     clone.load_state_dict(ctrl.state_dict())
     assert clone.decide(1.5) == ctrl.decide(1.5)
 
 
-def test_scale_free_controller_rejects_negative_loss_and_external_stress() -> None:
-    ctrl = ScaleFreeController(ControllerConfig())
+def test_scale_free_controller_rejects_negative_loss_and_the_report_formula() -> None:
+    ctrl = _scale_free(ControllerConfig())
     with pytest.raises(InputError):
         ctrl.decide(-1.0)
-    with pytest.raises(ConfigurationError):
-        ctrl.decide(1.0, external_stress=0.5)
+    with pytest.raises(ConfigurationError, match="formula='readme'"):
+        UnifiedController(ControllerConfig(formula="report", theta1=0.4), stress=RatioStress())
+    with pytest.raises(ConfigurationError, match="different stress"):
+        UnifiedController().load_state_dict(ctrl.state_dict())
 
 
 def test_ratio_stress_config_rejects_a_fast_average_slower_than_the_slow_one() -> None:
@@ -278,36 +317,35 @@ def test_ratio_stress_config_rejects_a_fast_average_slower_than_the_slow_one() -
 
 
 @pytest.mark.parametrize(
-    ("overrides", "kind"),
+    ("overrides", "kind", "label"),
     [
-        (['controller.method="plateau"', "controller.fixed_lr=2e-3"], PolicyController),
-        (['controller.method="zskip"', "controller.policy.zskip_z=4.0"], PolicyController),
-        (['controller.stress="ratio"'], ScaleFreeController),
-        ([], UnifiedController),
+        (['controller.method="plateau"', "controller.lr=2e-3"], PlateauPolicy, "plateau-2e-3"),
+        (['controller.method="fixed"', 'controller.guard.kind="zskip"', "controller.guard.z=4.0"],
+         FixedPolicy, "fixed-5e-4-zskip"),
+        (['controller.stress="ratio"'], UnifiedController, "controller-ratio"),
+        ([], UnifiedController, "controller"),
     ],
 )
-def test_scenario_selects_the_policy(overrides: list[str], kind: type) -> None:
+def test_scenario_selects_the_policy(overrides: list[str], kind: type, label: str) -> None:
     from ulora_remote.scenarios import load_scenario
 
-    from ulora_remote.run.builders import build_controller, build_settings, method_label
+    from ulora_remote.run.builders import build_settings, method_label
 
     scenario = load_scenario("pig-latin-shock", overrides)
-    policy = build_controller(scenario)
-    assert isinstance(policy, kind)
-    assert build_settings(scenario, "x").fixed_lr is None
-    if kind is PolicyController and policy.rule is not None:
-        assert policy.initial_lr == 2e-3 and method_label(scenario) == "plateau-2e-3"
+    policy = scenario.controller.build()
+    assert isinstance(policy, kind) and method_label(scenario) == label
+    assert not hasattr(build_settings(scenario, "x"), "fixed_lr")
+    guards = scenario.controller.build_guards()
+    assert [type(g) for g in guards] == ([ZScoreGuard] if "zskip" in label else [])
+    if kind is PlateauPolicy:
+        assert policy.initial_decision().lr == 2e-3
 
 
-def test_scenario_rejects_ratio_stress_on_a_baseline_and_names_the_fix() -> None:
+def test_scenario_rejects_ratio_stress_on_a_baseline_and_names_the_key() -> None:
     from ulora_remote.scenarios import load_scenario
 
-    from ulora_remote.run.builders import build_controller
-
-    scenario = load_scenario("pig-latin-shock", ['controller.method="fixed"',
-                                                 'controller.stress="ratio"'])
-    with pytest.raises(ConfigurationError, match='method = "controller"'):
-        build_controller(scenario)
+    with pytest.raises(ConfigurationError, match="unknown key 'controller.stress'"):
+        load_scenario("pig-latin-shock", ['controller.method="fixed"', 'controller.stress="ratio"'])
 
 
 def test_snapshots_are_set_only_for_the_controller_method() -> None:
@@ -315,20 +353,34 @@ def test_snapshots_are_set_only_for_the_controller_method() -> None:
 
     from ulora_remote.run.builders import build_settings
 
-    on = load_scenario("pig-latin-shock", ["controller.policy.snapshot_every=25"])
-    off = load_scenario("pig-latin-shock", ["controller.policy.snapshot_every=25",
-                                            'controller.method="fixed"'])
+    on = load_scenario("pig-latin-shock", ["controller.snapshots.every=25"])
     assert build_settings(on, "x").snapshot_every == 25
-    assert build_settings(off, "x").snapshot_every == 0
-    assert build_policy(off.controller, UnifiedController()).__class__ is UnifiedController
+    assert build_settings(load_scenario("pig-latin-shock"), "x").snapshot_every == 0
+    with pytest.raises(ConfigurationError, match="unknown key 'controller.snapshots'"):
+        load_scenario("pig-latin-shock", ["controller.snapshots.every=25",
+                                          'controller.method="fixed"'])
 
 
 def test_the_shipped_zskip_scenario_screens_at_the_studys_best_fixed_lr() -> None:
     from ulora_remote.scenarios import load_scenario
 
-    from ulora_remote.run.builders import build_controller
+    scenario = load_scenario("pig-latin-zskip")
+    policy, guards = scenario.controller.build(), scenario.controller.build_guards()
+    assert isinstance(policy, FixedPolicy) and policy.initial_decision().lr == 2e-3
+    assert len(guards) == 1 and isinstance(guards[0], ZScoreGuard)
+    assert (guards[0].z, guards[0].window) == (3.0, 50)
 
-    policy = build_controller(load_scenario("pig-latin-zskip"))
-    assert isinstance(policy, PolicyController) and policy.screens
-    assert policy.initial_lr == 2e-3 and policy.screener is not None
-    assert (policy.screener.z, policy.screener.window) == (3.0, 50)
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ('controller.method="zskip"', 'is now a guard'),
+        ("controller.fixed_lr=1e-3", "controller.fixed_lr moved: use controller.lr"),
+        ("controller.policy.zskip_z=3", r"controller.policy moved: use \[controller.guard\]"),
+    ],
+)
+def test_keys_of_the_old_layout_name_where_they_went(override: str, message: str) -> None:
+    from ulora_remote.scenarios import load_scenario
+
+    with pytest.raises(ConfigurationError, match=message):
+        load_scenario("pig-latin-shock", [override])

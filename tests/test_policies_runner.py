@@ -10,39 +10,54 @@ import pytest
 from runner_fakes import FakeBackend, FakeSource
 
 from ulora_remote.backend import Example
-from ulora_remote.control.controller import ControllerConfig, Decision, UnifiedController
-from ulora_remote.control.policies import PlateauRule, PolicyController, ZScoreScreen
+from ulora_remote.control.controller import ControllerConfig, UnifiedController
+from ulora_remote.control.guard import Guard, ZScoreGuard
+from ulora_remote.control.policies import FixedPolicy, PlateauPolicy, PlateauRule
+from ulora_remote.control.policy import Decision, Signal
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.run.runner import Runner, RunSettings
+from ulora_remote.task import Batch
 
 
-def _run(tmp_path, controller: Any, backend: Any = None, source: Any = None,
-         **kw: Any) -> tuple[pd.DataFrame, Any]:
+def _run(tmp_path, policy: Any, backend: Any = None, source: Any = None,
+         guards: tuple[Guard, ...] = (), **kw: Any) -> tuple[pd.DataFrame, Any]:
     rd = RunDir(tmp_path)
     rd.prepare_new(force=True)
     backend = backend or FakeBackend()
     settings = RunSettings(**{"run_name": "p", "steps": 40, "eval_every": 10,
                               "checkpoint_every": 0, "log_every": 100, **kw})
-    Runner(backend, controller, source or FakeSource(), settings, rd, out=io.StringIO()).run()
+    Runner(backend, policy, guards, source or FakeSource(), settings, rd,
+           out=io.StringIO()).run()
     return pd.read_csv(rd.steps_path), backend
+
+
+def _fixed(lr: float) -> FixedPolicy:
+    return FixedPolicy(lr, UnifiedController.from_preset("tinker"))
+
+
+def _plateau(rule: PlateauRule) -> PlateauPolicy:
+    return PlateauPolicy(rule, UnifiedController.from_preset("tinker"))
 
 
 class ShockSource(FakeSource):
     """Clean batches all map to one target (a low, steady loss); shock batches to another."""
 
-    def batch(self, step: int) -> tuple[list[Example], bool]:
+    def batch(self, step: int) -> Batch:
         shock = any(s <= step < e for s, e in self.windows)
         text = "shock" if shock else "clean"
-        return [Example(text, " x") for _ in range(self.batch_size)], shock
+        return Batch([Example(text, " x") for _ in range(self.batch_size)], shock)
 
 
 @pytest.mark.parametrize("lag", [0, 1])
 def test_zskip_skips_the_shock_steps_logs_them_and_never_updates_on_them(tmp_path, lag) -> None:
-    policy = PolicyController(UnifiedController.from_preset("tinker"), fixed_lr=1e-3,
-                              screen=ZScoreScreen(z=3.0, window=10, min_history=5))
-    steps, backend = _run(tmp_path, policy, source=ShockSource([(20, 30)]), lag=lag)
+    guard = ZScoreGuard(z=3.0, window=10, min_history=5)
+    steps, backend = _run(tmp_path, _fixed(1e-3), source=ShockSource([(20, 30)]), lag=lag,
+                          guards=(guard,))
     skipped = steps[steps["lr"] == 0.0]
     assert list(skipped["step"]) == list(range(20, 30))  # every shock step, nothing else
+    assert list(steps.loc[steps["skipped"], "step"]) == list(range(20, 30))
+    assert set(steps.loc[steps["skipped"], "kept"]) == {0}
+    assert set(steps.loc[~steps["skipped"], "kept"]) == {4}
     assert (skipped["loss"] > steps.loc[steps["step"] == 19, "loss"].iloc[0]).all()
     assert len(steps) == 40 and steps["phi"].notna().all()  # a skipped step still logs its loss
     updates = [lr for kind, lr in backend.calls if kind == "opt"]
@@ -52,8 +67,7 @@ def test_zskip_skips_the_shock_steps_logs_them_and_never_updates_on_them(tmp_pat
 
 def test_plateau_lowers_the_lr_the_runner_applies(tmp_path) -> None:
     rule = PlateauRule(1e-3, factor=0.5, patience=3, threshold=0.0)
-    policy = PolicyController(UnifiedController.from_preset("tinker"), rule=rule)
-    steps, backend = _run(tmp_path, policy, source=ShockSource([(20, 30)]))
+    steps, backend = _run(tmp_path, _plateau(rule), source=ShockSource([(20, 30)]))
     replay = PlateauRule(1e-3, factor=0.5, patience=3, threshold=0.0)
     expected = [replay.step(x) for x in steps["loss"]]
     assert list(steps["lr"]) == pytest.approx(expected)
@@ -63,9 +77,7 @@ def test_plateau_lowers_the_lr_the_runner_applies(tmp_path) -> None:
 
 @pytest.mark.parametrize("lag", [0, 1])
 def test_plateau_first_lr_at_lag_one_is_the_rules_start(tmp_path, lag) -> None:
-    policy = PolicyController(UnifiedController.from_preset("tinker"),
-                              rule=PlateauRule(7e-4, patience=100))
-    steps, _ = _run(tmp_path, policy, lag=lag, steps=5)
+    steps, _ = _run(tmp_path, _plateau(PlateauRule(7e-4, patience=100)), lag=lag, steps=5)
     assert list(steps["lr"]) == pytest.approx([7e-4] * 5)
 
 
@@ -76,7 +88,11 @@ class ScriptedController:
         self.config = ControllerConfig.preset("tinker")
         self.mirror_at, self.mode, self.n = mirror_at, 1, 0
 
-    def decide(self, loss: float) -> Decision:
+    def initial_decision(self) -> Decision:
+        return Decision(-1, float("nan"), 1.0, 0.5, 1, "Multi", self.config.lrs[1], False)
+
+    def observe(self, signal: Signal) -> Decision:
+        loss = signal.loss
         mode = 2 if self.n >= self.mirror_at else 1
         switched, self.mode = mode != self.mode, mode
         d = Decision(self.n, loss, loss, 0.5, mode, "x", self.config.lrs[mode], switched)
@@ -142,14 +158,9 @@ def test_rollback_restores_weights_and_optimizer_state_exactly_on_the_local_back
             super().load_state(ref)
             self.after_load = (ref, self._copy())
 
-    class Source:
-        task = PigLatinTask(seed=0, eval_size=4)
+    from ulora_remote.scenarios.shocks import ShockStream
 
-        def batch(self, step: int) -> tuple[list[Example], bool]:
-            return self.task.train_batch(step, 4), False
-
-        def eval_examples(self) -> list[Example]:
-            return list(self.task.eval_examples())
+    Source = lambda: ShockStream(PigLatinTask(seed=0, eval_size=4), batch_size=4)  # noqa: E731
 
     backend = Recording("small", seed=0, checkpoint_dir=tmp_path / "ckpt")
     _run(tmp_path / "run", ScriptedController(mirror_at=7), backend=backend, source=Source(),
@@ -172,22 +183,23 @@ def test_rollback_restores_weights_and_optimizer_state_exactly_on_the_local_back
 
 @pytest.mark.parametrize("kind", ["plateau", "zskip", "scale-free"])
 def test_recovery_from_a_checkpoint_replays_a_policy_run_identically(tmp_path, kind) -> None:
-    from ulora_remote.control.stress import ScaleFreeController
+    from ulora_remote.control.stress import RatioStress
 
-    def make() -> Any:
-        inner = UnifiedController.from_preset("tinker")
+    def make() -> tuple[Any, tuple[Guard, ...]]:
         if kind == "plateau":
-            return PolicyController(inner, rule=PlateauRule(1e-3, patience=3, threshold=0.0))
+            return _plateau(PlateauRule(1e-3, patience=3, threshold=0.0)), ()
         if kind == "zskip":
-            return PolicyController(inner, fixed_lr=1e-3,
-                                    screen=ZScoreScreen(window=10, min_history=5))
-        return ScaleFreeController(ControllerConfig.preset("tinker", cooldown=0))
+            return _fixed(1e-3), (ZScoreGuard(window=10, min_history=5),)
+        config = ControllerConfig.preset("tinker", cooldown=0)
+        return UnifiedController(config, stress=RatioStress()), ()
 
     source = ShockSource([(20, 30)])
-    straight, _ = _run(tmp_path / "a", make(), source=source, checkpoint_every=15)
+    policy, guards = make()
+    straight, _ = _run(tmp_path / "a", policy, source=source, checkpoint_every=15, guards=guards)
     # The fake loses its state on its 25th forward_backward; the runner reloads step 15's
-    # checkpoint (backend and policy state) and replays.
-    recovered, _ = _run(tmp_path / "b", make(), backend=FakeBackend(lose_state_at_fb=[25]),
-                        source=source, checkpoint_every=15)
+    # checkpoint (backend, policy and guard state) and replays.
+    policy, guards = make()
+    recovered, _ = _run(tmp_path / "b", policy, backend=FakeBackend(lose_state_at_fb=[25]),
+                        source=source, checkpoint_every=15, guards=guards)
     columns = ["step", "loss", "phi", "mode", "lr"]
     pd.testing.assert_frame_equal(straight[columns], recovered[columns])

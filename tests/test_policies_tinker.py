@@ -20,8 +20,8 @@ torch.set_num_threads(1)
 from test_policies_runner import ScriptedController  # noqa: E402
 from ulora_remote.backends.tinker import TinkerBackend  # noqa: E402
 from ulora_remote.scenarios.pig_latin import PigLatinTask  # noqa: E402
+from ulora_remote.scenarios.shocks import ShockStream  # noqa: E402
 
-from ulora_remote.backend import Example  # noqa: E402
 from ulora_remote.run.rundir import RunDir  # noqa: E402
 from ulora_remote.run.runner import Runner, RunSettings  # noqa: E402
 
@@ -67,12 +67,8 @@ class ProbingBackend:
         self.after_load.append((ref, self._probe()))
 
 
-class Source:
-    def batch(self, step: int) -> tuple[list[Example], bool]:
-        return TASK.train_batch(step, 4), False
-
-    def eval_examples(self) -> list[Example]:
-        return list(TASK.eval_examples())
+def Source() -> ShockStream:  # noqa: N802 - reads like the class it stands for
+    return ShockStream(TASK, batch_size=4)
 
 
 @pytest.mark.slow
@@ -89,7 +85,7 @@ def test_rollback_on_tinker_restores_the_snapshot_at_lag_one(
     settings = RunSettings(run_name="rb", steps=10, lag=1, eval_every=10, eval_max_tokens=4,
                            checkpoint_every=0, log_every=100, snapshot_every=3, snapshot_keep=2)
     log = io.StringIO()
-    Runner(backend, ScriptedController(mirror_at=7), Source(), settings, rd, out=log).run()
+    Runner(backend, ScriptedController(mirror_at=7), (), Source(), settings, rd, out=log).run()
 
     assert "rolled back to the snapshot of step 3" in log.getvalue()
     assert "state lost" not in log.getvalue()  # no unread future of the replaced client

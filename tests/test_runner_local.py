@@ -40,12 +40,20 @@ def _replayed_lrs(steps: pd.DataFrame, cfg_overrides: dict, lag: int, warmup: in
     from ulora_remote.control.controller import UnifiedController
 
     replay = UnifiedController.from_preset("tinker", **cfg_overrides)
-    decided = []
+    decisions = [replay.decide(x) for x in steps["loss"]]
+    decided = [d.lr for d in decisions]
     for row in steps.itertuples():
-        d = replay.decide(row.loss)
-        decided.append(d.lr)
-        assert (row.e_smooth, row.phi, row.mode, row.mode_name, row.switched) == (
-            d.e_smooth, d.phi, d.mode, d.mode_name, d.switched), row.step
+        d = decisions[row.step]
+        assert (row.e_smooth, row.phi) == (d.e_smooth, d.phi), row.step
+        # mode and switch: the decision that set this step's LR
+        if row.step < warmup:
+            setter = (-1, "warmup", False)
+        elif row.step < lag:
+            setter = (1, "Multi", False)
+        else:
+            s = decisions[row.step - lag]
+            setter = (s.mode, s.mode_name, s.switched)
+        assert (row.mode, row.mode_name, row.switched) == setter, row.step
     for t, lr in enumerate(steps["lr"]):
         if t < warmup:
             expected = warmup_lr

@@ -25,8 +25,8 @@ def _run(tmp_path, backend=None, resume=False, source=None, **kw) -> tuple[RunDi
     if not resume:
         rd.prepare_new(force=True)
     backend = backend or FakeBackend()
-    runner = Runner(backend, UnifiedController.from_preset("tinker"), source or FakeSource(),
-                    _settings(**kw), rd, out=io.StringIO())
+    runner = Runner(backend, UnifiedController.from_preset("tinker"), (),
+                    source or FakeSource(), _settings(**kw), rd, out=io.StringIO())
     runner.run(resume=resume)
     return rd, backend
 
@@ -51,10 +51,18 @@ def test_rows_match_a_replayed_controller_and_the_applied_lr(tmp_path, lag, warm
     assert list(steps["step"]) == list(range(40))
     assert list(steps["shock"]) == [20 <= t < 30 for t in range(40)]
     replay = UnifiedController.from_preset("tinker")
+    decisions = [replay.decide(x) for x in steps["loss"]]
     for row in steps.itertuples():
-        d = replay.decide(row.loss)
-        assert (row.phi, row.e_smooth, row.mode, row.switched) == (
-            d.phi, d.e_smooth, d.mode, d.switched)
+        d = decisions[row.step]
+        assert (row.phi, row.e_smooth) == (d.phi, d.e_smooth)
+        # mode and switch: the decision that set this step's LR (lag steps earlier)
+        if row.step < warmup:
+            assert (row.mode, row.mode_name, row.switched) == (-1, "warmup", False)
+        elif row.step < lag:
+            assert (row.mode, row.mode_name, row.switched) == (1, "Multi", False)
+        else:
+            setter = decisions[row.step - lag]
+            assert (row.mode, row.switched) == (setter.mode, setter.switched)
     assert list(steps["lr"]) == _expected_lrs(steps, lag, warmup, 7e-4)
     applied = [lr for kind, lr in backend.calls if kind == "opt"]
     assert applied == list(steps["lr"])

@@ -59,7 +59,7 @@ def test_best_fixed_lr_and_zskip_lr_come_from_the_runs_files(study: Path) -> Non
     runs = sorted((study / "pig-latin-shock" / "shock").glob("fixed-*"))
     assert best_fixed_lr(runs) == by_hand
     config = (study / "pig-latin-shock" / "shock" / "zskip-s0" / "config.json").read_text()
-    assert f'"fixed_lr": {by_hand!r}' in config
+    assert f'"lr": {by_hand!r}' in config
 
 
 def test_table_metrics_match_a_hand_computation_from_evals_csv(study: Path) -> None:

@@ -1,4 +1,4 @@
-"""The backend protocol and its data types, with Tinker's semantics (shared/DESIGN.md §5).
+"""The backend protocol and its data types, with Tinker's semantics (docs/design.md, "Backends").
 
 Every backend (local torch+peft, the Tinker SDK, ...) implements ``TrainingBackend``. Training
 calls return a ``Future`` at once, so that the runner can pipeline; a synchronous call is
@@ -35,10 +35,20 @@ T_co = TypeVar("T_co", covariant=True)
 
 @dataclass(frozen=True)
 class Example:
-    """A text example: the loss falls on ``completion`` only, conditioned on ``prompt``."""
+    """A text example: the loss falls on ``completion`` only, conditioned on ``prompt``.
+
+    Attributes:
+        prompt: the text the model conditions on (for a causal LM, the rendered input).
+        completion: the target text; the loss falls on its tokens only.
+        inputs: structured inputs for a backend that takes them apart, e.g. the two sentences of
+            a pair for a sequence classifier; empty when ``prompt`` is the whole input.
+        task: the name of the task the example belongs to ("" for a single-task stream).
+    """
 
     prompt: str
     completion: str
+    inputs: tuple[str, ...] = ()
+    task: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The Unified-LoRA controller: loss in, stress signal φ, mode and learning rate out.
 
-Pure Python, no I/O, no torch. The exact semantics are those of shared/DESIGN.md §3; the README
-explains the two formulas and why the report's form cannot reach Mirror with θ1 ≥ 0.5.
+Pure Python, no I/O, no torch. The exact semantics are those of docs/design.md ("The
+controller"); the README explains the two formulas and why the report's form cannot reach
+Mirror with θ1 ≥ 0.5.
 
 Default ("readme") form, seed 000 and the reference ``controller.py``::
 
@@ -17,6 +18,13 @@ Report form (seed 001)::
     φ_t = (1-α)·φ_{t-1} + α·D_t
 
 Both start at φ = 0.5, Ê = 1.0, mode 1 (Multi), step 0.
+
+A stress object (``ulora_remote.control.stress.Stress``, for example the scale-free
+``RatioStress``) may replace the normalised loss term of the default form: then
+``D_t = (1-α_E)·stress.update(L_t) + α_E·E_t``; Ê is still the EMA of the loss and is logged.
+
+The controller is an ``LrPolicy`` (``ulora_remote.control.policy``): ``observe(Signal)`` is
+``decide(loss, external_stress)``.
 
 Options on top of either form, each off by default:
 
@@ -38,6 +46,8 @@ import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
+from ulora_remote.control.policy import Decision, Signal
+from ulora_remote.control.stress import Stress
 from ulora_remote.errors import ConfigurationError, InputError
 
 __all__ = [
@@ -46,7 +56,7 @@ __all__ = [
     "ControllerConfig",
     "Decision",
     "UnifiedController",
-]
+]  # Decision is defined in ulora_remote.control.policy
 
 Formula = Literal["readme", "report"]
 
@@ -149,23 +159,6 @@ PRESETS: dict[str, ControllerConfig] = {
 }
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What the controller decided on one update.
-
-    ``step`` is the 0-based index of this update; ``lr`` is the learning rate of ``mode``.
-    """
-
-    step: int
-    loss: float
-    e_smooth: float
-    phi: float
-    mode: int
-    mode_name: str
-    lr: float
-    switched: bool
-
-
 @dataclass
 class _State:
     phi: float = 0.5
@@ -188,13 +181,16 @@ class UnifiedController:
 
     Args:
         config: a full ``ControllerConfig``; or give its fields as keyword arguments.
+        stress: replaces Ê/(1+Ê) as the stress term (default form only); None keeps the seed's.
         **fields: any ``ControllerConfig`` field, e.g. ``alpha=0.1``; not with ``config``.
 
     Raises:
-        ConfigurationError: an invalid field (the message names it).
+        ConfigurationError: an invalid field (the message names it), or a stress object with
+            ``formula="report"``.
     """
 
-    def __init__(self, config: ControllerConfig | None = None, **fields_: Any) -> None:
+    def __init__(self, config: ControllerConfig | None = None, *, stress: Stress | None = None,
+                 **fields_: Any) -> None:
         if config is not None and fields_:
             raise ConfigurationError("pass either config=ControllerConfig(...) or fields, not both")
         known = {f.name for f in fields(ControllerConfig)}
@@ -204,12 +200,19 @@ class UnifiedController:
                 f"unknown controller option(s) {unknown}; valid options are {sorted(known)}"
             )
         self.config = config if config is not None else ControllerConfig(**fields_)
+        if stress is not None and self.config.formula != "readme":
+            raise ConfigurationError(
+                "a stress object replaces the default form's Ê/(1+Ê); it cannot be combined "
+                "with formula='report' — use formula='readme'"
+            )
+        self.stress = stress
         self._s = _State()
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> UnifiedController:
+    def from_preset(cls, name: str, *, stress: Stress | None = None,
+                    **overrides: Any) -> UnifiedController:
         """A controller from a named preset ('reference' or 'tinker') with overrides."""
-        return cls(ControllerConfig.preset(name, **overrides))
+        return cls(ControllerConfig.preset(name, **overrides), stress=stress)
 
     # -- the seed's attribute names ---------------------------------------------------------
     @property
@@ -238,6 +241,18 @@ class UnifiedController:
     def mode_name(self) -> str:
         return MODE_NAMES[self._s.mode]
 
+    # -- the LrPolicy contract ------------------------------------------------------------------
+    def initial_decision(self) -> Decision:
+        """The decision in force before the first update: the initial state's mode and LR."""
+        s = _State()
+        return Decision(step=-1, loss=math.nan, e_smooth=s.e_smooth, phi=s.phi,
+                        mode=s.mode, mode_name=MODE_NAMES[s.mode],
+                        lr=self.config.lrs[s.mode], switched=False)
+
+    def observe(self, signal: Signal) -> Decision:
+        """``decide(signal.loss, signal.external_stress)``."""
+        return self.decide(signal.loss, signal.external_stress)
+
     # -- the update --------------------------------------------------------------------------
     def update(self, loss: float, external_stress: float | None = None) -> float:
         """Feed one step's loss; return the learning rate to use (the seed's API)."""
@@ -264,7 +279,8 @@ class UnifiedController:
         if cfg.formula == "readme":
             if finite:
                 s.e_smooth = cfg.beta * s.e_smooth + (1 - cfg.beta) * loss
-            drive = (1 - cfg.alpha_e) * _squash(s.e_smooth) + cfg.alpha_e * e_ext
+            term = _squash(s.e_smooth) if self.stress is None else self.stress.update(loss)
+            drive = (1 - cfg.alpha_e) * term + cfg.alpha_e * e_ext
             if not finite:
                 drive = 1.0
         else:
@@ -283,8 +299,9 @@ class UnifiedController:
 
         t = s.step
         target = self._target_mode()
-        switched = False
+        switched, reason = False, ""
         if target != s.mode and (s.last_switch is None or t - s.last_switch >= cfg.cooldown):
+            reason = _switch_reason(s.mode, target, s.phi, cfg)
             s.mode, s.last_switch, switched = target, t, True
         s.step = t + 1
         return Decision(
@@ -296,6 +313,7 @@ class UnifiedController:
             mode_name=MODE_NAMES[s.mode],
             lr=cfg.lrs[s.mode],
             switched=switched,
+            reason=reason,
         )
 
     def _target_mode(self) -> int:
@@ -312,10 +330,10 @@ class UnifiedController:
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-identically (plain JSON-able values)."""
-        return {
-            "config": asdict(self.config),
-            "state": asdict(self._s),
-        }
+        state: dict[str, Any] = {"config": asdict(self.config), "state": asdict(self._s)}
+        if self.stress is not None:
+            state["stress"] = self.stress.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned; the config must match this controller's.
@@ -330,7 +348,22 @@ class UnifiedController:
                 f"controller state was saved with a different config (fields {diff}); "
                 "build the controller with the saved config to restore it"
             )
+        if (self.stress is None) != ("stress" not in state):
+            raise ConfigurationError(
+                "controller state was saved with a different stress (the default Ê/(1+Ê) vs a "
+                "stress object); build the controller the way the run was built"
+            )
         self._s = _State(**state["state"])
+        if self.stress is not None:
+            self.stress.load_state_dict(state["stress"])
+
+
+def _switch_reason(old: int, new: int, phi: float, cfg: ControllerConfig) -> str:
+    if new > old:
+        edge = cfg.theta1 if new == 2 else cfg.theta0
+        return f"phi {phi:.3f} >= theta{new - 1} {edge:g}"
+    edge = cfg.theta0 if new == 0 else cfg.theta1
+    return f"phi {phi:.3f} < theta{new} {edge:g}"
 
 
 def _squash(x: float) -> float:

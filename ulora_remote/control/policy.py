@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["NO_MODE", "LrDecision", "LrPolicy", "Signal"]
+__all__ = ["NO_MODE", "Decision", "LrPolicy", "Signal", "format_lr"]
 
-#: ``LrDecision.mode`` of a learning rate that no controller mode set (fixed, plateau, warm-up).
+#: ``Decision.mode`` of a learning rate that no controller mode set (fixed, plateau, warm-up).
 NO_MODE = -1
 
 
@@ -39,27 +39,31 @@ class Signal:
 
 
 @dataclass(frozen=True)
-class LrDecision:
+class Decision:
     """What a policy decided after one observation.
 
     Attributes:
-        step: 0-based index of the observation (the number of earlier ``decide`` calls).
-        lr: the learning rate this decision sets (≥ 0).
-        mode: the controller mode that set ``lr`` (0, 1, 2), or ``NO_MODE``.
-        mode_name: "Single", "Multi", "Mirror", or the policy's name when ``mode`` is NO_MODE.
-        switched: whether this decision changed the mode.
+        step: 0-based index of the observation (the number of earlier observations); -1 for
+            the decision in force before the first one.
+        loss: the observed loss (nats; NaN before the first observation).
+        e_smooth: the smoothed loss Ê after this observation (nats; "E_s" in the seed's logs).
         phi: the stress signal φ after this observation, in (0, 1).
-        e_smooth: the smoothed loss Ê after this observation (nats).
-        reason: why the mode switched (empty when it did not).
+        mode: the controller mode that set ``lr`` (0 Single, 1 Multi, 2 Mirror), or ``NO_MODE``.
+        mode_name: "Single", "Multi", "Mirror", or the policy's name when ``mode`` is NO_MODE.
+        lr: the learning rate this decision sets (≥ 0).
+        switched: whether this decision changed the mode (or, for a policy without modes, the
+            learning rate).
+        reason: why it switched (empty when it did not).
     """
 
     step: int
-    lr: float
+    loss: float
+    e_smooth: float
+    phi: float
     mode: int
     mode_name: str
+    lr: float
     switched: bool
-    phi: float
-    e_smooth: float
     reason: str = ""
 
 
@@ -67,17 +71,17 @@ class LrDecision:
 class LrPolicy(Protocol):
     """Sets the learning rate from the training losses; pure Python, never blocks, no I/O.
 
-    ``decide`` is called once per training step, in step order. ``initial_decision`` is what
+    ``observe`` is called once per training step, in step order. ``initial_decision`` is what
     applies to steps whose learning rate must be chosen before any loss was read (the first
     ``lag`` steps); it does not change the state. ``state_dict`` returns plain JSON-able values
     from which ``load_state_dict`` continues bit-identically.
     """
 
-    def initial_decision(self) -> LrDecision:
+    def initial_decision(self) -> Decision:
         """The decision in force before the first observation (``step`` = -1)."""
         ...
 
-    def decide(self, signal: Signal) -> LrDecision:
+    def observe(self, signal: Signal) -> Decision:
         """Observe one step; return the decision.
 
         Raises:
@@ -91,3 +95,12 @@ class LrPolicy(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Raises ConfigurationError when the state was saved by a differently built policy."""
         ...
+
+
+def format_lr(lr: float) -> str:
+    """A learning rate the way the seed writes it: ``1e-4``, ``5e-4``, ``2.5e-3``, ``0``."""
+    if lr == 0:
+        return "0"
+    mantissa, exponent = f"{lr:.3e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"

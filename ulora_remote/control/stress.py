@@ -18,23 +18,42 @@ times its value, so that a shock lasting many steps does not quickly become the 
 few hundred steps. Batch noise keeps the level a little below the mean, so at rest D is small but
 not zero (about 0.1 for ±30% batch-to-batch noise at gain 1).
 
-``ScaleFreeController`` feeds D to the ordinary ``UnifiedController`` as its external stress
-with α_E = 1, so the mode machine (thresholds, cooldown, Mirror-lock, derivative reaction) is the
-same one; Ê is still the EMA of the raw loss and is logged as usual.
+A ``UnifiedController`` built with ``stress=RatioStress(...)`` uses D in place of Ê/(1+Ê), so the
+mode machine (thresholds, cooldown, Mirror-lock, derivative reaction) is the same one; Ê is still
+the EMA of the raw loss and is logged as usual.
+
+``Stress`` is the contract such an object fulfils.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
-from ulora_remote.control.controller import ControllerConfig, Decision, UnifiedController
 from ulora_remote.errors import ConfigurationError
 
-__all__ = ["RatioStress", "RatioStressConfig", "ScaleFreeController"]
+__all__ = ["RatioStress", "RatioStressConfig", "Stress"]
 
 _TINY = 1e-12
+
+
+@runtime_checkable
+class Stress(Protocol):
+    """Turns each step's loss into the controller's stress term D_t in [0, 1]; pure, no I/O.
+
+    ``update`` is called once per step in step order with a loss ≥ 0 (nats), or a non-finite
+    one, which must give 1.0 (the strongest stress) without poisoning the object's state.
+    """
+
+    def update(self, loss: float) -> float:
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,60 +107,8 @@ class RatioStress:
         excess = cfg.gain * max(0.0, self.ratio - 1.0)
         return excess / (1.0 + excess)
 
-    def state_dict(self) -> dict[str, float | None]:
+    def state_dict(self) -> dict[str, Any]:
         return {"fast": self.fast, "slow": self.slow}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fast, self.slow = state["fast"], state["slow"]
-
-
-class ScaleFreeController:
-    """The Unified-LoRA mode machine driven by ``RatioStress`` instead of Ê/(1+Ê).
-
-    Args:
-        config: thresholds, LRs and options of the mode machine; ``alpha_e`` and ``formula``
-            are set here (1.0 and "readme") so that φ follows D_t alone.
-        stress: the ratio stress's parameters.
-    """
-
-    def __init__(self, config: ControllerConfig, stress: RatioStressConfig | None = None) -> None:
-        self.inner = UnifiedController(replace(config, alpha_e=1.0, formula="readme"))
-        self.stress = RatioStress(stress)
-
-    @property
-    def config(self) -> ControllerConfig:
-        return self.inner.config
-
-    @property
-    def mode(self) -> int:
-        return self.inner.mode
-
-    @property
-    def phi(self) -> float:
-        return self.inner.phi
-
-    def decide(self, loss: float, external_stress: float | None = None) -> Decision:
-        """One update; ``external_stress`` is not supported (the ratio is the stress).
-
-        Raises:
-            InputError: a negative loss (from the inner controller).
-            ConfigurationError: an external stress was given.
-        """
-        if external_stress is not None:
-            raise ConfigurationError(
-                "ScaleFreeController takes no external stress; the loss ratio is its stress"
-            )
-        if float(loss) < 0:
-            return self.inner.decide(loss)  # raises the controller's InputError
-        return self.inner.decide(loss, self.stress.update(loss))
-
-    def update(self, loss: float) -> float:
-        """The seed's API: feed a loss, get the learning rate."""
-        return self.decide(loss).lr
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"controller": self.inner.state_dict(), "ratio": self.stress.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state["controller"])
-        self.stress.load_state_dict(state["ratio"])

@@ -25,17 +25,11 @@ import pandas as pd
 
 from ulora_remote.backend import TrainingBackend
 from ulora_remote.errors import ConfigurationError
-from ulora_remote.run.builders import (
-    build_backend,
-    build_controller,
-    build_settings,
-    build_source,
-    effective_lag,
-    method_label,
-)
+from ulora_remote.run.builders import RunParts, build_parts, method_label
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.run.runner import Runner
 from ulora_remote.run.summary import write_report
+from ulora_remote.scenarios.schema import Scenario
 
 __all__ = ["RunResult", "default_run_dir", "load_run", "resume_run", "run_scenario"]
 
@@ -69,14 +63,14 @@ def load_run(run_dir: str | Path) -> RunResult:
     return RunResult(rd.path, steps, evals, rd.read_summary(), config)
 
 
-def default_run_dir(scenario: Any, root: str | Path = "runs") -> Path:
+def default_run_dir(scenario: Scenario, root: str | Path = "runs") -> Path:
     """``runs/<scenario>-<method>-s<seed>-<UTC time>``."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return Path(root) / f"{scenario.name}-{method_label(scenario)}-s{scenario.seed}-{stamp}"
 
 
 def run_scenario(
-    scenario: Any,
+    scenario: Scenario | str | Path,
     *,
     backend: TrainingBackend | None = None,
     out: str | Path | None = None,
@@ -132,8 +126,6 @@ def resume_run(
     Raises:
         ConfigurationError: not a run directory, or the run already finished.
     """
-    from ulora_remote.scenarios import Scenario
-
     rd = RunDir(run_dir)
     config = rd.read_config()
     if rd.finished:
@@ -145,7 +137,7 @@ def resume_run(
     return _execute(_build(scenario, rd, backend, log_every), rd, resume=True, console=console)
 
 
-def _resolve(scenario: Any, overrides: Sequence[str]) -> Any:
+def _resolve(scenario: Scenario | str | Path, overrides: Sequence[str]) -> Scenario:
     from ulora_remote.scenarios import load_scenario
 
     if isinstance(scenario, str | Path):
@@ -158,33 +150,23 @@ def _resolve(scenario: Any, overrides: Sequence[str]) -> Any:
     return scenario
 
 
-@dataclass(frozen=True)
-class _Parts:
-    settings: Any
-    controller: Any
-    source: Any
-    backend: TrainingBackend
+def _build(scenario: Scenario, rd: RunDir, backend: TrainingBackend | None,
+           log_every: int) -> RunParts:
+    return build_parts(scenario, rd.path.name, rd.checkpoint_dir, backend=backend,
+                       log_every=log_every)
 
 
-def _build(scenario: Any, rd: RunDir, backend: TrainingBackend | None, log_every: int) -> _Parts:
-    settings = build_settings(scenario, rd.path.name, log_every=log_every)
-    controller = build_controller(scenario)
-    source = build_source(scenario)
-    backend = backend if backend is not None else build_backend(scenario, rd.checkpoint_dir)
-    return _Parts(settings, controller, source, backend)
-
-
-def _execute(parts: _Parts, rd: RunDir, *, resume: bool, console: TextIO | None) -> RunResult:
-    Runner(parts.backend, parts.controller, parts.source, parts.settings, rd,
+def _execute(parts: RunParts, rd: RunDir, *, resume: bool, console: TextIO | None) -> RunResult:
+    Runner(parts.backend, parts.policy, parts.guards, parts.source, parts.settings, rd,
            out=console).run(resume=resume)
     write_report(rd)
     return load_run(rd.path)
 
 
-def _config_record(scenario: Any) -> dict[str, Any]:
+def _config_record(scenario: Scenario) -> dict[str, Any]:
     return {
         "scenario": scenario.model_dump(mode="json"),
-        "lag": effective_lag(scenario),
+        "lag": scenario.lag,
         "warmup_steps": scenario.warmup_steps,
         "warmup_lr": scenario.warmup_lr,
         "method": method_label(scenario),

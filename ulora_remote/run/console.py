@@ -11,16 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from ulora_remote.control.policy import format_lr
+from ulora_remote.run.steps import StepRow
+
 __all__ = ["Console", "format_lr"]
-
-
-def format_lr(lr: float) -> str:
-    """A learning rate the way the seed writes it: ``1e-4``, ``5e-4``, ``2.5e-3``, ``0``."""
-    if lr == 0:
-        return "0"
-    mantissa, exponent = f"{lr:.3e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
 
 
 class Console:
@@ -45,21 +39,28 @@ class Console:
         self.out.write(text + "\n")
         self.out.flush()
 
-    def step(self, row: Mapping[str, Any], log_every: int) -> None:
-        """Log a step row every ``log_every`` steps and on every switch; redraw the bar."""
-        u = int(row["step"])
-        if (log_every > 0 and u % log_every == 0) or row["switched"]:
-            text = (
-                f"[{u}] Mode={row['mode']} φ={row['phi']:.3f} E_s={row['e_smooth']:.3f} "
-                f"lr={format_lr(row['lr'])}"
-            )
-            if row["shock"]:
+    def step(self, row: StepRow, log_every: int) -> None:
+        """Log a step row every ``log_every`` steps and on every switch; redraw the bar.
+
+        ``Mode=2`` when a controller mode set the LR, else the setter's name (``fixed``,
+        ``warmup``, ``plateau``); ``kept=k/n`` when a guard rejected examples.
+        """
+        u = row.step
+        if (log_every > 0 and u % log_every == 0) or row.switched:
+            setter = f"Mode={row.mode}" if row.mode >= 0 else row.mode_name
+            text = (f"[{u}] {setter} φ={row.phi:.3f} E_s={row.e_smooth:.3f} "
+                    f"lr={format_lr(row.lr)}")
+            if row.shock:
                 text += " shock"
-            if row["switched"]:
-                text += f" -> {row['mode_name']}"
+            if row.skipped:
+                text += " skipped"
+            if row.switched:
+                text += f" -> {row.mode_name}"
+                if row.reason:
+                    text += f" ({row.reason})"
             self.line(text)
         if self.tty:
-            self._bar(u + 1, float(row["loss"]))
+            self._bar(u + 1, row.loss)
 
     def eval(self, row: Mapping[str, Any]) -> None:
         self.line(

@@ -1,6 +1,6 @@
 """The run directory: every file a run leaves behind, and how it is written and truncated.
 
-Layout (shared/DESIGN.md §6)::
+Layout (docs/design.md, "The run directory")::
 
     config.json        resolved scenario, lag, warm-up, versions; never a secret
     steps.csv          one row a step, append-only during a run, flushed as it goes
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ulora_remote.errors import CheckpointError, ConfigurationError
+from ulora_remote.run.steps import STEP_COLUMNS
 
 __all__ = [
     "EVAL_COLUMNS",
@@ -35,10 +36,6 @@ __all__ = [
     "scrub_secrets",
 ]
 
-STEP_COLUMNS: tuple[str, ...] = (
-    "step", "shock", "loss", "e_smooth", "phi", "mode", "mode_name",
-    "lr", "switched", "tokens", "wall_s",
-)
 EVAL_COLUMNS: tuple[str, ...] = ("step", "eval_loss", "exact_match")
 
 _SECRET_KEY = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
@@ -229,9 +226,9 @@ class RunDir:
             except json.JSONDecodeError:
                 continue  # the tail of a line cut by a kill
         for r in records:
-            if not {"step", "ref", "controller"} <= set(r):
+            if not {"step", "ref", "policy"} <= set(r):
                 raise CheckpointError(
-                    f"{self.checkpoints_path}: a record lacks step/ref/controller: {sorted(r)}"
+                    f"{self.checkpoints_path}: a record lacks step/ref/policy: {sorted(r)}"
                 )
         return records
 

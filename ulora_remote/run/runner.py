@@ -1,85 +1,50 @@
-"""The training loop: batches in, controller decisions, one row a step, evaluations, checkpoints.
+"""The training loop: batches in, guards and policy decisions, one row a step, evaluations,
+checkpoints (docs/design.md, "The runner").
 
-One generic loop over futures covers every control lag L ≥ 0 and pipelines on Tinker for free::
+One loop over futures covers every control lag L ≥ 0 and pipelines on Tinker for free::
 
     for t in range(start, steps):
-        fb[t] = backend.forward_backward(batch_t)        # submit; may run ahead of reading
-        read every unread step u ≤ t − L, in order:      # loss_u → controller → row u
-        opt[t] = backend.optim_step(lr_t)                # lr_t from the decision of step t − L
+        guards judge batch_t (screening forward)       # only when the run has guards
+        submit forward_backward(kept examples of t)     # may run ahead of reading
+        read every unread step u ≤ t − L, in order:     # loss_u → policy → row u
+        submit optim_step(lr_t)                         # lr_t set by the decision after t − L
 
 With L = 0 that is the seed's quick start; with L = 1 the next batch is submitted before the
 current loss is read (one Tinker clock cycle a step). ``lr_t`` is ``warmup_lr`` for
-``t < warmup_steps``, else ``fixed_lr`` for a fixed baseline, else the LR of the controller's
-mode after loss_{t−L} (its initial mode, Multi, while ``t < L``). The controller observes every
-loss, also during warm-up and in a fixed baseline, so φ is always logged.
+``t < warmup_steps``, else the ``lr`` of the policy's decision after step ``t − L`` (its
+``initial_decision()`` while ``t < L``). The policy observes every loss, warm-up included.
 
-Boundaries. At a step boundary k (k optimizer steps applied) the pipeline is drained, then the
-clean evaluation runs (k = 0, every ``eval_every``, and k = steps), then a checkpoint is saved
-(k = 0, every ``checkpoint_every`` when > 0, and k = steps). An evaluation row's ``step`` is k:
-the model after k updates, before the update of step k. The step-0 checkpoint makes in-process
-recovery possible before the first periodic one.
+Boundaries. At a step boundary k (k optimizer steps applied) every submitted step is read and
+its optimizer step confirmed, then the clean evaluation runs (k = 0, every ``eval_every``, and
+k = steps), then a checkpoint is saved (k = 0, every ``checkpoint_every`` when > 0, and
+k = steps). An evaluation row's ``step`` is k: the model after k updates. The step-0 checkpoint
+makes in-process recovery possible before the first periodic one.
 
-Resume and recovery restore the last checkpoint k (backend state, controller, the LRs already
-decided for steps k..k+L−1), truncate the tables to rows < k and replay from k. Batches are a
-function of (seed, step), so a resumed run reproduces the uninterrupted one.
+Resume and recovery restore the last checkpoint k (backend state, policy, guards, the decisions
+that set the LRs of steps k..k+L−1), truncate the tables to rows < k and replay from k. Batches
+are a function of (seed, step), so a resumed run reproduces the uninterrupted one.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TextIO
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import TextIO
 
-from ulora_remote.backend import AdamParams, Completed, Example, Future, TrainingBackend
-from ulora_remote.control.controller import UnifiedController
-from ulora_remote.control.policies import SnapshotKeeper
+from ulora_remote.backend import AdamParams, Completed, TrainingBackend
+from ulora_remote.control.guard import Guard
+from ulora_remote.control.policy import Decision, LrPolicy, Signal
+from ulora_remote.control.snapshots import SnapshotKeeper
 from ulora_remote.errors import BackendError, CheckpointError, StateLostError
 from ulora_remote.run.console import Console
 from ulora_remote.run.rundir import CsvAppender, RunDir
+from ulora_remote.run.steps import RunSettings, StepRow, SubmittedStep, warmup_decision
+from ulora_remote.task import BatchSource
 
-__all__ = ["BatchSource", "RunSettings", "Runner"]
-
-
-class BatchSource(Protocol):
-    """What the runner needs of a task: deterministic batches by step and a clean eval set."""
-
-    def batch(self, step: int) -> tuple[Sequence[Example], bool]:
-        """The batch of ``step`` and whether it is a shock batch; a pure function of the step."""
-        ...
-
-    def eval_examples(self) -> Sequence[Example]:
-        """The clean held-out examples (the same on every call)."""
-        ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunSettings:
-    """Plain values the loop needs; built from a scenario by ``ulora_remote.run.builders``.
-
-    ``fixed_lr`` None means the controller drives the LR; a number makes a fixed baseline.
-    ``optimizer`` holds AdamParams fields other than ``learning_rate``.
-    ``snapshot_every`` > 0 keeps stability snapshots and rolls back on entering Mirror
-    (``ulora_remote.control.policies.SnapshotKeeper``; not carried across a resume).
-    """
-
-    run_name: str
-    steps: int
-    lag: int = 0
-    warmup_steps: int = 0
-    warmup_lr: float = 5e-4
-    fixed_lr: float | None = None
-    optimizer: Mapping[str, float] = field(default_factory=dict)
-    eval_every: int = 25
-    eval_max_tokens: int = 24
-    checkpoint_every: int = 100
-    log_every: int = 25
-    max_recoveries: int = 3
-    result_timeout_s: float | None = None
-    snapshot_every: int = 0
-    snapshot_keep: int = 2
+__all__ = ["RunSettings", "Runner"]
 
 
 class Runner:
@@ -87,42 +52,36 @@ class Runner:
 
     Args:
         backend: any ``TrainingBackend``; closed when ``run`` returns or raises.
-        controller: a fresh controller (restored from the checkpoint on resume).
-        source: batches and eval examples.
+        policy: sets the learning rate (restored from the checkpoint on resume).
+        guards: judge each batch before it is trained on (empty: no screening forward).
+        source: batches, eval examples and their scoring.
         settings: the loop's parameters.
         rundir: where tables and checkpoint records go (config.json is the caller's job).
         out: the console stream (stdout by default).
     """
 
-    def __init__(
-        self,
-        backend: TrainingBackend,
-        controller: UnifiedController,
-        source: BatchSource,
-        settings: RunSettings,
-        rundir: RunDir,
-        out: TextIO | None = None,
-    ) -> None:
-        self.backend, self.controller, self.source = backend, controller, source
-        self.s, self.rundir = settings, rundir
+    def __init__(self, backend: TrainingBackend, policy: LrPolicy, guards: Sequence[Guard],
+                 source: BatchSource, settings: RunSettings, rundir: RunDir,
+                 out: TextIO | None = None) -> None:
+        self.backend, self.policy, self.guards = backend, policy, list(guards)
+        self.source, self.s, self.rundir = source, settings, rundir
         self.console = Console(out or sys.stdout, settings.steps)
         self.recoveries = 0
-        self._decided_lr: dict[int, float] = {}
+        self._decisions: dict[int, Decision] = {}  # decision after step u, kept while needed
+        self._unread: deque[SubmittedStep] = deque()  # submitted, loss not read yet
+        self._unconfirmed: deque[SubmittedStep] = deque()  # optim_step not awaited yet
         self._wall_offset_s = 0.0
         self._t0 = time.monotonic()
         self._rows_written = 0
         self._steps_csv: CsvAppender | None = None
         self._evals_csv: CsvAppender | None = None
-        # Baselines and variants (ulora_remote.control.policies): steps skipped by a loss
-        # screen (their row logs the screened loss with lr 0) and the Mirror rollback snapshots.
-        self._skipped: set[int] = set()
         self._snapshots = self._new_snapshot_keeper()
 
     def _new_snapshot_keeper(self) -> SnapshotKeeper | None:
         if self.s.snapshot_every <= 0:
             return None
         return SnapshotKeeper(self.s.snapshot_every, self.s.snapshot_keep,
-                              mode=int(getattr(self.controller, "mode", 1)))
+                              mode=self.policy.initial_decision().mode)
 
     # -- entry point ----------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> None:
@@ -162,8 +121,10 @@ class Runner:
         return self._restore(required=True)
 
     def _restore(self, *, required: bool) -> int:
-        """Load the last checkpoint into backend and controller, truncate tables; return k."""
+        """Load the last checkpoint into backend, policy and guards, truncate tables; return k."""
         self._close_tables()
+        self._unread.clear()
+        self._unconfirmed.clear()
         ckpt = self.rundir.last_checkpoint()
         if ckpt is None:
             if required:
@@ -175,8 +136,10 @@ class Runner:
             return 0
         k = int(ckpt["step"])
         self.backend.load_state(str(ckpt["ref"]))
-        self.controller.load_state_dict(ckpt["controller"])
-        self._decided_lr = {int(u): float(lr) for u, lr in ckpt.get("decided_lrs", {}).items()}
+        self.policy.load_state_dict(ckpt["policy"])
+        for guard, state in zip(self.guards, ckpt.get("guards", []), strict=True):
+            guard.load_state_dict(state)
+        self._decisions = {int(u): Decision(**d) for u, d in ckpt.get("decisions", {}).items()}
         self._wall_offset_s = float(ckpt.get("wall_s", 0.0))
         self._t0 = time.monotonic()
         self.rundir.truncate_tables(k)
@@ -188,26 +151,86 @@ class Runner:
     def _train_from(self, start: int) -> None:
         self._open_tables()
         self._rows_written = start
-        fb: dict[int, Future[Any]] = {}
-        opt: dict[int, Future[Any]] = {}
-        shock: dict[int, bool] = {}
-        self._next_read = start
         for t in range(start, self.s.steps):
-            self._boundary(t, fb, opt, shock, skip_checkpoint=(t == start and t > 0))
-            self._snapshot_or_rollback(t, fb, opt, shock)
-            batch, shock[t] = self.source.batch(t)
-            skip = self._screen(t, batch, fb)
-            if not skip:
-                fb[t] = self.backend.forward_backward(batch)
-            self._read_until(t - self.s.lag, fb, opt, shock)
-            if not skip:
-                params = AdamParams(learning_rate=self._lr(t), **dict(self.s.optimizer))
-                opt[t] = self.backend.optim_step(params)
-        self._boundary(self.s.steps, fb, opt, shock, skip_checkpoint=(start == self.s.steps))
+            self._boundary(t, skip_checkpoint=(t == start and t > 0))
+            self._snapshot_or_rollback(t)
+            submitted = self._submit(t)
+            self._unread.append(submitted)
+            self._drain(t - self.s.lag)
+            if not submitted.skipped:
+                params = AdamParams(learning_rate=self._lr_decision(t).lr, **self.s.optimizer)
+                submitted.optim = self.backend.optim_step(params)
+                self._unconfirmed.append(submitted)
+        self._boundary(self.s.steps, skip_checkpoint=(start == self.s.steps))
         self.console.done()
 
-    def _boundary(self, k: int, fb: dict[int, Future[Any]], opt: dict[int, Future[Any]],
-                  shock: dict[int, bool], *, skip_checkpoint: bool) -> None:
+    def _submit(self, t: int) -> SubmittedStep:
+        """Judge step t's batch with the guards (a blocking screening forward) and submit the
+        ``forward_backward`` of the examples they keep; a step with none kept is skipped."""
+        batch = self.source.batch(t)
+        examples, size = batch.examples, len(batch.examples)
+        if not self.guards:
+            return SubmittedStep(t, batch.shock, size, size,
+                                 self.backend.forward_backward(examples))
+        screened = self.backend.forward(examples).result(self.s.result_timeout_s)
+        keep = [True] * size
+        for guard in self.guards:
+            keep = [a and b for a, b in zip(keep, guard.judge(t, screened).keep, strict=True)]
+        kept = [e for e, k in zip(examples, keep, strict=True) if k]
+        if not kept:
+            return SubmittedStep(t, batch.shock, size, 0, Completed(screened))
+        return SubmittedStep(t, batch.shock, size, len(kept), self.backend.forward_backward(kept))
+
+    def _drain(self, limit: int) -> None:
+        """Read steps up to ``limit`` in order: loss → policy → row. A read step's optimizer
+        steps (and those before it) are confirmed before its row is written."""
+        while self._unread and self._unread[0].step <= limit:
+            submitted = self._unread.popleft()
+            u = submitted.step
+            result = submitted.result.result(self.s.result_timeout_s)
+            stress = submitted.rejected_fraction if self.guards else None
+            decision = self.policy.observe(Signal(float(result.mean_loss), stress))
+            self._decisions[u] = decision
+            if self._snapshots is not None:
+                self._snapshots.observe(decision)
+            self._confirm(u)
+            self._write_row(submitted, decision, float(result.tokens))
+
+    def _confirm(self, limit: int) -> None:
+        while self._unconfirmed and self._unconfirmed[0].step <= limit:
+            optim = self._unconfirmed.popleft().optim
+            if optim is not None:
+                optim.result(self.s.result_timeout_s)
+
+    def _write_row(self, submitted: SubmittedStep, seen: Decision, tokens: float) -> None:
+        u = submitted.step
+        setter = self._lr_decision(u)
+        row = StepRow(
+            step=u, shock=submitted.shock, loss=seen.loss, e_smooth=seen.e_smooth, phi=seen.phi,
+            mode=setter.mode, mode_name=setter.mode_name,
+            lr=0.0 if submitted.skipped else setter.lr, switched=setter.switched,
+            kept=submitted.kept, skipped=submitted.skipped, tokens=tokens,
+            wall_s=round(self._wall_s(), 4), reason=setter.reason,
+        )
+        assert self._steps_csv is not None
+        self._steps_csv.write(row.as_dict())
+        self._rows_written = u + 1
+        self._decisions.pop(u - self.s.lag - 1, None)  # no later step's LR comes from it
+        self.console.step(row, self.s.log_every)
+
+    def _lr_decision(self, t: int) -> Decision:
+        """The decision that sets step t's learning rate (see the module docstring)."""
+        if t < self.s.warmup_steps:
+            return warmup_decision(self.s.warmup_lr)
+        source = t - self.s.lag
+        return self._decisions[source] if source >= 0 else self.policy.initial_decision()
+
+    def _settle(self, k: int) -> None:
+        """Read every step before boundary k and confirm every optimizer step."""
+        self._drain(k - 1)
+        self._confirm(k - 1)
+
+    def _boundary(self, k: int, *, skip_checkpoint: bool) -> None:
         last = k == self.s.steps
         eval_due = last or k % self.s.eval_every == 0
         ckpt_due = not skip_checkpoint and (
@@ -215,82 +238,22 @@ class Runner:
         )
         if not (eval_due or ckpt_due):
             return
-        self._read_until(k - 1, fb, opt, shock)
-        for u in sorted(opt):  # with lag 0 the last optim step is still in flight
-            opt.pop(u).result(self.s.result_timeout_s)
+        self._settle(k)
         if eval_due:
             self._evaluate(k)
         if ckpt_due:
             self._checkpoint(k)
 
-    def _read_until(self, limit: int, fb: dict[int, Future[Any]], opt: dict[int, Future[Any]],
-                    shock: dict[int, bool]) -> None:
-        """Read results of steps ``next_read..limit`` in order, decide, and write their rows."""
-        while self._next_read <= limit:
-            u = self._next_read
-            result = fb.pop(u).result(self.s.result_timeout_s)
-            loss = float(result.mean_loss)
-            decision = self.controller.decide(loss)
-            self._decided_lr[u] = decision.lr
-            if self._snapshots is not None:
-                self._snapshots.observe(decision)
-            if u in opt:
-                opt.pop(u).result(self.s.result_timeout_s)
-            row = {
-                "step": u, "shock": shock.pop(u), "loss": loss,
-                "e_smooth": decision.e_smooth, "phi": decision.phi, "mode": decision.mode,
-                "mode_name": decision.mode_name, "lr": 0.0 if u in self._skipped else self._lr(u),
-                "switched": decision.switched, "tokens": float(result.tokens),
-                "wall_s": round(self._wall_s(), 4),
-            }
-            assert self._steps_csv is not None
-            self._steps_csv.write(row)
-            self._rows_written = u + 1
-            self._next_read = u + 1
-            self._skipped.discard(u)
-            self.console.step(row, self.s.log_every)
-
-    def _lr(self, t: int) -> float:
-        """The learning rate applied at step t (see the module docstring)."""
-        if t < self.s.warmup_steps:
-            return self.s.warmup_lr
-        if self.s.fixed_lr is not None:
-            return self.s.fixed_lr
-        source = t - self.s.lag
-        if source < 0:
-            # The controller starts in Multi; a baseline policy names its own first LR.
-            return float(getattr(self.controller, "initial_lr", self.controller.config.lrs[1]))
-        return self._decided_lr[source]
-
-    # -- baselines and variants (ulora_remote.control.policies) -------------------------------
-    def _screen(self, t: int, batch: Sequence[Example], fb: dict[int, Future[Any]]) -> bool:
-        """Screen the batch with a gradient-free forward when the policy asks; True = skip it.
-
-        A skipped step keeps the screened result as its row's loss and submits no update.
-        """
-        screen = getattr(self.controller, "screen", None)
-        if screen is None or not getattr(self.controller, "screens", False):
-            return False
-        screened = self.backend.forward(batch).result(self.s.result_timeout_s)
-        if not screen(float(screened.mean_loss)):
-            return False
-        fb[t] = Completed(screened)
-        self._skipped.add(t)
-        return True
-
-    def _snapshot_or_rollback(self, t: int, fb: dict[int, Future[Any]],
-                              opt: dict[int, Future[Any]], shock: dict[int, bool]) -> None:
+    def _snapshot_or_rollback(self, t: int) -> None:
         """At boundary t: restore the oldest stability snapshot after a switch into Mirror, or
-        save one while stable (DESIGN.md §4). Every submitted step is read and drained first, as
-        at an evaluation boundary: a snapshot then holds every step < t, a rollback is not undone
-        by an update in flight, and no future of the replaced Tinker client is left unread (it
-        would refuse its result with StateLostError)."""
+        save one while stable (docs/design.md, "Mirror"). Every submitted step is read and
+        confirmed first, as at an evaluation boundary: a snapshot then holds every step < t, a
+        rollback is not undone by an update in flight, and no future of a replaced Tinker client
+        is left unread (it would refuse its result with StateLostError)."""
         keeper = self._snapshots
         if keeper is None or not (keeper.pending or keeper.due(t)):
             return
-        self._read_until(t - 1, fb, opt, shock)
-        for u in sorted(opt):
-            opt.pop(u).result(self.s.result_timeout_s)
+        self._settle(t)
         if keeper.pending:
             target = keeper.take_rollback()
             if target is not None:
@@ -304,35 +267,26 @@ class Runner:
         examples = list(self.source.eval_examples())
         result = self.backend.forward(examples).result(self.s.result_timeout_s)
         outputs = self.backend.sample([e.prompt for e in examples], self.s.eval_max_tokens)
-        pairs = zip(outputs, examples, strict=True)
-        hits = sum(o.strip() == e.completion.strip() for o, e in pairs)
-        row = {"step": k, "eval_loss": float(result.mean_loss),
-               "exact_match": hits / len(examples) if examples else math.nan}
+        scores = self.source.score(outputs)
+        row = {"step": k, "eval_loss": float(result.mean_loss), "exact_match": scores.exact_match}
         assert self._evals_csv is not None
         self._evals_csv.write(row)
         self.console.eval(row)
-        self._score_eval(k, outputs)
-
-    def _score_eval(self, k: int, outputs: Sequence[str]) -> None:
-        """Record the scores of a source that scores its own task (accuracy, F1, majority)."""
-        score = getattr(self.source, "score_eval", None)
-        if not callable(score):
-            return
-        scores = score(outputs)
-        self.rundir.append_eval_scores({"step": k, **scores.to_dict()})
-        self.console.line(f"[{k}] {scores.describe()}")
+        if scores.details is not None:
+            self.rundir.append_eval_scores({"step": k, **scores.details})
+            self.console.line(f"[{k}] {scores.summary}")
 
     def _checkpoint(self, k: int) -> None:
         assert self._steps_csv is not None and self._evals_csv is not None
         self._steps_csv.flush()
         self._evals_csv.flush()
         ref = self.backend.save_state(f"{self.s.run_name}-step{k:06d}")
-        keep = range(max(0, k - self.s.lag), k)
-        self._decided_lr = {u: lr for u, lr in self._decided_lr.items() if u >= keep.start}
+        # The LRs of steps k..k+L-1 come from the decisions after steps k-L..k-1.
+        carried = {str(u): asdict(self._decisions[u]) for u in range(max(0, k - self.s.lag), k)}
         self.rundir.append_checkpoint({
-            "step": k, "ref": ref, "controller": self.controller.state_dict(),
-            "rows": k, "decided_lrs": {str(u): self._decided_lr[u] for u in keep},
-            "wall_s": round(self._wall_s(), 4),
+            "step": k, "ref": ref, "policy": self.policy.state_dict(),
+            "guards": [g.state_dict() for g in self.guards], "rows": k,
+            "decisions": carried, "wall_s": round(self._wall_s(), 4),
         })
 
     # -- files ------------------------------------------------------------------------------------

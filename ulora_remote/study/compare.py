@@ -83,7 +83,7 @@ def compare_scenario(
 def _methods(base: Any) -> list[list[str]]:
     methods = [['controller.method="controller"']]
     for lr in base.baselines.fixed_lrs:
-        methods.append(['controller.method="fixed"', f"controller.fixed_lr={lr!r}"])
+        methods.append(['controller.method="fixed"', f"controller.lr={lr!r}"])
     return methods
 
 

@@ -40,12 +40,13 @@ __all__ = [
 # Named variants (scenario overrides). The fixed LRs come from the scenario's baselines.
 V2 = ("controller.cooldown=30", "controller.mirror_lock=true", "controller.derivative_gain=2.0")
 METHODS: dict[str, tuple[str, ...]] = {
-    "plateau": ('controller.method="plateau"', "controller.fixed_lr={top_lr}",
-                "controller.policy.plateau_min_lr={low_lr}"),
-    "zskip": ('controller.method="zskip"', "controller.fixed_lr={best_lr}"),
+    "plateau": ('controller.method="plateau"', "controller.lr={top_lr}",
+                "controller.plateau.min_lr={low_lr}"),
+    "zskip": ('controller.method="fixed"', "controller.lr={best_lr}",
+              'controller.guard.kind="zskip"'),
     "v1": ('controller.method="controller"', "controller.cooldown=0"),
     "v2": ('controller.method="controller"', *V2),
-    "v2-snapshot": ('controller.method="controller"', *V2, "controller.policy.snapshot_every=25"),
+    "v2-snapshot": ('controller.method="controller"', *V2, "controller.snapshots.every=25"),
     "scale-free": ('controller.method="controller"', 'controller.stress="ratio"',
                    "controller.cooldown=0"),
     "v1-lag1": ('controller.method="controller"', "controller.cooldown=0", "lag=1"),
@@ -98,7 +99,7 @@ def fixed_specs(plan: StudyPlan, out: Path, scenario: str, condition: str) -> li
     """The fixed-LR runs of one scenario and condition."""
     lrs = _fixed_lrs(plan, scenario)
     return [_spec(plan, out, scenario, condition, f"fixed-{_fmt(lr)}",
-                  ('controller.method="fixed"', f"controller.fixed_lr={lr!r}"), seed)
+                  ('controller.method="fixed"', f"controller.lr={lr!r}"), seed)
             for lr in lrs for seed in plan.seeds]
 
 
@@ -140,7 +141,7 @@ def best_fixed_lr(run_dirs: Sequence[Path]) -> float:
         summary, config = rd.read_summary(), rd.read_config()
         if summary is None:
             raise ConfigurationError(f"{path} is unfinished; run the study again to finish it")
-        lr = float(config["scenario"]["controller"]["fixed_lr"])
+        lr = float(config["scenario"]["controller"]["lr"])
         by_lr.setdefault(lr, []).append(float(summary["final"]["eval_loss"]))
     return min(by_lr, key=lambda lr: (sum(by_lr[lr]) / len(by_lr[lr]), lr))
 

@@ -1,0 +1,274 @@
+"""The scenario's ``[controller]`` section: which policy sets the learning rate, with its stress,
+guard and snapshots. One pydantic model per kind; each builds its own object.
+
+    [controller]                 method = "controller" | "fixed" | "plateau"
+    preset = "tinker"            the seed's controller (or the φ observer of fixed and plateau)
+    cooldown = 30                any ControllerConfig field overrides the preset
+    lr = 2e-3                    fixed and plateau: the (starting) learning rate
+    [controller.stress]          method "controller": kind = "ema" (the seed's) | "ratio"
+    [controller.snapshots]       method "controller": every = 25, keep = 2 (Mirror rollback)
+    [controller.plateau]         method "plateau": factor, patience, threshold, cooldown, min_lr
+    [controller.guard]           every method: kind = "none" | "zskip" (z, window, min_history)
+
+Adding a guard is one class here (a union member with ``build``) plus its module;
+docs/extending.md walks through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from ulora_remote.control.controller import ControllerConfig, UnifiedController
+from ulora_remote.control.guard import Guard, ZScoreGuard
+from ulora_remote.control.policies import FixedPolicy, PlateauPolicy, PlateauRule
+from ulora_remote.control.policy import LrPolicy, format_lr
+from ulora_remote.control.stress import RatioStress, RatioStressConfig, Stress
+from ulora_remote.errors import ConfigurationError
+from ulora_remote.sections import STRICT, LearningRate
+
+__all__ = [
+    "CONTROLLER_FIELDS",
+    "ControllerPolicySection",
+    "ControllerSection",
+    "FixedPolicySection",
+    "GuardSection",
+    "PlateauPolicySection",
+    "StressSection",
+]
+
+
+# -- stress ----------------------------------------------------------------------------------
+class EmaStressSection(BaseModel):
+    """``kind = "ema"``: the seed's stress, Ê/(1+Ê) of the smoothed loss."""
+
+    model_config = STRICT
+    kind: Literal["ema"] = "ema"
+
+    def build(self) -> Stress | None:
+        return None
+
+
+class RatioStressSection(BaseModel):
+    """``kind = "ratio"``: the scale-free stress (``ulora_remote.control.stress``)."""
+
+    model_config = STRICT
+    kind: Literal["ratio"]
+    fast_beta: float = Field(default=0.9, gt=0.0, lt=1.0)
+    slow_beta: float = Field(default=0.99, gt=0.0, lt=1.0)
+    gain: float = Field(default=1.0, gt=0.0, le=1e6)
+    slow_clip: float = Field(default=1.5, ge=1.0, le=1e6)
+
+    @model_validator(mode="after")
+    def _check(self) -> RatioStressSection:
+        try:
+            self.config()
+        except ConfigurationError as exc:
+            raise ValueError(f"controller.stress: {exc}") from None
+        return self
+
+    def config(self) -> RatioStressConfig:
+        return RatioStressConfig(fast_beta=self.fast_beta, slow_beta=self.slow_beta,
+                                 gain=self.gain, slow_clip=self.slow_clip)
+
+    def build(self) -> Stress | None:
+        return RatioStress(self.config())
+
+
+def _stress_shorthand(value: Any) -> Any:
+    # `stress = "ratio"` (and `--set controller.stress='"ratio"'`) is short for a table.
+    return {"kind": value} if isinstance(value, str) else value
+
+
+StressSection = Annotated[EmaStressSection | RatioStressSection, Field(discriminator="kind")]
+
+
+# -- guards ----------------------------------------------------------------------------------
+class NoGuardSection(BaseModel):
+    """``kind = "none"``: every example is trained on."""
+
+    model_config = STRICT
+    kind: Literal["none"] = "none"
+
+    def build(self) -> Guard | None:
+        return None
+
+
+class ZSkipGuardSection(BaseModel):
+    """``kind = "zskip"``: skip a batch whose screened loss is more than ``z`` σ above the last
+    ``window`` accepted batch losses (``ulora_remote.control.guard.ZScoreGuard``)."""
+
+    model_config = STRICT
+    kind: Literal["zskip"]
+    z: float = Field(default=3.0, gt=0.0, le=100.0)
+    window: int = Field(default=50, ge=2, le=100_000)
+    min_history: int = Field(default=20, ge=2, le=100_000)
+
+    def build(self) -> Guard | None:
+        return ZScoreGuard(z=self.z, window=self.window,
+                           min_history=min(self.min_history, self.window))
+
+
+GuardSection = Annotated[NoGuardSection | ZSkipGuardSection, Field(discriminator="kind")]
+
+
+# -- the policies ------------------------------------------------------------------------------
+def _controller_fields_model() -> type[BaseModel]:
+    # ControllerConfig is a plain dataclass; mirror its fields in a strict pydantic model so that
+    # an override gets the same type checks as every other key of the file.
+    hints = typing.get_type_hints(ControllerConfig)
+    specs: dict[str, Any] = {
+        f.name: (hints[f.name], f.default) for f in dataclasses.fields(ControllerConfig)
+    }
+    return create_model("ControllerFields", __config__=STRICT, **specs)
+
+
+_ControllerFields = _controller_fields_model()
+CONTROLLER_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ControllerConfig))
+
+
+class _PolicySectionBase(BaseModel):
+    """What every method shares: the controller preset (and overrides) that computes φ, the
+    run label, and the guard."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="allow", allow_inf_nan=False)
+    preset: Literal["reference", "tinker"] = "tinker"
+    label: str | None = Field(default=None, min_length=1, max_length=64,
+                              pattern=r"^[A-Za-z0-9._-]+$")
+    guard: GuardSection = NoGuardSection()
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The ``ControllerConfig`` fields given on top of the preset."""
+        return dict(self.model_extra or {})
+
+    def controller_config(self) -> ControllerConfig:
+        """The preset with the overrides applied (already validated when the scenario loaded)."""
+        return ControllerConfig.preset(self.preset, **self.overrides)
+
+    def build_guards(self) -> list[Guard]:
+        guard = self.guard.build()
+        return [guard] if guard is not None else []
+
+    def _label(self, base: str) -> str:
+        """``label`` if set, else ``base`` with the guard's kind: ``fixed-2e-3-zskip``."""
+        if self.label:
+            return self.label
+        return base if self.guard.kind == "none" else f"{base}-{self.guard.kind}"
+
+    @model_validator(mode="after")
+    def _check_overrides(self) -> _PolicySectionBase:
+        overrides = self.overrides
+        try:
+            _ControllerFields.model_validate(overrides)
+        except ValidationError as exc:
+            raise ValueError(_override_problem(exc, type(self))) from None
+        try:
+            self.controller_config()
+        except ConfigurationError as exc:
+            raise ValueError(f"controller: {exc} (preset {self.preset!r} with {overrides})"
+                             ) from None
+        return self
+
+
+class SnapshotSection(BaseModel):
+    """``[controller.snapshots]``: every > 0 keeps a stability snapshot every ``every`` steps
+    while stable (the last ``keep``) and rolls back to the oldest on entering Mirror."""
+
+    model_config = STRICT
+    every: int = Field(default=0, ge=0, le=10_000_000)
+    keep: int = Field(default=2, ge=1, le=1000)
+
+
+class ControllerPolicySection(_PolicySectionBase):
+    """``method = "controller"``: the seed's controller sets the LR of its mode."""
+
+    method: Literal["controller"] = "controller"
+    stress: Annotated[StressSection, Field(default_factory=EmaStressSection)]
+    snapshots: SnapshotSection = Field(default_factory=SnapshotSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "stress" in data:
+            data = {**data, "stress": _stress_shorthand(data["stress"])}
+        return data
+
+    def build(self) -> LrPolicy:
+        return UnifiedController(self.controller_config(), stress=self.stress.build())
+
+    def run_label(self) -> str:
+        """Names runs and compare-table rows: ``controller``, ``controller-ratio``, ..."""
+        return self._label("controller" if self.stress.kind == "ema"
+                           else f"controller-{self.stress.kind}")
+
+
+class FixedPolicySection(_PolicySectionBase):
+    """``method = "fixed"``: the same ``lr`` every step (φ still computed and logged)."""
+
+    method: Literal["fixed"]
+    lr: LearningRate = 5e-4
+
+    def build(self) -> LrPolicy:
+        return FixedPolicy(self.lr, UnifiedController(self.controller_config()))
+
+    def run_label(self) -> str:
+        return self._label(f"fixed-{format_lr(self.lr)}")
+
+
+class PlateauSection(BaseModel):
+    """``[controller.plateau]``: PyTorch's ReduceLROnPlateau on the training loss."""
+
+    model_config = STRICT
+    factor: float = Field(default=0.5, gt=0.0, lt=1.0)
+    patience: int = Field(default=50, ge=0, le=10_000_000)
+    threshold: float = Field(default=1e-4, ge=0.0, le=1.0)
+    cooldown: int = Field(default=0, ge=0, le=10_000_000)
+    min_lr: float = Field(default=1e-5, ge=0.0, le=1.0)
+
+
+class PlateauPolicySection(_PolicySectionBase):
+    """``method = "plateau"``: ReduceLROnPlateau from ``lr`` (φ still computed and logged)."""
+
+    method: Literal["plateau"]
+    lr: LearningRate = 5e-4
+    plateau: PlateauSection = Field(default_factory=PlateauSection)
+
+    def build(self) -> LrPolicy:
+        p = self.plateau
+        rule = PlateauRule(self.lr, factor=p.factor, patience=p.patience,
+                           threshold=p.threshold, cooldown=p.cooldown, min_lr=p.min_lr)
+        return PlateauPolicy(rule, UnifiedController(self.controller_config()))
+
+    def run_label(self) -> str:
+        return self._label(f"plateau-{format_lr(self.lr)}")
+
+
+ControllerSection = Annotated[
+    ControllerPolicySection | FixedPolicySection | PlateauPolicySection,
+    Field(discriminator="method"),
+]
+
+_OWN_KEYS = {
+    ControllerPolicySection: ("method", "preset", "label", "guard", "stress", "snapshots"),
+    FixedPolicySection: ("method", "preset", "label", "guard", "lr"),
+    PlateauPolicySection: ("method", "preset", "label", "guard", "lr", "plateau"),
+}
+
+
+def _override_problem(exc: ValidationError, section: type[BaseModel]) -> str:
+    err = exc.errors(include_url=False)[0]
+    key = f"controller.{err['loc'][0]}"
+    if err["type"] == "extra_forbidden":
+        valid = [*_OWN_KEYS.get(section, ()), *CONTROLLER_FIELDS]
+        close = difflib.get_close_matches(str(err["loc"][0]), valid, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return (
+            f"unknown key '{key}' — {hint}valid keys in [controller] with this method are "
+            f"{', '.join(valid)}; remove it or fix the spelling"
+        )
+    return f"{key} = {err['input']!r}: {err['msg'].lower()} — fix the value"

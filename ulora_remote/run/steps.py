@@ -1,0 +1,104 @@
+"""The runner's records: its settings, one in-flight record per submitted step, and the step row
+whose fields are the columns of ``steps.csv`` (one source of truth for both)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from ulora_remote.backend import ForwardBackwardResult, Future, OptimStepResult
+from ulora_remote.control.policy import NO_MODE, Decision
+
+__all__ = ["STEP_COLUMNS", "RunSettings", "StepRow", "SubmittedStep", "warmup_decision"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """Plain values the loop needs; built from a scenario by ``ulora_remote.run.builders``.
+
+    ``optimizer`` holds AdamParams fields other than ``learning_rate``. ``snapshot_every`` > 0
+    keeps stability snapshots and rolls back on entering Mirror
+    (``ulora_remote.control.snapshots``; not carried across a resume).
+    """
+
+    run_name: str
+    steps: int
+    lag: int = 0
+    warmup_steps: int = 0
+    warmup_lr: float = 5e-4
+    optimizer: Mapping[str, float] = field(default_factory=dict)
+    eval_every: int = 25
+    eval_max_tokens: int = 24
+    checkpoint_every: int = 100
+    log_every: int = 25
+    max_recoveries: int = 3
+    result_timeout_s: float | None = None
+    snapshot_every: int = 0
+    snapshot_keep: int = 2
+
+
+def warmup_decision(lr: float) -> Decision:
+    """What sets the LR of a warm-up step: a fixed rate, no controller mode."""
+    return Decision(step=-1, loss=float("nan"), e_smooth=float("nan"), phi=float("nan"),
+                    mode=NO_MODE, mode_name="warmup", lr=lr, switched=False)
+
+
+@dataclass
+class SubmittedStep:
+    """One training step in flight, from submission until its row is written.
+
+    ``result`` is the ``forward_backward`` of the examples kept (or, for a skipped step, the
+    screening ``forward`` of the whole batch, whose loss the row logs). ``optim`` is None until
+    the optimizer step is submitted, and stays None for a skipped step.
+    """
+
+    step: int
+    shock: bool
+    size: int
+    kept: int
+    result: Future[ForwardBackwardResult]
+    optim: Future[OptimStepResult] | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.kept == 0
+
+    @property
+    def rejected_fraction(self) -> float:
+        return 1.0 - self.kept / self.size if self.size else 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepRow:
+    """One row of ``steps.csv``.
+
+    ``loss``, ``e_smooth``, ``phi``: the step's training loss (nats per token over the examples
+    trained on; the screened loss of a skipped step) and the controller's state after reading
+    it. ``lr``, ``mode``, ``mode_name``, ``switched``, ``reason``: the decision that set this
+    step's learning rate (at lag L the one made after step u − L; ``mode`` -1 and ``mode_name``
+    "fixed", "plateau" or "warmup" when no controller mode set it); ``lr`` is 0 for a skipped
+    step. ``kept``: examples trained on; ``skipped``: none was (no update). ``tokens``: weighted
+    target tokens trained on (screened, when skipped). ``wall_s``: seconds since the run started,
+    resumed runs included.
+    """
+
+    step: int
+    shock: bool
+    loss: float
+    e_smooth: float
+    phi: float
+    mode: int
+    mode_name: str
+    lr: float
+    switched: bool
+    kept: int
+    skipped: bool
+    tokens: float
+    wall_s: float
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+STEP_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StepRow))
