@@ -7,7 +7,7 @@ steps on the same batches through ``TinkerBackend`` and the unmodified SDK, over
 
 - naive: submit forward_backward, wait; submit optim_step, wait. On this server that costs two
   cycles a step (a cycle answers the work it ran before the next boundary, so each request costs
-  exactly one); shared/TINKER.md reports about three on the hosted service, where answers can
+  exactly one); Tinker's documentation reports about three on the hosted service, where answers can
   miss the next boundary. Against this server the ratio is therefore at most 2x;
 - pipelined: the runner's order at lag 1 (``ulora_remote.run.runner``): submit fb_t, read fb_{t-1}
   (and its optim step), submit opt_t; so fb_{t+1} and opt_t are queued together.

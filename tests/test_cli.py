@@ -99,7 +99,8 @@ def test_compare_two_seeds_builds_the_table_from_the_runs_files(tmp_path, capsys
     assert "| metric | controller | fixed-2e-3 |" in md
 
     damages = []
-    for seed in (0, 1):  # peak damage by hand, DESIGN.md §7: W = 3, horizon to the run's end
+    # peak damage by hand (docs/design.md, "Recovery metrics"): W = 3, horizon to the run's end
+    for seed in (0, 1):
         ev = pd.read_csv(tmp_path / f"controller-s{seed}" / "evals.csv")
         pre = ev[ev["step"] <= 10]["eval_loss"].tail(3).mean()
         damages.append(ev[(ev["step"] > 10) & (ev["step"] <= 30)]["eval_loss"].max() - pre)

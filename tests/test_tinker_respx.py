@@ -1,7 +1,7 @@
 """TinkerBackend through the real ``tinker`` SDK, with respx answering at the HTTP edge.
 
-``FakeTinker`` below speaks the slice of Tinker's wire protocol the backend uses (shared/
-TINKER.md): JSON submits answered with a ``request_id``, results long-polled on
+``FakeTinker`` below speaks the slice of Tinker's wire protocol the backend uses (docs/design.md,
+"Backends"): JSON submits answered with a ``request_id``, results long-polled on
 ``/retrieve_future``, protobuf for forward_backward. It executes a request when it accepts its
 submit, counts executions per request, and can inject 429/503 storms, a 410 on a future, and a
 409 on a save. Its model is a counter: every target token's log-probability is

@@ -1,13 +1,13 @@
 """``TinkerBackend``: the ``TrainingBackend`` protocol over the official ``tinker`` SDK.
 
-Exactly-once rules (shared/TINKER.md): ``forward_backward`` and ``optim_step`` are submitted
-once and never again; the SDK's own retries (HTTP 429/5xx, submission for up to 300 s) are the
-only retry layer. When a training future fails in a way that leaves the remote state unknown,
-``StateLostError`` is raised, every later submission is refused, and the caller (the runner)
-calls ``load_state(last_checkpoint)``: that builds a NEW training client from the checkpoint
-with its optimizer state (tenacity, bounded attempts, for this rebuild only) and then replays
-the steps after the checkpoint itself. Requests run on the service in submission order (the SDK
-numbers them), so the runner can submit fb_t, opt_t and fb_{t+1} before reading fb_t.
+Exactly-once rules (docs/design.md, "Backends"): ``forward_backward`` and ``optim_step`` are
+submitted once and never again; the SDK's own retries (HTTP 429/5xx, submission for up to 300 s) are
+the only retry layer. When a training future fails in a way that leaves the remote state unknown,
+``StateLostError`` is raised, every later submission is refused, and the caller (the runner) calls
+``load_state(last_checkpoint)``: that builds a NEW training client from the checkpoint with its
+optimizer state (tenacity, bounded attempts, for this rebuild only) and then replays the steps after
+the checkpoint itself. Requests run on the service in submission order (the SDK numbers them), so
+the runner can submit fb_t, opt_t and fb_{t+1} before reading fb_t.
 """
 
 from __future__ import annotations

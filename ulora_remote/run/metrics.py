@@ -1,4 +1,5 @@
-"""Recovery metrics of a shock window (shared/DESIGN.md §7) and small statistics for the study.
+"""Recovery metrics of a shock window (docs/design.md, "Recovery metrics") and small statistics
+for the study.
 
 Pure Python; no torch, no numpy, no scipy. Inputs are the clean evaluation series of one run:
 ``steps`` (strictly increasing), ``eval_loss`` (nats per token) and ``exact_match`` (0..1).

@@ -246,10 +246,11 @@ class Runner:
 
     def _snapshot_or_rollback(self, t: int) -> None:
         """At boundary t: restore the oldest stability snapshot after a switch into Mirror, or
-        save one while stable (docs/design.md, "Mirror"). Every submitted step is read and
-        confirmed first, as at an evaluation boundary: a snapshot then holds every step < t, a
-        rollback is not undone by an update in flight, and no future of a replaced Tinker client
-        is left unread (it would refuse its result with StateLostError)."""
+        save one while stable (docs/design.md, "Mirror: stability snapshots"). Every submitted
+        step is read and confirmed first, as at an evaluation boundary: a snapshot then holds
+        every step < t, a rollback is not undone by an update in flight, and no future of a
+        replaced Tinker client is left unread (it would refuse its result with
+        StateLostError)."""
         keeper = self._snapshots
         if keeper is None or not (keeper.pending or keeper.due(t)):
             return

@@ -1,8 +1,8 @@
 """summary.json and plot.png of a run, computed from the run directory's own files.
 
-The recovery metrics come from ``ulora_remote.run.metrics`` (DESIGN.md §7) on evals.csv; the rest
-(switches, time per mode, wall time) from steps.csv. ``write_report`` is what the end of a run
-and ``ulora report`` call, so both give the same files.
+The recovery metrics come from ``ulora_remote.run.metrics`` (docs/design.md, "Recovery metrics") on
+evals.csv; the rest (switches, time per mode, wall time) from steps.csv. ``write_report`` is what
+the end of a run and ``ulora report`` call, so both give the same files.
 """
 
 from __future__ import annotations
