@@ -7,7 +7,7 @@ import math
 import pytest
 
 from ulora_remote.errors import InputError
-from ulora_remote.run.metrics import (
+from ulora_remote.study.stats import (
     mean_ci,
     paired_t_test,
     student_t_cdf,

@@ -19,9 +19,6 @@ from ulora_remote.errors import UloraError
 
 __all__ = ["main"]
 
-DEFAULT_SCENARIO = "pig-latin-shock"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ulora``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -42,9 +39,10 @@ def _parser(*, serving: bool = False) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a scenario (default: pig-latin-shock)")
+    run = sub.add_parser("run", help="run a scenario (default: the shipped default)")
     run.add_argument("scenario", nargs="?", default=None,
-                     help=f"a shipped scenario name or a TOML path (default {DEFAULT_SCENARIO})")
+                     help="a shipped scenario name or a TOML path (default: the one marked in "
+                          "`ulora scenarios`)")
     _add_overrides(run)
     run.add_argument("--backend", choices=("local", "tinker"), help="override backend.kind")
     run.add_argument("--base-model", help="override backend.base_model")
@@ -116,6 +114,7 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ulora_remote.run.api import resume_run, run_scenario
+    from ulora_remote.scenarios.loader import DEFAULT_SCENARIO
 
     if args.resume is not None:
         if args.scenario or _run_overrides(args) or args.out:

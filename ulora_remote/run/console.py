@@ -27,8 +27,7 @@ class Console:
 
     def __init__(self, out: TextIO, total_steps: int) -> None:
         self.out, self.total = out, total_steps
-        isatty = getattr(out, "isatty", None)
-        self.tty = bool(isatty()) if callable(isatty) else False
+        self.tty = out.isatty()
         self._bar_shown = False
 
     def line(self, text: str) -> None:

@@ -92,7 +92,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> CompareTabl
 
     Writes ``out/compare.csv`` (the aggregated table) and ``out/compare.md``.
     """
-    from ulora_remote.run.metrics import summarize
+    from ulora_remote.study.stats import summarize
 
     rows: list[dict[str, Any]] = []
     for path in run_dirs:

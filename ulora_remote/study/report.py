@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from ulora_remote.run.metrics import paired_t_test, summarize
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.study.compare import compare_runs
 from ulora_remote.study.plan import StudyRuns
+from ulora_remote.study.stats import paired_t_test, summarize
 
 __all__ = ["excess_area_total", "paired_rows", "phi_levels", "write_study_report"]
 
