@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -147,6 +149,8 @@ def test_each_step_lr_is_the_controller_decision_replayed_from_the_logged_losses
     assert _logged(trainer, "learning_rate") == pytest.approx(probe.lrs, rel=1e-12)
     assert _logged(trainer, "ulora/phi")[:-1] == pytest.approx(phis, rel=1e-5)
     assert set(_logged(trainer, "ulora/mode")) <= {0.0, 1.0, 2.0}
+    # without a guard the loss the policy saw is the loss the Trainer trained on and logged
+    assert _logged(trainer, "ulora/loss") == pytest.approx(losses, rel=1e-5)
 
 
 class _RejectWorst:
@@ -275,3 +279,14 @@ def test_evaluation_through_the_hook_is_a_plain_mean(tmp_path: Path) -> None:
         expected = sum(float(_nll_sum(model, r)) for r in rows) / (8 * (LENGTH - PROMPT))
     assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
     assert not ulora.history and not math.isnan(metrics["eval_loss"])
+
+
+@pytest.mark.slow
+def test_the_example_script_runs(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    script = Path(__file__).resolve().parents[1] / "examples" / "hf_trainer.py"
+    done = subprocess.run([sys.executable, str(script), "--steps", "3"], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "step   0  loss" in done.stdout
+    assert "held-out loss" in done.stdout

@@ -27,10 +27,12 @@ What happens in one optimizer step (transformers' training loop, 4.47 to 5.x):
 4. ``optimizer.step()``, then the Trainer's scheduler steps. Whatever the scheduler writes into
    the parameter groups is overwritten at the next step's ``on_pre_optimizer_step``, so no
    scheduler undoes the controller; ``args.learning_rate`` and warm-up are not used.
-5. ``on_log``: ``ulora/phi``, ``ulora/e_smooth``, ``ulora/mode`` (0 Single, 1 Multi, 2 Mirror)
-   and ``ulora/dropped`` (examples the guard rejected since the last log) join the training
-   logs, and ``learning_rate`` (which the Trainer reads from its scheduler) becomes the LR the
-   last step applied. ``attach`` puts the callback first among the Trainer's callbacks, so the
+5. ``on_log``: ``ulora/loss`` (the last step's loss as the policy saw it), ``ulora/phi``,
+   ``ulora/e_smooth``, ``ulora/mode`` (0 Single, 1 Multi, 2 Mirror) and ``ulora/dropped``
+   (examples the guard rejected since the last log) join the training logs, and
+   ``learning_rate`` (which the Trainer reads from its scheduler) becomes the LR the last step
+   applied. The Trainer's own ``loss`` is what was trained on: the kept examples' mean, 0 for a
+   skipped batch. ``attach`` puts the callback first among the Trainer's callbacks, so the
    TensorBoard and W&B callbacks, which run later on the same event, see these values.
 
 The policy observes the step's mean NLL per target token over every example read, rejected ones
@@ -260,7 +262,8 @@ class UloraCallback(TrainerCallback):
         """What ``on_log`` adds to a training log: the last step's LR and decision."""
         last = self.history[-1]
         return {
-            "learning_rate": last.lr, "ulora/phi": last.phi, "ulora/e_smooth": last.e_smooth,
+            "learning_rate": last.lr, "ulora/loss": last.loss, "ulora/phi": last.phi,
+            "ulora/e_smooth": last.e_smooth,
             "ulora/mode": float(last.mode), "ulora/dropped": float(self._dropped_since_log),
         }
 
