@@ -89,3 +89,17 @@ def test_report_on_an_unfinished_run_says_summary_waits(tmp_path, capsys):
     assert "not finished (5 steps)" in said and f"ulora run --resume {rd.path}" in said
     assert str(rd.summary_path) not in said.splitlines()[-1]
     assert not rd.summary_path.exists()
+
+
+def test_the_readmes_output_folders_are_ignored_by_git():
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout: nothing to ignore")
+    # runs/ from `ulora run`, ckpt/ from the README's `ulora serve --checkpoint-dir ./ckpt`
+    for path in ("runs/x/steps.csv", "ckpt/step-1/manifest.json"):
+        done = subprocess.run(["git", "check-ignore", "-q", path], cwd=root)
+        assert done.returncode == 0, f"{path} is not ignored by .gitignore"
