@@ -18,6 +18,7 @@ import argparse
 import random
 import string
 import tempfile
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,9 +70,11 @@ def main() -> None:
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer()
     base = load_builtin(build_builtin_model("small"))
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                                            target_modules=["q_proj", "k_proj", "v_proj",
-                                                            "o_proj"]))
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    with warnings.catch_warnings():  # peft reads an attribute that transformers 5 deprecated
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        model = get_peft_model(base, lora)
     guard = None if options.no_guard else ZScoreGuard(z=3.0, window=20, min_history=20)
     ulora = UloraCallback(UnifiedController.from_preset("tinker", cooldown=10), guard=guard)
     with tempfile.TemporaryDirectory() as out:

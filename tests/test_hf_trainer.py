@@ -34,6 +34,7 @@ from transformers import (  # noqa: E402
 from ulora_remote import UnifiedController  # noqa: E402
 from ulora_remote.backend import ForwardBackwardResult  # noqa: E402
 from ulora_remote.control.guard import Verdict, ZScoreGuard, example_losses  # noqa: E402
+from ulora_remote.control.policy import LrDecision, Signal  # noqa: E402
 from ulora_remote.errors import ConfigurationError  # noqa: E402
 from ulora_remote.integrations import STATE_FILE, UloraCallback  # noqa: E402
 
@@ -151,6 +152,43 @@ def test_each_step_lr_is_the_controller_decision_replayed_from_the_logged_losses
     assert set(_logged(trainer, "ulora/mode")) <= {0.0, 1.0, 2.0}
     # without a guard the loss the policy saw is the loss the Trainer trained on and logged
     assert _logged(trainer, "ulora/loss") == pytest.approx(losses, rel=1e-5)
+
+
+class _Harmonic:
+    """An LrPolicy whose n-th decision sets lr0/(n+2): every step's LR differs, so a lag is seen."""
+
+    def __init__(self, lr0: float = 1e-3) -> None:
+        self.lr0 = lr0
+        self.signals: list[Signal] = []
+        self.phi = UnifiedController()  # φ and Ê for the logs, as the LrPolicy contract asks
+
+    def _decision(self, step: int, lr: float) -> LrDecision:
+        return LrDecision(step=step, lr=lr, mode=-1, mode_name="harmonic", switched=False,
+                          phi=self.phi.phi, e_smooth=self.phi.E_smooth)
+
+    def initial_decision(self) -> LrDecision:
+        return self._decision(-1, self.lr0)
+
+    def decide(self, signal: Signal) -> LrDecision:
+        self.signals.append(signal)
+        self.phi.decide(signal.loss)
+        n = len(self.signals) - 1
+        return self._decision(n, self.lr0 / (n + 2))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": len(self.signals)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def test_any_lr_policy_drives_the_lr_with_lag_one(tmp_path: Path) -> None:
+    policy = _Harmonic()
+    trainer, probe = _train(tmp_path, UloraCallback(policy), _random_rows(32, seed=7),
+                            max_steps=5)
+    assert probe.lrs == pytest.approx([1e-3 / (t + 1) for t in range(5)], rel=1e-12)
+    assert [s.loss for s in policy.signals] == pytest.approx(_logged(trainer, "loss"), rel=1e-5)
+    assert all(s.external_stress is None for s in policy.signals)  # no guard, no E_t
 
 
 class _RejectWorst:
