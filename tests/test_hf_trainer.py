@@ -295,6 +295,11 @@ def test_bad_set_ups_are_refused_with_the_fix(tmp_path: Path) -> None:
                       callbacks=[UloraCallback(UnifiedController())])
     with pytest.raises(ConfigurationError, match="attach"):
         trainer.train()
+    hook_only = UloraCallback(UnifiedController())
+    trainer = Trainer(model=_model(), args=_args(tmp_path, max_steps=1), train_dataset=rows,
+                      data_collator=default_data_collator, compute_loss_func=hook_only.compute_loss)
+    with pytest.raises(ConfigurationError, match="not registered"):
+        trainer.train()
 
     with pytest.warns(UserWarning, match="'linear' scheduler"):
         _train(tmp_path, UloraCallback(UnifiedController()), rows, max_steps=1,

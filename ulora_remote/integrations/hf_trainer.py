@@ -166,15 +166,22 @@ class UloraCallback(TrainerCallback):
         sums the micro-batches); in evaluation it is the batch's plain mean.
 
         Raises:
-            ConfigurationError: no labels, no logits, or a verdict of the wrong length.
+            ConfigurationError: no labels, no logits, a verdict of the wrong length, or a
+                training step without the callback registered.
         """
         if labels is None:
             raise ConfigurationError(
                 "UloraCallback's loss hook needs `labels` in every batch (-100 where there is "
                 "no loss); use e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False)"
             )
-        losses = example_losses_of(logits_of(outputs), labels, shift=self.shift_labels)
+        logits = logits_of(outputs)
+        losses = example_losses_of(logits, labels, shift=self.shift_labels)
         if self._tally is None:
+            if logits.requires_grad:  # a training step that no on_step_begin announced
+                raise ConfigurationError(
+                    "UloraCallback's loss hook runs in training but the callback is not "
+                    "registered, so it would set no learning rate: call ulora.attach(trainer)"
+                )
             return losses.nll_sums.sum() / losses.tokens.sum().clamp(min=1)
         keep = self._judge(losses)
         kept_nll = torch.where(keep, losses.nll_sums, torch.zeros_like(losses.nll_sums)).sum()
