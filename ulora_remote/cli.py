@@ -11,19 +11,23 @@ import importlib
 import importlib.util
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ulora_remote import __version__
 from ulora_remote.errors import UloraError
 
 __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ulora``; returns the exit status."""
+    started = time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser(serving=bool(argv) and argv[0] == "serve")
     args = parser.parse_args(argv)
+    args.started = started
     try:
         return int(args.func(args))
     except UloraError as exc:
@@ -37,6 +41,7 @@ def _parser(*, serving: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ulora", description="LoRA training under the Unified-LoRA controller."
     )
+    parser.add_argument("--version", action="version", version=f"ulora {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a scenario (default: the shipped default)")
@@ -125,7 +130,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = run_scenario(args.scenario or DEFAULT_SCENARIO, out=args.out,
                               overrides=_run_overrides(args), force=args.force,
                               log_every=args.log_every)
-    _print_summary(result.summary, result.run_dir)
+    _print_summary(result.summary, result.run_dir, command_s=time.monotonic() - args.started)
     return 0
 
 
@@ -145,32 +150,55 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ulora_remote.run.summary import write_report
 
     rd = RunDir(args.run_dir)
+    targets = (rd.summary_path, rd.plot_path)
+    before = [_stamp(p) for p in targets]
     summary = write_report(rd)
     _print_summary(summary, rd.path)
+    written = [str(p) for p, old in zip(targets, before, strict=True) if _stamp(p) != old]
+    if not summary.get("finished"):
+        print(f"not finished ({summary.get('steps', 0)} steps): summary.json is written only "
+              f"at the end; finish it with: ulora run --resume {rd.path}")
+    print("wrote: " + (", ".join(written) if written else "nothing"))
     return 0
+
+
+def _stamp(path: Path) -> int | None:
+    """The file's modification time in ns, None when it does not exist."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 def _cmd_scenarios(args: argparse.Namespace) -> int:
     from ulora_remote.scenarios import list_scenarios
 
-    entries = list_scenarios()
+    entries = [(f"{name} (default)" if name == DEFAULT_SCENARIO else name, text)
+               for name, text in list_scenarios()]
     width = max((len(name) for name, _ in entries), default=0)
     for name, description in entries:
         print(f"{name:<{width}}  {description}")
+    print(f"`ulora run` alone runs {DEFAULT_SCENARIO}; `ulora run NAME` (or a TOML path) runs "
+          "another")
     return 0
 
 
-def _print_summary(summary: dict[str, Any] | None, run_dir: Path) -> None:
+def _print_summary(summary: dict[str, Any] | None, run_dir: Path, *,
+                   command_s: float | None = None) -> None:
+    """The closing lines: final scores, times (each saying what it measures), warnings."""
     if summary:
-        final = summary.get("final", {})
-        print(f"final eval loss {final.get('eval_loss', float('nan')):.4f}, exact match "
-              f"{final.get('exact_match', float('nan')):.3f}, "
-              f"{summary.get('wall_s', float('nan')):.1f} s")
-        from ulora_remote.run.summary import classification_line
+        from ulora_remote.run.summary import classification_line, summary_warnings
 
-        line = classification_line(summary)
-        if line:
-            print(line)
+        final = summary.get("final", {})
+        times = f"training steps {summary.get('wall_s', float('nan')):.1f} s"
+        if command_s is not None:
+            times += f" of {command_s:.1f} s for the whole command (start-up, model build, " \
+                     "final evaluation and report included)"
+        print(f"final eval loss {final.get('eval_loss', float('nan')):.4f}, exact match "
+              f"{final.get('exact_match', float('nan')):.3f}; {times}")
+        for line in (classification_line(summary), *summary_warnings(summary)):
+            if line:
+                print(line)
     print(f"run directory: {run_dir}")
 
 

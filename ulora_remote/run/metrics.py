@@ -26,6 +26,9 @@ Metrics per window:
   **nats × evaluations** (multiply by ``eval.every`` for nats × steps on a regular cadence);
 * ``forgetting``: ``EM̄`` minus the lowest exact match over ``(s, h]``.
 
+``pre_evals`` says how many evaluations ``L̄`` averages: fewer than ``W`` when the run
+evaluated fewer times before the shock, and then ``L̄`` can be the loss of a model that was
+still learning fast (``ulora_remote.run.summary.summary_warnings`` says so on the console).
 Without an evaluation at or before s, every metric that needs ``L̄`` is NaN. A NaN evaluation
 loss (a diverged model) counts as +inf: the worst possible value, never silently skipped.
 """
@@ -86,6 +89,7 @@ class WindowMetrics:
     horizon_end: int
     pre_loss: float
     pre_exact_match: float
+    pre_evals: int
     tolerance: float
     peak_loss: float
     peak_damage: float
@@ -233,6 +237,7 @@ def window_metrics(
         horizon_end=horizon_end,
         pre_loss=level,
         pre_exact_match=pre_em,
+        pre_evals=len(pre),
         tolerance=tolerance,
         peak_loss=peak,
         peak_damage=peak - level,

@@ -24,6 +24,7 @@ __all__ = [
     "build_summary",
     "classification_line",
     "run_metrics_rows",
+    "summary_warnings",
     "write_report",
 ]
 
@@ -85,6 +86,31 @@ def classification_line(summary: dict[str, Any]) -> str | None:
         text += (f"\nWARNING: all {c['n']} final predictions are {c['one_class_label']!r}: "
                  "the model answers one class and has not learned the task")
     return text
+
+
+def summary_warnings(summary: dict[str, Any]) -> list[str]:
+    """Console warnings about recovery metrics that rest on too few pre-shock evaluations.
+
+    A window whose pre-shock level ``L̄`` averages fewer than the configured ``W`` evaluations
+    (a short run, or a shock soon after the start) compares the shock with a model that was
+    still learning, so its peak damage can be negative and its recovery meaningless.
+    """
+    wanted = int(summary.get("params", {}).get("pre_evals", 0))
+    lines = []
+    for w in summary.get("windows", []):
+        used = int(w.get("pre_evals", wanted))
+        if used >= wanted:
+            continue
+        head = f"WARNING: shock {w['start']}-{w['end']}: "
+        fix = ("evaluate more often before it (--set eval.every=N) or start the shock later")
+        if used == 0:
+            lines.append(head + f"no evaluation at or before step {w['start']}, so its "
+                         f"recovery metrics are undefined (NaN); {fix}")
+        else:
+            lines.append(head + f"the pre-shock level averages {used} evaluation(s), not "
+                         f"{wanted}, so peak damage ({w['peak_damage']:+.4f}) and recovery "
+                         f"compare the shock with a model that was still learning; {fix}")
+    return lines
 
 
 def write_report(rd: RunDir, *, out: Any = None) -> dict[str, Any]:
