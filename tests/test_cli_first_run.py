@@ -7,8 +7,9 @@ import importlib.metadata
 import re
 
 import pytest
+from ulora_remote.scenarios import DEFAULT_SCENARIO
 
-from ulora_remote.cli import DEFAULT_SCENARIO, main
+from ulora_remote.cli import main
 from ulora_remote.run.metrics import recovery_metrics
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.run.summary import summary_warnings

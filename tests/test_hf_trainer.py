@@ -34,7 +34,7 @@ from transformers import (  # noqa: E402
 from ulora_remote import UnifiedController  # noqa: E402
 from ulora_remote.backend import ForwardBackwardResult  # noqa: E402
 from ulora_remote.control.guard import Verdict, ZScoreGuard, example_losses  # noqa: E402
-from ulora_remote.control.policy import LrDecision, Signal  # noqa: E402
+from ulora_remote.control.policy import Decision, Signal  # noqa: E402
 from ulora_remote.errors import ConfigurationError  # noqa: E402
 from ulora_remote.integrations import STATE_FILE, UloraCallback  # noqa: E402
 
@@ -162,14 +162,14 @@ class _Harmonic:
         self.signals: list[Signal] = []
         self.phi = UnifiedController()  # φ and Ê for the logs, as the LrPolicy contract asks
 
-    def _decision(self, step: int, lr: float) -> LrDecision:
-        return LrDecision(step=step, lr=lr, mode=-1, mode_name="harmonic", switched=False,
-                          phi=self.phi.phi, e_smooth=self.phi.E_smooth)
+    def _decision(self, step: int, lr: float) -> Decision:
+        return Decision(step=step, loss=float("nan"), e_smooth=self.phi.E_smooth,
+                        phi=self.phi.phi, mode=-1, mode_name="harmonic", lr=lr, switched=False)
 
-    def initial_decision(self) -> LrDecision:
+    def initial_decision(self) -> Decision:
         return self._decision(-1, self.lr0)
 
-    def decide(self, signal: Signal) -> LrDecision:
+    def observe(self, signal: Signal) -> Decision:
         self.signals.append(signal)
         self.phi.decide(signal.loss)
         n = len(self.signals) - 1

@@ -171,7 +171,7 @@ def _stamp(path: Path) -> int | None:
 
 
 def _cmd_scenarios(args: argparse.Namespace) -> int:
-    from ulora_remote.scenarios import list_scenarios
+    from ulora_remote.scenarios import DEFAULT_SCENARIO, list_scenarios
 
     entries = [(f"{name} (default)" if name == DEFAULT_SCENARIO else name, text)
                for name, text in list_scenarios()]

@@ -58,9 +58,8 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
 
-from ulora_remote.control.controller import UnifiedController
 from ulora_remote.control.guard import Guard
-from ulora_remote.control.policy import LrDecision, LrPolicy, Signal
+from ulora_remote.control.policy import Decision, LrPolicy, Signal
 from ulora_remote.errors import ConfigurationError
 
 from .hf_loss import ExampleLosses, example_losses_of, logits_of
@@ -70,7 +69,6 @@ __all__ = ["STATE_FILE", "UloraCallback", "UloraStep"]
 #: the file ``on_save`` writes into each Trainer checkpoint folder (policy and guard state).
 STATE_FILE = "ulora_state.json"
 
-Policy = UnifiedController | LrPolicy
 
 
 @dataclass(frozen=True)
@@ -122,17 +120,18 @@ class UloraCallback(TrainerCallback):
         history: one ``UloraStep`` per optimizer step of this process.
     """
 
-    def __init__(self, policy: Policy, *, guard: Guard | None = None,
+    def __init__(self, policy: LrPolicy, *, guard: Guard | None = None,
                  shift_labels: bool = True) -> None:
-        if not isinstance(policy, UnifiedController | LrPolicy):
+        if not isinstance(policy, LrPolicy):
             raise ConfigurationError(
-                f"policy must be a UnifiedController or an LrPolicy, not {type(policy).__name__}"
+                f"policy must be an LrPolicy (e.g. a UnifiedController), not "
+                f"{type(policy).__name__}"
             )
         if guard is not None and not isinstance(guard, Guard):
             raise ConfigurationError(f"guard must implement Guard, not {type(guard).__name__}")
         self.policy, self.guard, self.shift_labels = policy, guard, shift_labels
         self.history: list[UloraStep] = []
-        self._next = _initial(policy)
+        self._next = policy.initial_decision()
         self._tally: _Tally | None = None  # None outside a training step (evaluation)
         self._accumulation = 1
         self._dropped_since_log = 0
@@ -244,7 +243,7 @@ class UloraCallback(TrainerCallback):
             group["lr"] = lr
         loss = tally.nll / tally.tokens if tally.tokens > 0 else float("nan")
         stress = tally.dropped / tally.examples if self.guard is not None else None
-        self._next = _decide(self.policy, loss, stress)
+        self._next = self.policy.observe(Signal(loss=loss, external_stress=stress))
         d = self._next
         self.history.append(UloraStep(
             step=state.global_step, loss=loss, lr=lr, phi=d.phi, e_smooth=d.e_smooth,
@@ -314,7 +313,7 @@ class UloraCallback(TrainerCallback):
         self.policy.load_state_dict(blob["policy"])
         if self.guard is not None:
             self.guard.load_state_dict(blob["guard"])
-        self._next = LrDecision(**blob["next"])
+        self._next = Decision(**blob["next"])
         self._resumed_at = int(blob["global_step"])
 
 
@@ -344,19 +343,3 @@ def _check_args(args: TrainingArguments, *, guarded: bool) -> None:
             "say so and silence this warning",
             UserWarning, stacklevel=2,
         )
-
-
-def _initial(policy: Policy) -> LrDecision:
-    """The decision in force before any loss: the controller's current mode, or the policy's."""
-    if isinstance(policy, UnifiedController):
-        return LrDecision(step=-1, lr=policy.lr, mode=policy.mode, mode_name=policy.mode_name,
-                          switched=False, phi=policy.phi, e_smooth=policy.E_smooth)
-    return policy.initial_decision()
-
-
-def _decide(policy: Policy, loss: float, stress: float | None) -> LrDecision:
-    if isinstance(policy, UnifiedController):
-        d = policy.decide(loss, stress)
-        return LrDecision(step=d.step, lr=d.lr, mode=d.mode, mode_name=d.mode_name,
-                          switched=d.switched, phi=d.phi, e_smooth=d.e_smooth)
-    return policy.decide(Signal(loss=loss, external_stress=stress))
