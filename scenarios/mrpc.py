@@ -147,6 +147,7 @@ class PairsSection(BaseModel):
     positive_rate: float = Field(default=0.6, gt=0.0, lt=1.0)
     max_eval_size: ClassVar[int | None] = None
     shock_kinds: ClassVar[tuple[str, ...]] = (PAIR_SHOCK,)
+    shift_rules: ClassVar[tuple[str, ...]] = ()
 
     @property
     def needs_classifier(self) -> bool:
@@ -160,8 +161,8 @@ class PairsSection(BaseModel):
                              "generated; remove task.path or set task.kind = 'mrpc'")
         return self
 
-    def build(self, *, seed: int, eval_size: int) -> PairTask:
-        """Load (MRPC) or generate (paraphrase) the pairs.
+    def build(self, *, seed: int, eval_size: int, rule: str | None = None) -> PairTask:
+        """Load (MRPC) or generate (paraphrase) the pairs (a pair task has no other rule).
 
         Raises:
             ConfigurationError, MissingExtraError: as ``load_mrpc``.

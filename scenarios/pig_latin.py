@@ -30,7 +30,8 @@ from ulora_remote.errors import ConfigurationError, InputError
 from ulora_remote.sections import STRICT
 from ulora_remote.task import Scores, exact_match
 
-__all__ = ["EVAL_POOL_SIZE", "PigLatinSection", "PigLatinTask", "load_words", "to_pig_latin"]
+__all__ = ["EVAL_POOL_SIZE", "RULES", "PigLatinSection", "PigLatinTask", "load_words",
+           "to_pig_latin"]
 
 EVAL_POOL_SIZE = 500
 _VOWELS = frozenset("aeiou")
@@ -56,6 +57,14 @@ def to_pig_latin(word: str) -> str:
     if word[cut - 1 : cut + 1] == "qu":
         cut += 1
     return word[cut:] + word[:cut] + "ay"
+
+
+def _reversed(word: str) -> str:
+    return word[::-1]
+
+
+#: Target rules: the task's own, and the learnable shifts a scenario's ``[shift]`` may name.
+RULES = {"pig-latin": to_pig_latin, "reversed": _reversed}
 
 
 def _first_vowel(word: str) -> int:
@@ -88,23 +97,28 @@ class PigLatinTask:
     Args:
         seed: the run's seed (training order and shock corruption).
         eval_size: how many held-out words ``eval_examples`` returns, 1..``EVAL_POOL_SIZE``.
+        rule: the target rule, ``"pig-latin"`` or another of ``RULES`` (a learnable shift:
+            ``"reversed"``, the word spelled backwards).
 
     Raises:
-        ConfigurationError: ``eval_size`` outside 1..``EVAL_POOL_SIZE``.
+        ConfigurationError: ``eval_size`` outside 1..``EVAL_POOL_SIZE`` or an unknown rule.
     """
 
-    def __init__(self, seed: int, eval_size: int) -> None:
+    def __init__(self, seed: int, eval_size: int, rule: str = "pig-latin") -> None:
         if not 1 <= eval_size <= EVAL_POOL_SIZE:
             raise ConfigurationError(
                 f"eval_size={eval_size}: the held-out pool has {EVAL_POOL_SIZE} words; "
                 f"choose 1..{EVAL_POOL_SIZE}"
             )
+        if rule not in RULES:
+            raise ConfigurationError(f"rule {rule!r}: choose one of {sorted(RULES)}")
         self.seed = seed
         self.eval_size = eval_size
+        self.rule = RULES[rule]
         self.shock_kinds = SHOCK_KINDS
         eval_pool, self.train_words = _split(load_words())
         self.eval_words = eval_pool[:eval_size]
-        self._answers = {w: to_pig_latin(w) for w in self.train_words}
+        self._answers = {w: self.rule(w) for w in self.train_words}
         self._donors = tuple(self._answers.items())
 
     def train_batch(self, step: int, batch_size: int) -> list[Example]:
@@ -149,7 +163,7 @@ class PigLatinTask:
 
     def eval_examples(self) -> list[Example]:
         """The clean held-out examples; none of their words is ever in a training batch."""
-        return [_example(w, to_pig_latin(w)) for w in self.eval_words]
+        return [_example(w, self.rule(w)) for w in self.eval_words]
 
     def score(self, outputs: Sequence[str]) -> Scores:
         """Exact match of the generations against the held-out words' Pig Latin."""
@@ -179,7 +193,8 @@ class PigLatinSection(BaseModel):
     kind: Literal["pig-latin"] = "pig-latin"
     max_eval_size: ClassVar[int] = EVAL_POOL_SIZE
     shock_kinds: ClassVar[tuple[str, ...]] = SHOCK_KINDS
+    shift_rules: ClassVar[tuple[str, ...]] = ("reversed",)
     needs_classifier: ClassVar[bool] = False
 
-    def build(self, *, seed: int, eval_size: int) -> PigLatinTask:
-        return PigLatinTask(seed, eval_size)
+    def build(self, *, seed: int, eval_size: int, rule: str | None = None) -> PigLatinTask:
+        return PigLatinTask(seed, eval_size, rule or "pig-latin")

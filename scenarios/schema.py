@@ -26,7 +26,7 @@ from ulora_remote.scenarios.pig_latin import PigLatinSection
 from ulora_remote.scenarios.shocks import Schedule
 
 from ulora_remote.backend import AdamParams
-from ulora_remote.control.sections import ControllerPolicySection, ControllerSection
+from ulora_remote.control.sections import ControllerSection, GuardedPolicySection
 from ulora_remote.sections import STRICT, LearningRate, Probability
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "EvalSection",
     "OptimizerSection",
     "Scenario",
+    "ShiftSection",
     "ShocksSection",
     "TaskSection",
 ]
@@ -44,7 +45,7 @@ TaskSection = Annotated[PigLatinSection | PairsSection, Field(discriminator="kin
 MAX_STEPS = 10_000_000
 MAX_LAG = 16
 _DEFAULT_TAGS = (("task", "kind", "pig-latin"), ("backend", "kind", "local"),
-                 ("controller", "method", "controller"))
+                 ("controller", "method", "guarded"))
 # Keys a scenario file of an earlier version used, and where they went.
 _MOVED = {
     "controller.fixed_lr": "controller.lr (with method = \"fixed\" or \"plateau\")",
@@ -63,6 +64,17 @@ class ShocksSection(BaseModel):
     kind: str = Field(default="random-letters", min_length=1)
     windows: Annotated[tuple[Window, ...], Strict(False)] = ()
     fraction: Probability = 1.0
+
+
+class ShiftSection(BaseModel):
+    """``[shift]``: a lasting, learnable change of the data: from step ``start`` to the end the
+    task follows ``rule`` (one of the task's shift rules, e.g. Pig Latin's ``"reversed"``), in
+    training and in the clean evaluation, which also reports the old rule's exact match as
+    ``retention``."""
+
+    model_config = STRICT
+    rule: str = Field(min_length=1)
+    start: int = Field(ge=1, le=MAX_STEPS)
 
 
 class EvalSection(BaseModel):
@@ -120,9 +132,10 @@ class Scenario(BaseModel):
     warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS)
     warmup_lr: LearningRate = 5e-4
     shocks: ShocksSection | None = None
+    shift: ShiftSection | None = None
     eval: EvalSection = EvalSection()
     backend: BackendSection = Field(default_factory=LocalSection)
-    controller: ControllerSection = Field(default_factory=ControllerPolicySection)
+    controller: ControllerSection = Field(default_factory=GuardedPolicySection)
     optimizer: OptimizerSection = OptimizerSection()
     baselines: BaselinesSection = BaselinesSection()
     checkpoint: CheckpointSection = CheckpointSection()
@@ -172,6 +185,14 @@ class Scenario(BaseModel):
                     f"{self.task.kind!r}; choose one of {', '.join(self.task.shock_kinds)}"
                 )
             _check_windows(self.shocks.windows, self.steps)
+        if self.shift is not None:
+            if self.shift.rule not in self.task.shift_rules:
+                rules = ", ".join(self.task.shift_rules) or "none"
+                raise ValueError(f"shift.rule = {self.shift.rule!r} is not a rule of task "
+                                 f"{self.task.kind!r}; its shift rules: {rules}")
+            if self.shift.start >= self.steps:
+                raise ValueError(f"shift.start = {self.shift.start} must be below steps = "
+                                 f"{self.steps}; move the shift inside the run")
         return self
 
 

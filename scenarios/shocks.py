@@ -121,10 +121,14 @@ def _as_pair(window: Sequence[int]) -> tuple[int, int]:
 
 
 class ShockStream:
-    """A task's batches with its shock schedule: the runner's ``BatchSource``.
+    """A task's batches with its shock schedule and an optional shift: the runner's
+    ``BatchSource``.
 
     Steps inside a window get ``task.shock_batch(step, batch_size, kind, fraction)``, the others
-    ``task.train_batch(step, batch_size)``. The evaluation set is read once and kept.
+    ``task.train_batch(step, batch_size)``. From ``shift_start`` on, ``shifted`` (the same task
+    under a new, learnable rule) replaces ``task`` for good, in training and in evaluation; its
+    scores then also report ``retention``: the exact match of the same generations under the old
+    rule. Evaluation sets are read once and kept.
 
     Args:
         task: any ``ulora_remote.task.Task``.
@@ -132,10 +136,12 @@ class ShockStream:
         schedule: the shock windows (empty: no shocks).
         kind: the shock kind (one of ``task.shock_kinds``); None means no shocks.
         fraction: share of a shock batch that is corrupted, in (0, 1].
+        shift: ``(shift_start, shifted)``, or None for no shift.
     """
 
     def __init__(self, task: Task, *, batch_size: int, schedule: Schedule | None = None,
-                 kind: str | None = None, fraction: float = 1.0) -> None:
+                 kind: str | None = None, fraction: float = 1.0,
+                 shift: tuple[int, Task] | None = None) -> None:
         if kind is not None and kind not in task.shock_kinds:
             raise ConfigurationError(
                 f"shock kind {kind!r} does not apply to this task; choose one of "
@@ -143,19 +149,34 @@ class ShockStream:
             )
         self.task, self.batch_size = task, batch_size
         self.schedule = schedule if schedule is not None else Schedule()
-        self.kind, self.fraction = kind, fraction
-        self._eval: list[Example] | None = None
+        self.kind, self.fraction, self.shift = kind, fraction, shift
+        self._evals: dict[int, list[Example]] = {}
+
+    def _task_at(self, step: int) -> Task:
+        if self.shift is not None and step >= self.shift[0]:
+            return self.shift[1]
+        return self.task
 
     def batch(self, step: int) -> Batch:
+        task = self._task_at(step)
         if self.kind is not None and self.schedule.is_shock(step):
-            examples = self.task.shock_batch(step, self.batch_size, self.kind, self.fraction)
+            examples = task.shock_batch(step, self.batch_size, self.kind, self.fraction)
             return Batch(examples, shock=True)
-        return Batch(self.task.train_batch(step, self.batch_size), shock=False)
+        return Batch(task.train_batch(step, self.batch_size), shock=False)
 
-    def eval_examples(self) -> list[Example]:
-        if self._eval is None:
-            self._eval = list(self.task.eval_examples())
-        return self._eval
+    def eval_examples(self, step: int) -> list[Example]:
+        task = self._task_at(step)
+        key = id(task)
+        if key not in self._evals:
+            self._evals[key] = list(task.eval_examples())
+        return self._evals[key]
 
-    def score(self, outputs: Sequence[str]) -> Scores:
-        return self.task.score(outputs)
+    def score(self, step: int, outputs: Sequence[str]) -> Scores:
+        task = self._task_at(step)
+        scores = task.score(outputs)
+        if task is self.task:
+            return scores
+        old = self.task.score(outputs).exact_match
+        details = {**(scores.details or {}), "retention": old}
+        summary = f"retention (the old rule's exact match) {old:.3f}"
+        return Scores(scores.exact_match, details, f"{scores.summary}; {summary}".lstrip("; "))

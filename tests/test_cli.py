@@ -60,7 +60,7 @@ def test_cut_lines_are_ignored_and_truncation_keeps_rows_before_k(tmp_path):
         steps.write({"step": t, "shock": False, "loss": 1.0 / (t + 1), "e_smooth": 1.0,
                      "phi": 0.5, "mode": 1, "mode_name": "Multi", "lr": 5e-4,
                      "switched": False, "kept": 4, "skipped": False, "tokens": 9.0,
-                     "wall_s": 0.1, "reason": ""})
+                     "wall_s": 0.1, "reason": "", "event": "", "snapshot": ""})
     steps.close()
     with rd.steps_path.open("a") as fh:
         fh.write("5,False,0.3")  # a row cut by SIGKILL
@@ -94,29 +94,29 @@ def test_compare_two_seeds_builds_the_table_from_the_runs_files(tmp_path, capsys
     assert main(argv) == 0
     assert "peak_damage" in capsys.readouterr().out
     table = pd.read_csv(tmp_path / "compare.csv")
-    assert set(table["method"]) == {"controller", "fixed-2e-3"}
+    assert set(table["method"]) == {"guarded", "seed", "fixed-2e-3"}
     md = (tmp_path / "compare.md").read_text()
-    assert "| metric | controller | fixed-2e-3 |" in md
+    assert "| metric | guarded | seed | fixed-2e-3 |" in md
 
     damages = []
     # peak damage by hand (docs/design.md, "Recovery metrics"): W = 3, horizon to the run's end
     for seed in (0, 1):
-        ev = pd.read_csv(tmp_path / f"controller-s{seed}" / "evals.csv")
+        ev = pd.read_csv(tmp_path / f"guarded-s{seed}" / "evals.csv")
         pre = ev[ev["step"] <= 10]["eval_loss"].tail(3).mean()
         damages.append(ev[(ev["step"] > 10) & (ev["step"] <= 30)]["eval_loss"].max() - pre)
-    row = table[(table["method"] == "controller") & (table["metric"] == "peak_damage")].iloc[0]
+    row = table[(table["method"] == "guarded") & (table["metric"] == "peak_damage")].iloc[0]
     mean = sum(damages) / 2
     half = 12.706204736 * abs(damages[0] - damages[1]) / math.sqrt(2) / math.sqrt(2)
     assert row["n"] == 2
     assert row["mean"] == pytest.approx(mean, rel=1e-9)
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((mean - half, mean + half), rel=1e-6)
 
-    summary_path = tmp_path / "controller-s0" / "summary.json"
+    summary_path = tmp_path / "guarded-s0" / "summary.json"
     summary_path.unlink()
-    (tmp_path / "controller-s0" / "plot.png").unlink()
-    assert main(["report", str(tmp_path / "controller-s0")]) == 0
+    (tmp_path / "guarded-s0" / "plot.png").unlink()
+    assert main(["report", str(tmp_path / "guarded-s0")]) == 0
     assert json.loads(summary_path.read_text())["steps"] == 30
-    assert (tmp_path / "controller-s0" / "plot.png").stat().st_size > 10_000
+    assert (tmp_path / "guarded-s0" / "plot.png").stat().st_size > 10_000
 
 
 def test_commands_other_than_serve_import_neither_torch_nor_tinker():

@@ -150,12 +150,12 @@ def test_a_paraphrase_scenario_builds_its_source_and_mrpc_needs_its_data(tmp_pat
                                                  "task.train_size=100"])
     source = build_source(scenario)
     assert isinstance(source.task, PairTask)
-    assert len(source.eval_examples()) == 30 and len(source.task.train) == 100
+    assert len(source.eval_examples(0)) == 30 and len(source.task.train) == 100
     missing = load_scenario("mrpc-distilbert", [f"task.path='{tmp_path / 'none'}'"])
     with pytest.raises(ConfigurationError, match="task.path"):
         build_source(missing)
     glue = load_scenario("mrpc-distilbert", [f"task.path='{_glue_dir(tmp_path)}'"])
-    assert len(build_source(glue).eval_examples()) == 1
+    assert len(build_source(glue).eval_examples(0)) == 1
 
 
 def test_each_task_declares_its_shock_kinds() -> None:

@@ -16,6 +16,7 @@ from ulora_remote.control.policies import (
     PlateauRule,
 )
 from ulora_remote.control.policy import NO_MODE, LrPolicy, Signal
+from ulora_remote.control.screen import ScreenGuard
 from ulora_remote.control.snapshots import SnapshotKeeper
 from ulora_remote.control.stress import RatioStress, RatioStressConfig
 from ulora_remote.errors import ConfigurationError, InputError
@@ -322,8 +323,10 @@ def test_ratio_stress_config_rejects_a_fast_average_slower_than_the_slow_one() -
         (['controller.method="plateau"', "controller.lr=2e-3"], PlateauPolicy, "plateau-2e-3"),
         (['controller.method="fixed"', 'controller.guard.kind="zskip"', "controller.guard.z=4.0"],
          FixedPolicy, "fixed-5e-4-zskip"),
-        (['controller.stress="ratio"'], UnifiedController, "controller-ratio"),
-        ([], UnifiedController, "controller"),
+        (['controller.method="seed"', 'controller.stress="ratio"'], UnifiedController,
+         "seed-ratio"),
+        (['controller.method="seed"'], UnifiedController, "seed"),
+        ([], UnifiedController, "guarded"),
     ],
 )
 def test_scenario_selects_the_policy(overrides: list[str], kind: type, label: str) -> None:
@@ -336,7 +339,8 @@ def test_scenario_selects_the_policy(overrides: list[str], kind: type, label: st
     assert isinstance(policy, kind) and method_label(scenario) == label
     assert not hasattr(build_settings(scenario, "x"), "fixed_lr")
     guards = scenario.controller.build_guards()
-    assert [type(g) for g in guards] == ([ZScoreGuard] if "zskip" in label else [])
+    expected = {"fixed-5e-4-zskip": [ZScoreGuard], "guarded": [ScreenGuard]}.get(label, [])
+    assert [type(g) for g in guards] == expected
     if kind is PlateauPolicy:
         assert policy.initial_decision().lr == 2e-3
 

@@ -24,6 +24,7 @@ pytest.importorskip("peft")
 torch.set_num_threads(1)
 
 TINY = [
+    'controller.method="seed"',  # the seed's controller, replayed exactly below
     "steps=60", "shocks.windows=[[20,30]]", 'backend.base_model="small"',
     "eval.every=20", "eval.size=8", "eval.max_tokens=12", "checkpoint.every=25",
 ]

@@ -135,7 +135,8 @@ MALFORMED = [
         "bad-method",
         None,
         ("controller.method=adaptive",),
-        ["controller.method = 'adaptive'", "choose one of 'controller', 'fixed', 'plateau'"],
+        ["controller.method = 'adaptive'",
+         "choose one of 'guarded', 'seed', 'controller', 'fixed', 'plateau'"],
     ),
     (
         "bad-backend-kind",

@@ -27,9 +27,11 @@ STEPS = 12
 
 
 def short_pig_latin(server_url: str, model: str) -> list[str]:
-    """Overrides that shrink the shipped local scenario and move it to Tinker: only the backend
-    keys change (kind, base model, URL)."""
+    """Overrides that shrink the shipped local scenario and move it to Tinker: the backend keys
+    change (kind, base model, URL), and the seed's controller (no screening forwards) keeps the
+    request sequence these fault tests were seeded for."""
     return [
+        'controller.method="seed"',
         f"steps={STEPS}",
         "batch_size=4",
         "shocks.windows=[[4,8]]",

@@ -91,15 +91,16 @@ class Batch:
 class BatchSource(Protocol):
     """What the runner needs: the batch of each step, the clean evaluation set and its scoring.
 
-    ``batch`` is a pure function of the step; ``eval_examples`` returns the same list on every
-    call. Nothing blocks.
+    ``batch`` is a pure function of the step. ``eval_examples(k)`` is the clean evaluation set
+    at step boundary k (the same list for every k while the task's rule holds; the new rule's
+    after a shift), and ``score(k, outputs)`` scores generations for it. Nothing blocks.
     """
 
     def batch(self, step: int) -> Batch:
         ...
 
-    def eval_examples(self) -> Sequence[Example]:
+    def eval_examples(self, step: int) -> Sequence[Example]:
         ...
 
-    def score(self, outputs: Sequence[str]) -> Scores:
+    def score(self, step: int, outputs: Sequence[str]) -> Scores:
         ...

@@ -152,7 +152,10 @@ class UnifiedController:
                         lr=self.config.lrs[s.mode], switched=False)
 
     def observe(self, signal: Signal) -> Decision:
-        """``decide(signal.loss, signal.external_stress)``."""
+        """``decide(signal.loss, signal.external_stress)``; a ``rebase`` signal first makes the
+        stress object (if any) forget its history, since the data changed for good."""
+        if signal.rebase and self.stress is not None:
+            self.stress.rebase()
         return self.decide(signal.loss, signal.external_stress)
 
     # -- the update --------------------------------------------------------------------------

@@ -14,12 +14,19 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from ulora_remote.backend import ForwardBackwardResult
 from ulora_remote.errors import ConfigurationError
 
-__all__ = ["Guard", "Verdict", "ZScoreGuard", "example_losses"]
+__all__ = ["Action", "Guard", "Verdict", "ZScoreGuard", "example_losses"]
+
+#: What a guard asks the runner to do at a step, besides keeping examples (docs/design.md,
+#: "Guards"): ``"probation"``: save a stability snapshot before this step and train it at
+#: ``Verdict.lr``; ``"rollback"``: restore that snapshot, then screen this step's batch again;
+#: ``"shift"``: the new data is learnable, so drop the snapshot from use (it stays on record) and
+#: tell the policy the loss level changed (``Signal.rebase``).
+Action = Literal["none", "probation", "rollback", "shift"]
 
 
 def example_losses(screened: ForwardBackwardResult) -> tuple[float, ...]:
@@ -37,10 +44,15 @@ class Verdict:
     Attributes:
         keep: one flag per example of the batch, in order; False gives the example no gradient.
         note: a short reason for the console and logs when something was rejected.
+        action: what the runner must do at this step besides keeping examples (``Action``).
+        lr: the learning rate this step must use (a probation sets its own), or None to leave
+            it to the policy.
     """
 
     keep: tuple[bool, ...]
     note: str = ""
+    action: Action = "none"
+    lr: float | None = None
 
     @classmethod
     def accept_all(cls, n: int) -> Verdict:
@@ -67,8 +79,11 @@ class Guard(Protocol):
 
     ``judge`` is called once per training step, in step order, with the result of a
     gradient-free ``forward`` over the step's whole batch (per-example NLL sums and weight
-    totals, nats). It returns a ``Verdict`` with one flag per example. A non-finite example loss
-    is never kept. ``state_dict`` / ``load_state_dict`` continue bit-identically after a resume.
+    totals, nats); after a verdict with ``action = "rollback"`` it is called once more for the
+    same step, with the batch screened again on the restored weights (that second verdict must
+    not ask for a rollback). It returns a ``Verdict`` with one flag per example. A non-finite
+    example loss is never kept. ``state_dict`` / ``load_state_dict`` continue bit-identically
+    after a resume.
     """
 
     def judge(self, step: int, screened: ForwardBackwardResult) -> Verdict:

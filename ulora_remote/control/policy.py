@@ -32,10 +32,13 @@ class Signal:
             for a step whose loss was not finite).
         external_stress: the seed's external stress E_t in [0, 1] (for example the share of the
             batch a guard rejected), or None when nothing supplies one.
+        rebase: the data changed for good at this step (a guard declared a shift): a stress
+            measured against the run's own history starts over from this loss.
     """
 
     loss: float
     external_stress: float | None = None
+    rebase: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
@@ -27,6 +27,7 @@ from ulora_remote.control.controller import ControllerConfig, UnifiedController
 from ulora_remote.control.guard import Guard, ZScoreGuard
 from ulora_remote.control.policies import FixedPolicy, PlateauPolicy, PlateauRule
 from ulora_remote.control.policy import LrPolicy, format_lr
+from ulora_remote.control.screen import ScreenConfig, ScreenGuard
 from ulora_remote.control.stress import RatioStress, RatioStressConfig, Stress
 from ulora_remote.errors import ConfigurationError
 from ulora_remote.sections import STRICT, LearningRate
@@ -36,6 +37,7 @@ __all__ = [
     "ControllerPolicySection",
     "ControllerSection",
     "FixedPolicySection",
+    "GuardedPolicySection",
     "GuardSection",
     "PlateauPolicySection",
     "StressSection",
@@ -113,7 +115,42 @@ class ZSkipGuardSection(BaseModel):
                            min_history=min(self.min_history, self.window))
 
 
-GuardSection = Annotated[NoGuardSection | ZSkipGuardSection, Field(discriminator="kind")]
+class ScreenGuardSection(BaseModel):
+    """``kind = "screen"``: per-example screening against robust statistics of accepted
+    examples, with a probation that learns a real shift and rolls back noise
+    (``ulora_remote.control.screen``; every key is a ``ScreenConfig`` field)."""
+
+    model_config = STRICT
+    kind: Literal["screen"]
+    z: float = Field(default=4.0, gt=0.0, le=100.0)
+    min_loss: float = Field(default=1.0, ge=0.0, le=100.0)
+    window: int = Field(default=400, ge=2, le=1_000_000)
+    min_history: int = Field(default=160, ge=2, le=1_000_000)
+    trigger_share: float = Field(default=0.75, gt=0.0, le=1.0)
+    trigger_steps: int = Field(default=5, ge=1, le=100_000)
+    probation_steps: int = Field(default=30, ge=1, le=100_000)
+    judge_steps: int = Field(default=4, ge=1, le=100_000)
+    pass_share: float = Field(default=0.25, gt=0.0, le=1.0)
+    probation_lr: LearningRate = 1e-3
+    backoff_steps: int = Field(default=60, ge=0, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> ScreenGuardSection:
+        try:
+            self.config()
+        except ConfigurationError as exc:
+            raise ValueError(f"controller.guard: {exc}") from None
+        return self
+
+    def config(self) -> ScreenConfig:
+        return ScreenConfig(**self.model_dump(exclude={"kind"}))
+
+    def build(self) -> Guard | None:
+        return ScreenGuard(self.config())
+
+
+GuardSection = Annotated[NoGuardSection | ZSkipGuardSection | ScreenGuardSection,
+                         Field(discriminator="kind")]
 
 
 # -- the policies ------------------------------------------------------------------------------
@@ -146,9 +183,13 @@ class _PolicySectionBase(BaseModel):
         """The ``ControllerConfig`` fields given on top of the preset."""
         return dict(self.model_extra or {})
 
+    #: ControllerConfig fields this method sets on top of the preset (the file's win).
+    config_defaults: ClassVar[dict[str, Any]] = {}
+
     def controller_config(self) -> ControllerConfig:
-        """The preset with the overrides applied (already validated when the scenario loaded)."""
-        return ControllerConfig.preset(self.preset, **self.overrides)
+        """The preset with the method's defaults and the overrides applied (already validated
+        when the scenario loaded)."""
+        return ControllerConfig.preset(self.preset, **{**self.config_defaults, **self.overrides})
 
     def build_guards(self) -> list[Guard]:
         guard = self.guard.build()
@@ -185,9 +226,10 @@ class SnapshotSection(BaseModel):
 
 
 class ControllerPolicySection(_PolicySectionBase):
-    """``method = "controller"``: the seed's controller sets the LR of its mode."""
+    """``method = "seed"`` (or its older name ``"controller"``): the seed's controller sets the
+    LR of its mode, from the loss alone unless a stress or a guard is given."""
 
-    method: Literal["controller"] = "controller"
+    method: Literal["seed", "controller"] = "seed"
     stress: Annotated[StressSection, Field(default_factory=EmaStressSection)]
     snapshots: SnapshotSection = Field(default_factory=SnapshotSection)
 
@@ -202,9 +244,27 @@ class ControllerPolicySection(_PolicySectionBase):
         return UnifiedController(self.controller_config(), stress=self.stress.build())
 
     def run_label(self) -> str:
-        """Names runs and compare-table rows: ``controller``, ``controller-ratio``, ..."""
-        return self._label("controller" if self.stress.kind == "ema"
-                           else f"controller-{self.stress.kind}")
+        """Names runs and compare-table rows: ``seed``, ``seed-ratio``, ..."""
+        return self._label("seed" if self.stress.kind == "ema" else f"seed-{self.stress.kind}")
+
+
+class GuardedPolicySection(ControllerPolicySection):
+    """``method = "guarded"`` (the default): the seed's controller on the scale-free stress,
+    behind the screening guard, whose rejected share is the controller's external stress E_t
+    (α_E = 0.8, so sustained rejection drives φ to Mirror while the guard protects), with no
+    cooldown. Every part can be changed like the seed's method."""
+
+    method: Literal["guarded"] = "guarded"  # type: ignore[assignment]
+    stress: Annotated[StressSection, Field(default_factory=lambda: RatioStressSection(
+        kind="ratio"))]
+    guard: GuardSection = Field(default_factory=lambda: ScreenGuardSection(kind="screen"))
+    config_defaults: ClassVar[dict[str, Any]] = {"alpha_e": 0.8, "cooldown": 0}
+
+    def run_label(self) -> str:
+        return self._label("guarded")
+
+    def _label(self, base: str) -> str:
+        return self.label or base
 
 
 class FixedPolicySection(_PolicySectionBase):
@@ -249,12 +309,13 @@ class PlateauPolicySection(_PolicySectionBase):
 
 
 ControllerSection = Annotated[
-    ControllerPolicySection | FixedPolicySection | PlateauPolicySection,
+    GuardedPolicySection | ControllerPolicySection | FixedPolicySection | PlateauPolicySection,
     Field(discriminator="method"),
 ]
 
 _OWN_KEYS = {
     ControllerPolicySection: ("method", "preset", "label", "guard", "stress", "snapshots"),
+    GuardedPolicySection: ("method", "preset", "label", "guard", "stress", "snapshots"),
     FixedPolicySection: ("method", "preset", "label", "guard", "lr"),
     PlateauPolicySection: ("method", "preset", "label", "guard", "lr", "plateau"),
 }

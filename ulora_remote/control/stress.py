@@ -44,9 +44,13 @@ class Stress(Protocol):
 
     ``update`` is called once per step in step order with a loss ≥ 0 (nats), or a non-finite
     one, which must give 1.0 (the strongest stress) without poisoning the object's state.
+    ``rebase`` forgets the history: the loss level from now on is the new normal.
     """
 
     def update(self, loss: float) -> float:
+        ...
+
+    def rebase(self) -> None:
         ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -106,6 +110,10 @@ class RatioStress:
             self.slow = beta * self.slow + (1 - beta) * clipped
         excess = cfg.gain * max(0.0, self.ratio - 1.0)
         return excess / (1.0 + excess)
+
+    def rebase(self) -> None:
+        """Forget both averages: the next loss starts them again (ratio 1, no stress)."""
+        self.fast = self.slow = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"fast": self.fast, "slow": self.slow}

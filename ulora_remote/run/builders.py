@@ -63,10 +63,15 @@ def build_parts(scenario: Scenario, run_name: str, checkpoint_dir: Path, *,
 def build_source(scenario: Scenario) -> ShockStream:
     """The scenario's task with its shock schedule (loads or generates the task's data)."""
     task = scenario.task.build(seed=scenario.seed, eval_size=scenario.eval.size)
-    shocks = scenario.shocks
+    shocks, shift = scenario.shocks, scenario.shift
+    shifted = None
+    if shift is not None:
+        shifted = (shift.start, scenario.task.build(seed=scenario.seed,
+                                                    eval_size=scenario.eval.size,
+                                                    rule=shift.rule))
     return ShockStream(task, batch_size=scenario.batch_size, schedule=scenario.schedule,
                        kind=shocks.kind if shocks is not None else None,
-                       fraction=shocks.fraction if shocks is not None else 1.0)
+                       fraction=shocks.fraction if shocks is not None else 1.0, shift=shifted)
 
 
 def build_backend(scenario: Scenario, checkpoint_dir: Path) -> TrainingBackend:

@@ -31,16 +31,17 @@ import sys
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TextIO
 
-from ulora_remote.backend import AdamParams, Completed, TrainingBackend
+from ulora_remote.backend import AdamParams, ForwardBackwardResult, TrainingBackend
 from ulora_remote.control.guard import Guard
 from ulora_remote.control.policy import Decision, LrPolicy, Signal
 from ulora_remote.control.snapshots import SnapshotKeeper
 from ulora_remote.errors import BackendError, CheckpointError, StateLostError
 from ulora_remote.run.console import Console
 from ulora_remote.run.rundir import CsvAppender, RunDir
+from ulora_remote.run.screening import Screening
 from ulora_remote.run.steps import RunSettings, StepRow, SubmittedStep, warmup_decision
 from ulora_remote.task import BatchSource
 
@@ -70,6 +71,9 @@ class Runner:
         self._decisions: dict[int, Decision] = {}  # decision after step u, kept while needed
         self._unread: deque[SubmittedStep] = deque()  # submitted, loss not read yet
         self._unconfirmed: deque[SubmittedStep] = deque()  # optim_step not awaited yet
+        self.screening = Screening(backend, policy, guards, source, self.console,
+                                   run_name=settings.run_name, steps=settings.steps,
+                                   timeout_s=settings.result_timeout_s)
         self._wall_offset_s = 0.0
         self._t0 = time.monotonic()
         self._rows_written = 0
@@ -83,7 +87,7 @@ class Runner:
         return SnapshotKeeper(self.s.snapshot_every, self.s.snapshot_keep,
                               mode=self.policy.initial_decision().mode)
 
-    # -- entry point ----------------------------------------------------------------------------
+    # -- entry point ------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> None:
         """Train from step 0, or from the last checkpoint when ``resume``; always closes.
 
@@ -125,6 +129,7 @@ class Runner:
         self._close_tables()
         self._unread.clear()
         self._unconfirmed.clear()
+        self.screening.restore({})
         ckpt = self.rundir.last_checkpoint()
         if ckpt is None:
             if required:
@@ -137,8 +142,7 @@ class Runner:
         k = int(ckpt["step"])
         self.backend.load_state(str(ckpt["ref"]))
         self.policy.load_state_dict(ckpt["policy"])
-        for guard, state in zip(self.guards, ckpt.get("guards", []), strict=True):
-            guard.load_state_dict(state)
+        self.screening.restore(ckpt)
         self._decisions = {int(u): Decision(**d) for u, d in ckpt.get("decisions", {}).items()}
         self._wall_offset_s = float(ckpt.get("wall_s", 0.0))
         self._t0 = time.monotonic()
@@ -147,39 +151,33 @@ class Runner:
         self.console.line(f"resuming from the checkpoint at step {k}")
         return k
 
-    # -- the loop -------------------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------------
     def _train_from(self, start: int) -> None:
         self._open_tables()
         self._rows_written = start
         for t in range(start, self.s.steps):
             self._boundary(t, skip_checkpoint=(t == start and t > 0))
             self._snapshot_or_rollback(t)
-            submitted = self._submit(t)
+            submitted = self.screening.submit(t, self._settle)
             self._unread.append(submitted)
             self._drain(t - self.s.lag)
             if not submitted.skipped:
-                params = AdamParams(learning_rate=self._lr_decision(t).lr, **self.s.optimizer)
+                params = AdamParams(learning_rate=self._setter(submitted).lr,
+                                    **self.s.optimizer)
                 submitted.optim = self.backend.optim_step(params)
                 self._unconfirmed.append(submitted)
+            self.screening.screen_ahead(t + 1)
         self._boundary(self.s.steps, skip_checkpoint=(start == self.s.steps))
         self.console.done()
 
-    def _submit(self, t: int) -> SubmittedStep:
-        """Judge step t's batch with the guards (a blocking screening forward) and submit the
-        ``forward_backward`` of the examples they keep; a step with none kept is skipped."""
-        batch = self.source.batch(t)
-        examples, size = batch.examples, len(batch.examples)
-        if not self.guards:
-            return SubmittedStep(t, batch.shock, size, size,
-                                 self.backend.forward_backward(examples))
-        screened = self.backend.forward(examples).result(self.s.result_timeout_s)
-        keep = [True] * size
-        for guard in self.guards:
-            keep = [a and b for a, b in zip(keep, guard.judge(t, screened).keep, strict=True)]
-        kept = [e for e, k in zip(examples, keep, strict=True) if k]
-        if not kept:
-            return SubmittedStep(t, batch.shock, size, 0, Completed(screened))
-        return SubmittedStep(t, batch.shock, size, len(kept), self.backend.forward_backward(kept))
+    def _setter(self, submitted: SubmittedStep) -> Decision:
+        """The decision that sets a submitted step's LR: the policy's, or a guard's probation
+        rate, which is Mirror's business (snapshot and trial) and logged as mode 2."""
+        setter = self._lr_decision(submitted.step)
+        if submitted.guard_lr is None:
+            return setter
+        return replace(setter, lr=submitted.guard_lr, mode=2, mode_name="Mirror",
+                       switched=False, reason="probation")
 
     def _drain(self, limit: int) -> None:
         """Read steps up to ``limit`` in order: loss → policy → row. A read step's optimizer
@@ -189,12 +187,13 @@ class Runner:
             u = submitted.step
             result = submitted.result.result(self.s.result_timeout_s)
             stress = submitted.rejected_fraction if self.guards else None
-            decision = self.policy.observe(Signal(float(result.mean_loss), stress))
+            loss = self.screening.observed_loss(submitted, float(result.mean_loss))
+            decision = self.policy.observe(Signal(loss, stress, rebase=submitted.rebase))
             self._decisions[u] = decision
             if self._snapshots is not None:
                 self._snapshots.observe(decision)
             self._confirm(u)
-            self._write_row(submitted, decision, float(result.tokens))
+            self._write_row(submitted, decision, result)
 
     def _confirm(self, limit: int) -> None:
         while self._unconfirmed and self._unconfirmed[0].step <= limit:
@@ -202,15 +201,18 @@ class Runner:
             if optim is not None:
                 optim.result(self.s.result_timeout_s)
 
-    def _write_row(self, submitted: SubmittedStep, seen: Decision, tokens: float) -> None:
-        u = submitted.step
-        setter = self._lr_decision(u)
+    def _write_row(self, submitted: SubmittedStep, seen: Decision,
+                   result: ForwardBackwardResult) -> None:
+        u, tokens = submitted.step, float(result.tokens)
+        setter = self._setter(submitted)
         row = StepRow(
-            step=u, shock=submitted.shock, loss=seen.loss, e_smooth=seen.e_smooth, phi=seen.phi,
+            step=u, shock=submitted.shock, loss=float(result.mean_loss), e_smooth=seen.e_smooth,
+            phi=seen.phi,
             mode=setter.mode, mode_name=setter.mode_name,
             lr=0.0 if submitted.skipped else setter.lr, switched=setter.switched,
             kept=submitted.kept, skipped=submitted.skipped, tokens=tokens,
-            wall_s=round(self._wall_s(), 4), reason=setter.reason,
+            wall_s=round(self._wall_s(), 4), reason=setter.reason, event=submitted.event,
+            snapshot=submitted.snapshot,
         )
         assert self._steps_csv is not None
         self._steps_csv.write(row.as_dict())
@@ -239,10 +241,34 @@ class Runner:
         if not (eval_due or ckpt_due):
             return
         self._settle(k)
+        if last and self.screening.probation is not None:
+            self._close_probation(k)
         if eval_due:
-            self._evaluate(k)
+            protected = self.screening.probation is not None
+            self._evaluate_protected(k) if protected else self._evaluate(k)
         if ckpt_due:
             self._checkpoint(k)
+
+    def _close_probation(self, k: int) -> None:
+        """A probation still open when the run ends is rolled back: the run keeps the weights
+        it can vouch for (the snapshot's)."""
+        closed = self.screening.undo_probation()
+        self.console.line(f"[{k}] the run ends during a probation: rolled back to the snapshot "
+                          f"of step {closed.step} ({closed.ref})")
+
+    def _evaluate_protected(self, k: int) -> None:
+        """During a probation the weights on trial are not the run's model yet: the evaluation
+        scores the snapshot (what the run would keep if it stopped now), then training goes on
+        from the probation weights."""
+        probation = self.screening.probation
+        assert probation is not None
+        self.screening.drop_screen_ahead()
+        held = self.backend.save_state(f"{self.s.run_name}-probation-eval{k:06d}")
+        self.backend.load_state(probation.ref)
+        self.console.line(f"[{k}] evaluating the snapshot of step {probation.step} "
+                          "(the weights on probation are not the run's model yet)")
+        self._evaluate(k)
+        self.backend.load_state(held)
 
     def _snapshot_or_rollback(self, t: int) -> None:
         """At boundary t: restore the oldest stability snapshot after a switch into Mirror, or
@@ -258,17 +284,18 @@ class Runner:
         if keeper.pending:
             target = keeper.take_rollback()
             if target is not None:
+                self.screening.drop_screen_ahead()
                 self.backend.load_state(target[1])
                 self.console.line(f"[{t}] Mirror: rolled back to the snapshot of step {target[0]}")
         else:
             keeper.add(t, self.backend.save_state(f"{self.s.run_name}-snap{t:06d}"))
 
-    # -- evaluation and checkpoints -------------------------------------------------------------
+    # -- evaluation and checkpoints ---------------------------------------------------------------
     def _evaluate(self, k: int) -> None:
-        examples = list(self.source.eval_examples())
+        examples = list(self.source.eval_examples(k))
         result = self.backend.forward(examples).result(self.s.result_timeout_s)
         outputs = self.backend.sample([e.prompt for e in examples], self.s.eval_max_tokens)
-        scores = self.source.score(outputs)
+        scores = self.source.score(k, outputs)
         row = {"step": k, "eval_loss": float(result.mean_loss), "exact_match": scores.exact_match}
         assert self._evals_csv is not None
         self._evals_csv.write(row)
@@ -285,9 +312,8 @@ class Runner:
         # The LRs of steps k..k+L-1 come from the decisions after steps k-L..k-1.
         carried = {str(u): asdict(self._decisions[u]) for u in range(max(0, k - self.s.lag), k)}
         self.rundir.append_checkpoint({
-            "step": k, "ref": ref, "policy": self.policy.state_dict(),
-            "guards": [g.state_dict() for g in self.guards], "rows": k,
-            "decisions": carried, "wall_s": round(self._wall_s(), 4),
+            "step": k, "ref": ref, "policy": self.policy.state_dict(), "rows": k,
+            "decisions": carried, "wall_s": round(self._wall_s(), 4), **self.screening.state(),
         })
 
     # -- files ------------------------------------------------------------------------------------

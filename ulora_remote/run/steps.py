@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ulora_remote.backend import ForwardBackwardResult, Future, OptimStepResult
 from ulora_remote.control.policy import NO_MODE, Decision
 
-__all__ = ["STEP_COLUMNS", "RunSettings", "StepRow", "SubmittedStep", "warmup_decision"]
+__all__ = ["STEP_COLUMNS", "Probation", "RunSettings", "StepRow", "SubmittedStep",
+           "warmup_decision"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,13 +45,26 @@ def warmup_decision(lr: float) -> Decision:
                     mode=NO_MODE, mode_name="warmup", lr=lr, switched=False)
 
 
+@dataclass(frozen=True)
+class Probation:
+    """An open probation: the step it began, its stability snapshot, and the policy's state and
+    last trained loss then (a rollback restores all three). Saved in every checkpoint."""
+
+    step: int
+    ref: str
+    policy: dict[str, Any]
+    last_trained_loss: float
+
+
 @dataclass
 class SubmittedStep:
     """One training step in flight, from submission until its row is written.
 
     ``result`` is the ``forward_backward`` of the examples kept (or, for a skipped step, the
     screening ``forward`` of the whole batch, whose loss the row logs). ``optim`` is None until
-    the optimizer step is submitted, and stays None for a skipped step.
+    the optimizer step is submitted, and stays None for a skipped step. ``guard_lr`` replaces the
+    policy's learning rate for this step (a guard's probation); ``rebase`` tells the policy
+    the data changed for good; ``event`` and ``snapshot`` record what a guard made the runner do.
     """
 
     step: int
@@ -58,6 +73,10 @@ class SubmittedStep:
     kept: int
     result: Future[ForwardBackwardResult]
     optim: Future[OptimStepResult] | None = None
+    guard_lr: float | None = None
+    rebase: bool = False
+    event: str = ""
+    snapshot: str = ""
 
     @property
     def skipped(self) -> bool:
@@ -79,7 +98,10 @@ class StepRow:
     "fixed", "plateau" or "warmup" when no controller mode set it); ``lr`` is 0 for a skipped
     step. ``kept``: examples trained on; ``skipped``: none was (no update). ``tokens``: weighted
     target tokens trained on (screened, when skipped). ``wall_s``: seconds since the run started,
-    resumed runs included.
+    resumed runs included. ``event``: what a guard made the runner do before this step
+    ("probation": a stability snapshot was saved and the new data admitted on probation;
+    "rollback": that snapshot was restored; "shift": the new data was found learnable), and
+    ``snapshot`` the reference of that snapshot (kept on record).
     """
 
     step: int
@@ -96,6 +118,8 @@ class StepRow:
     tokens: float
     wall_s: float
     reason: str = ""
+    event: str = ""
+    snapshot: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -67,10 +67,36 @@ def build_summary(rd: RunDir) -> dict[str, Any]:
     else:
         summary.update({"windows": [], "final": {}})
     scores = rd.eval_scores()
-    if scores:  # a classification task: the last evaluation's scores beside the majority class
+    if scores and "one_class" in scores[-1]:
+        # a classification task: the last evaluation's scores beside the majority class
         summary["classification"] = scores[-1]
         summary["all_one_class"] = bool(scores[-1]["one_class"])
+    if scores and "retention" in scores[-1]:  # a shift: the old rule's exact match, last eval
+        summary["retention"] = float(scores[-1]["retention"])
+    summary["guard"] = _guard_summary(steps, scenario)
     return summary
+
+
+def _guard_summary(steps: pd.DataFrame, scenario: dict[str, Any]) -> dict[str, Any]:
+    """What the guards did: examples rejected, steps skipped, and every probation, rollback and
+    declared shift with its snapshot (the snapshots stay in the run directory)."""
+    if not len(steps) or "kept" not in steps:
+        return {}
+    batch = int(scenario.get("batch_size", 0))
+    rejected = int((batch - steps["kept"]).clip(lower=0).sum()) if batch else 0
+    events = steps[steps["event"].fillna("") != ""] if "event" in steps else steps.iloc[:0]
+    shift = scenario.get("shift") or {}
+    found = [int(r.step) for r in events.itertuples()
+             if r.event == "shift" and shift and int(r.step) >= int(shift["start"])]
+    return {
+        "rejected_examples": rejected,
+        "skipped_steps": int(steps["skipped"].sum()),
+        "events": [{"step": int(r.step), "event": str(r.event),
+                    "snapshot": "" if pd.isna(r.snapshot) else str(r.snapshot)}
+                   for r in events.itertuples()],
+        "shift_declared_after_steps": (found[0] - int(shift["start"])
+                                       if shift and found else None),
+    }
 
 
 def classification_line(summary: dict[str, Any]) -> str | None:

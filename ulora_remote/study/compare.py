@@ -44,7 +44,8 @@ def compare_scenario(
     force: bool = False,
     console: TextIO | None = None,
 ) -> CompareTable:
-    """Run the controller and ``baselines.fixed_lrs`` × ``seeds``, then tabulate.
+    """Run the guarded controller, the seed's controller and ``baselines.fixed_lrs`` × ``seeds``,
+    then tabulate.
 
     Args:
         scenario: a shipped scenario name or a TOML path.
@@ -81,7 +82,7 @@ def compare_scenario(
 
 
 def _methods(base: Any) -> list[list[str]]:
-    methods = [['controller.method="controller"']]
+    methods = [['controller.method="guarded"'], ['controller.method="seed"']]
     for lr in base.baselines.fixed_lrs:
         methods.append(['controller.method="fixed"', f"controller.lr={lr!r}"])
     return methods
