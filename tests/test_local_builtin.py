@@ -78,10 +78,53 @@ def test_a_cache_entry_built_on_another_vocabulary_is_rebuilt(tmp_path: Path) ->
     meta = json.loads((stale / "recipe.json").read_text())
     (stale / "recipe.json").write_text(json.dumps({**meta, "vocab": OLD_VOCAB}))
     (stale / "model.safetensors").write_bytes(b"not the model")
-    rebuilt = build_builtin_model("small", tmp_path)
+    lines: list[str] = []
+    rebuilt = build_builtin_model("small", tmp_path, progress=lines.append)
     assert rebuilt == stale
+    # what happens, that it happens once and where the result goes, before the first step
+    assert "pre-training it once" in lines[0] and str(stale) in lines[0]
+    assert "is ready" in lines[-1] and str(stale) in lines[-1]
     assert json.loads((rebuilt / "recipe.json").read_text())["vocab"] == CHAR_VOCAB
     # pre-training is deterministic: the rebuilt weights are the session entry's, bit for bit
     weights = "model.safetensors"
     assert (rebuilt / weights).read_bytes() == (fresh / weights).read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == [stale.name]  # nothing left aside
+
+
+def test_pretraining_progress_reports_steps_loss_and_time_left_every_few_seconds() -> None:
+    from ulora_remote.backends.local.progress import PretrainReport
+
+    lines: list[str] = []
+    ticks = iter([0.0, 2.0, 4.0, 6.0, 7.0, 12.0, 13.0, 20.0])  # start, 6 steps, done
+    report = PretrainReport(lines.append, "medium", 6, Path("/c/builtin-medium-x"), every_s=5.0,
+                            clock=ticks.__next__)
+    report.start()
+    for step, loss in enumerate([4.0, 3.0, 2.0, 1.0, 0.5, 0.25]):
+        report.step(step, loss)
+    report.done()
+    assert lines[1:-1] == [
+        # 2 s a step since the first step (which paid for the start-up): 3 steps left, 6 s
+        "pre-training 'medium': step 3/6, loss 3.000, 6 s so far, about 6 s left",
+        "pre-training 'medium': step 5/6, loss 0.750, 12 s so far, about 2 s left",
+    ]
+    assert lines[-1].startswith("the built-in 'medium' model is ready (20.0 s)")
+    quiet = PretrainReport(None, "small", 2, Path("/c"), clock=iter([0.0, 1.0]).__next__)
+    quiet.start()
+    quiet.step(0, 1.0)
+    quiet.done()  # nothing to say, nothing raised
+
+
+def test_a_cached_model_loads_without_a_word(capsys: pytest.CaptureFixture[str]) -> None:
+    build_builtin_model("small")  # the session cache: built already, or now
+    capsys.readouterr()
+    LocalBackend("small", seed=0)  # the default progress prints to stderr, but only when building
+    assert capsys.readouterr().err == ""
+
+
+def test_the_default_progress_prints_ulora_lines_to_stderr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ulora_remote.backends.local import stderr_progress
+
+    stderr_progress("pre-training 'small': step 1/2")
+    assert capsys.readouterr() == ("", "ulora: pre-training 'small': step 1/2\n")

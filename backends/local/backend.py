@@ -31,7 +31,9 @@ from ulora_remote.backend import (
 from ulora_remote.errors import InputError
 
 from . import state, training
-from .models import attach_lora, load_base
+from .builtin import BUILTIN_SIZES, build_builtin_model
+from .models import attach_lora, load_base, resolve_dtype
+from .progress import Progress, stderr_progress
 from .render import char_encoder, check_datums, encode_prompts, pad_datums, render_examples
 from .sampling import generate
 from .tokenizer import CHAR_VOCAB
@@ -72,6 +74,9 @@ class LocalBackend:
             directory, created by the first save and kept after ``close``.
         cache_dir: the built-in models' cache (None: ``$ULORA_CACHE_DIR`` or
             ``~/.cache/ulora-remote``).
+        progress: gets a line when a built-in model is pre-trained on first use (once per
+            cache; medium takes about 40 s), about every 5 s while it runs, and when it is
+            cached. Default: ``ulora: ...`` lines on stderr; None keeps quiet.
 
     Raises (constructor):
         ConfigurationError: a bad option, an unknown model, a directory without tokenizer.
@@ -91,8 +96,12 @@ class LocalBackend:
         threads: int | None = None,
         checkpoint_dir: str | Path | None = None,
         cache_dir: str | Path | None = None,
+        progress: Progress | None = stderr_progress,
     ) -> None:
         training.check_lora_options(rank, lora_alpha, threads)
+        resolve_dtype(dtype)  # a bad option fails now, not after a pre-training
+        if base_model in BUILTIN_SIZES:  # first use pre-trains it: say so before the torch set-up
+            build_builtin_model(base_model, cache_dir, progress)
         self.device = training.setup_torch(device=device, seed=seed, threads=threads)
         base = load_base(base_model, dtype, self.device, cache_dir)
         self.model = attach_lora(base.model, rank, lora_alpha, target_modules)
