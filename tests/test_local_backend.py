@@ -187,3 +187,24 @@ def test_the_builtin_fast_encoder_matches_the_tokenizer() -> None:
     expected = [*tok.encode(example.prompt),
                 *tok.encode(example.completion, add_special_tokens=False), backend.eos_token_id]
     assert [*d.input_tokens, d.target_tokens[-1]] == expected
+
+
+def test_sampling_with_the_kv_cache_warns_about_nothing() -> None:
+    """transformers 5.x renamed ``past_key_values``; the old name warned twice on every run."""
+    import logging
+    import warnings
+
+    backend = LocalBackend("small", seed=0)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("transformers")
+    logging.Logger.warning_once.cache_clear()  # type: ignore[attr-defined]  # transformers' once
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            texts = backend.sample(["hello ->", "a ->"], max_tokens=6)
+    finally:
+        logger.removeHandler(handler)
+    assert len(texts) == 2 and [r.getMessage() for r in records] == []

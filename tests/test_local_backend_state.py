@@ -183,10 +183,11 @@ def test_a_completion_that_renders_to_no_tokens_is_an_input_error(backend: Local
 
 
 def test_an_unencodable_character_is_named_with_its_example(backend: LocalBackend) -> None:
-    with pytest.raises(InputError, match="character 'é' in the completion of example 0") as exc:
+    with pytest.raises(InputError, match="character 'é' .* at position 3 of the completion of "
+                                         "example 0") as exc:
         backend.render(Example("cafe ->", " afécay"))
     assert "afécay" in str(exc.value)
-    with pytest.raises(InputError, match="'€' in the prompt"):
+    with pytest.raises(InputError, match="'€' .* at position 1 of the prompt"):
         backend.sample(["5€ ->"], max_tokens=3)
 
 
@@ -216,16 +217,32 @@ def test_bad_options_are_configuration_errors(options: dict) -> None:
         LocalBackend("small", **options)
 
 
-def test_close_removes_its_own_checkpoint_dir_and_refuses_later_calls(tmp_path: Path) -> None:
+def test_without_a_checkpoint_dir_each_backend_saves_into_its_own_folder_under_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first, second = LocalBackend("small", seed=0), LocalBackend("small", seed=1)
+    root = tmp_path / "ulora-checkpoints"
+    assert not root.exists()  # nothing is written before the first save
+    path = Path(first.save_state("step-1"))
+    assert path.parent.parent == root and path.parent.name.startswith("local-")
+    other = Path(second.save_state("step-1"))  # the same name: another folder, nothing replaced
+    assert other.parent != path.parent and len(list(root.iterdir())) == 2
+    monkeypatch.chdir(tmp_path.parent)  # the folder was fixed at construction
+    first.load_state("step-1")
+    first.close()
+    assert (path / "manifest.json").is_file()  # close keeps the user's checkpoints
+
+
+def test_close_keeps_checkpoints_and_refuses_later_calls(tmp_path: Path) -> None:
     from ulora_remote.errors import BackendError
 
-    owned = LocalBackend("small", seed=0)
-    path = Path(owned.save_state("x"))
-    kept = LocalBackend("small", seed=0, checkpoint_dir=tmp_path)
-    kept.save_state("y")
-    owned.close()
-    kept.close()
-    owned.close()  # safe to call twice
-    assert not path.exists() and (tmp_path / "y").is_dir()
+    backend = LocalBackend("small", seed=0, checkpoint_dir=tmp_path)
+    backend.save_state("y")
+    backend.close()
+    backend.close()  # safe to call twice
+    assert (tmp_path / "y").is_dir()
+    with pytest.raises(BackendError, match="LocalBackend is closed"):
+        backend.forward([Example("ab ->", " ba")])
     with pytest.raises(BackendError, match="closed"):
-        owned.forward([Example("ab ->", " ba")])
+        backend.save_state("z")

@@ -116,6 +116,31 @@ def test_checkpoint_round_trip_and_a_foreign_rank_is_refused(tmp_path: Path) -> 
         b.close()
 
 
+def test_the_shared_training_functions_serve_the_classifier(tmp_path: Path) -> None:
+    from ulora_remote.errors import BackendError
+
+    source = _source(8)
+    trained = ClassifierBackend("tiny-distilbert", seed=0, checkpoint_dir=tmp_path)
+    _train(trained, source, range(3), lr=1e-3)
+    ref = trained.save_state("step3")
+    loaded = ClassifierBackend("tiny-distilbert", seed=5, checkpoint_dir=tmp_path)
+    _train(loaded, source, range(10, 12), lr=1e-3)  # moments that a weights-only load drops
+    loaded.load_state(ref, optimizer=False)
+    assert len(loaded.training.optimizer.state) == 0
+    for (n, p), (_, q) in zip(loaded.training.params, trained.training.params, strict=True):
+        assert torch.equal(p, q), n
+    # the head is trained in full, beside the LoRA matrices
+    names = [n for n, _ in trained.training.params]
+    assert any("lora_A" in n for n in names) and any("classifier" in n for n in names)
+    norm = trained.optim_step(AdamParams(learning_rate=1e-3)).result().grad_norm
+    assert norm == 0.0  # no gradients pending: nothing to measure, nothing applied
+    trained.close()
+    with pytest.raises(BackendError, match="ClassifierBackend is closed"):
+        trained.forward(source.batch(0)[0])
+    assert (tmp_path / "step3" / "manifest.json").is_file()  # close keeps checkpoints
+    loaded.close()
+
+
 def test_scenario_run_reports_accuracy_f1_and_majority(tmp_path: Path) -> None:
     out = io.StringIO()
     result = run_scenario(

@@ -10,22 +10,20 @@ returns the predicted label text, so the runner's exact match is accuracy.
 Training is LoRA on the attention's query and value projections (``q_lin``/``v_lin`` for
 DistilBERT, as in the seed's notebook) with the classification head fully trained (peft
 ``modules_to_save``). Dropout is off (``model.eval()``), as in the local backend: training and
-evaluation compute the same function and runs are deterministic under a seed. Checkpoints use the
-local backend's atomic safetensors format (``ulora_remote.backends.local.state``).
+evaluation compute the same function and runs are deterministic under a seed. Set-up, the AdamW
+step, checkpoints (the local backend's atomic safetensors format) and ``close`` are the local
+backend's shared functions (``ulora_remote.backends.local.training`` and ``.state``).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from ulora_remote.backends.local import state
+from ulora_remote.backends.local import state, training
 
 from ulora_remote.backend import (
     AdamParams,
@@ -35,7 +33,7 @@ from ulora_remote.backend import (
     ForwardBackwardResult,
     OptimStepResult,
 )
-from ulora_remote.errors import BackendError, ConfigurationError, InputError
+from ulora_remote.errors import ConfigurationError, InputError
 
 from .loading import attach_classifier_lora, load_classifier
 
@@ -59,8 +57,9 @@ class ClassifierBackend:
         device: ``"cpu"``, ``"cuda"``...; None picks CUDA when present.
         seed: seeds the LoRA initialisation and the sampling generator.
         threads: torch CPU threads (None leaves torch's setting).
-        checkpoint_dir: where ``save_state`` writes; None uses a temporary directory removed by
-            ``close``.
+        checkpoint_dir: where ``save_state(name)`` writes ``checkpoint_dir/name``. None: a new
+            folder ``./ulora-checkpoints/classify-<date>-<time>-<6 hex>`` under the working
+            directory, created by the first save and kept after ``close``.
 
     Raises:
         ConfigurationError: bad options, or a model that cannot be loaded (the message says how
@@ -73,26 +72,21 @@ class ClassifierBackend:
                  device: str | None = None, seed: int = 0, threads: int | None = None,
                  checkpoint_dir: str | Path | None = None) -> None:
         self.labels = tuple(s.strip() for s in labels)
-        _check_options(self.labels, rank, lora_alpha, max_length)
-        if threads is not None:
-            torch.set_num_threads(threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cuda":  # cuBLAS needs this for deterministic algorithms
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.manual_seed(seed)
+        _check_options(self.labels, max_length)
+        training.check_lora_options(rank, lora_alpha, threads)
+        self.device = training.setup_torch(device=device, seed=seed, threads=threads)
         base = load_classifier(base_model, len(self.labels))
         self.model = attach_classifier_lora(base.model, rank, lora_alpha, target_modules)
         self.model.to(self.device).eval()
         self.tokenizer = base.tokenizer
         self.base_model_name, self.base_fingerprint = base.name, base.fingerprint
         self.rank, self.lora_alpha, self.max_length = rank, float(lora_alpha), max_length
-        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW([p for _, p in self.params], lr=0.0)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self._owned_dir = None if checkpoint_dir else tempfile.mkdtemp(prefix="ulora-ckpt-")
-        self.checkpoint_dir = Path(checkpoint_dir or self._owned_dir or ".")
-        self._closed = False
+        identity = training.AdapterIdentity(
+            base.name, base.fingerprint, rank, float(lora_alpha),
+            tuple(sorted(self.model.peft_config["default"].target_modules)))
+        self.training = training.new_training_state(
+            self.model, device=self.device, seed=seed, checkpoint_dir=checkpoint_dir,
+            identity=identity, kind="classify")
 
     # -- encoding -------------------------------------------------------------------------------
     def _label_ids(self, batch: Sequence[Example]) -> list[int]:
@@ -159,17 +153,7 @@ class ClassifierBackend:
         accumulated).
         """
         self._check_open()
-        for group in self.optimizer.param_groups:
-            group.update(lr=params.learning_rate, betas=(params.beta1, params.beta2),
-                         eps=params.eps, weight_decay=params.weight_decay)
-        grads = [p for _, p in self.params if p.grad is not None]
-        norm = 0.0
-        if grads:  # max_norm=inf measures without scaling (the clip factor is clamped to 1)
-            clip = params.grad_clip_norm if params.grad_clip_norm > 0 else math.inf
-            norm = float(torch.nn.utils.clip_grad_norm_(grads, clip))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return Completed(OptimStepResult(grad_norm=norm))
+        return Completed(training.adamw_step(self.training, params))
 
     def save_state(self, name: str) -> str:
         """Write LoRA, head, AdamW and RNG state to ``checkpoint_dir/name``; return its path.
@@ -178,16 +162,17 @@ class ClassifierBackend:
             CheckpointError: the name escapes ``checkpoint_dir``, or writing failed.
         """
         self._check_open()
-        return str(state.save(self, name))  # type: ignore[arg-type]  # same attributes
+        return str(state.save(self.training, name))
 
-    def load_state(self, ref: str) -> None:
+    def load_state(self, ref: str, *, optimizer: bool = True) -> None:
         """Restore a checkpoint of ``save_state``; pending gradients are discarded.
+        ``optimizer=False`` restores the weights only and starts AdamW afresh.
 
         Raises:
             CheckpointError: missing, incomplete, or made for another base model or LoRA shape.
         """
         self._check_open()
-        state.load(self, ref)  # type: ignore[arg-type]
+        state.load(self.training, ref, optimizer=optimizer)
 
     def sample(self, prompts: Sequence[str], max_tokens: int = 1,
                temperature: float = 0.0) -> list[str]:
@@ -204,22 +189,18 @@ class ClassifierBackend:
                     picks = logits.argmax(dim=-1)
                 else:
                     probs = torch.softmax(logits / temperature, dim=-1)
-                    picks = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+                    gen = self.training.generator
+                    picks = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
             out.extend(self.labels[int(k)] for k in picks.tolist())
         return out
 
     def close(self) -> None:
-        """Drop gradients and remove a checkpoint directory the backend created. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self.optimizer.zero_grad(set_to_none=True)
-        if self._owned_dir is not None:
-            shutil.rmtree(self._owned_dir, ignore_errors=True)
+        """Drop pending gradients; later calls raise BackendError. Checkpoints are kept.
+        Idempotent."""
+        training.close(self.training)
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise BackendError("this ClassifierBackend is closed; create a new one")
+        training.check_open(self.training, "ClassifierBackend")
 
 
 def _split_pair(prompt: str) -> tuple[str, str | None]:
@@ -227,13 +208,9 @@ def _split_pair(prompt: str) -> tuple[str, str | None]:
     return first, (second if sep else None)
 
 
-def _check_options(labels: tuple[str, ...], rank: int, alpha: float, max_length: int) -> None:
+def _check_options(labels: tuple[str, ...], max_length: int) -> None:
     if len(labels) < 2 or len(set(labels)) != len(labels) or "" in labels:
         raise ConfigurationError(f"labels={list(labels)!r}: give at least two distinct, "
                                  "non-empty label texts")
-    if not isinstance(rank, int) or rank < 1:
-        raise ConfigurationError(f"rank={rank!r} must be a positive integer")
-    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
-        raise ConfigurationError(f"lora_alpha={alpha!r} must be a positive number")
     if not isinstance(max_length, int) or max_length < 8:
         raise ConfigurationError(f"max_length={max_length!r} must be an integer ≥ 8")

@@ -13,9 +13,6 @@ other. On a shared 2-vCPU machine, ``threads=1`` ran the medium model 3–5x fas
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +28,12 @@ from ulora_remote.backend import (
     ForwardBackwardResult,
     OptimStepResult,
 )
-from ulora_remote.errors import BackendError, ConfigurationError, InputError
+from ulora_remote.errors import InputError
 
-from . import state
-from .models import attach_lora, load_base
+from . import state, training
+from .builtin import BUILTIN_SIZES, build_builtin_model
+from .models import attach_lora, load_base, resolve_dtype
+from .progress import Progress, stderr_progress
 from .render import char_encoder, check_datums, encode_prompts, pad_datums, render_examples
 from .sampling import generate
 from .tokenizer import CHAR_VOCAB
@@ -62,6 +61,23 @@ class LocalBackend:
     """LoRA training on a local causal LM: the built-in "small"/"medium" model or a local
     Hugging Face directory. See the module docstring and README for the contract.
 
+    Args:
+        base_model: ``"small"``, ``"medium"`` (built in; pre-trained on first use and cached) or
+            the path of a local Hugging Face model directory (never downloaded).
+        rank, lora_alpha, target_modules: the LoRA (``"all-linear"`` or layer names).
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        device: ``"cpu"``, ``"cuda"``...; None picks CUDA when present.
+        seed: seeds the LoRA initialisation and the sampling generator.
+        threads: torch CPU threads (None leaves torch's setting).
+        checkpoint_dir: where ``save_state(name)`` writes ``checkpoint_dir/name``. None: a new
+            folder ``./ulora-checkpoints/local-<date>-<time>-<6 hex>`` under the working
+            directory, created by the first save and kept after ``close``.
+        cache_dir: the built-in models' cache (None: ``$ULORA_CACHE_DIR`` or
+            ``~/.cache/ulora-remote``).
+        progress: gets a line when a built-in model is pre-trained on first use (once per
+            cache; medium takes about 40 s), about every 5 s while it runs, and when it is
+            cached. Default: ``ulora: ...`` lines on stderr; None keeps quiet.
+
     Raises (constructor):
         ConfigurationError: a bad option, an unknown model, a directory without tokenizer.
         MissingExtraError: (at import) the 'local' extra is not installed.
@@ -80,15 +96,13 @@ class LocalBackend:
         threads: int | None = None,
         checkpoint_dir: str | Path | None = None,
         cache_dir: str | Path | None = None,
+        progress: Progress | None = stderr_progress,
     ) -> None:
-        _check_options(rank, lora_alpha, threads)
-        if threads is not None:
-            torch.set_num_threads(threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cuda":  # cuBLAS needs this for deterministic algorithms
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.manual_seed(seed)
+        training.check_lora_options(rank, lora_alpha, threads)
+        resolve_dtype(dtype)  # a bad option fails now, not after a pre-training
+        if base_model in BUILTIN_SIZES:  # first use pre-trains it: say so before the torch set-up
+            build_builtin_model(base_model, cache_dir, progress)
+        self.device = training.setup_torch(device=device, seed=seed, threads=threads)
         base = load_base(base_model, dtype, self.device, cache_dir)
         self.model = attach_lora(base.model, rank, lora_alpha, target_modules)
         self.model.eval()  # no dropout anywhere: training and evaluation compute the same
@@ -103,12 +117,27 @@ class LocalBackend:
         self.vocab_size: int = int(self.model.get_input_embeddings().num_embeddings)
         builtin = base.name.startswith("ulora/builtin-")
         self._encode = char_encoder(self.tokenizer, CHAR_VOCAB) if builtin else None
-        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW([p for _, p in self.params], lr=0.0)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self._owned_dir = None if checkpoint_dir else tempfile.mkdtemp(prefix="ulora-ckpt-")
-        self.checkpoint_dir = Path(checkpoint_dir or self._owned_dir or ".")
-        self._closed = False
+        identity = training.AdapterIdentity(
+            base.name, base.fingerprint, rank, float(lora_alpha),
+            tuple(sorted(self.model.peft_config["default"].target_modules)))
+        self.training = training.new_training_state(
+            self.model, device=self.device, seed=seed, checkpoint_dir=checkpoint_dir,
+            identity=identity, kind="local")
+
+    @property
+    def params(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The trainable (LoRA) parameters by name."""
+        return self.training.params
+
+    @property
+    def optimizer(self) -> torch.optim.AdamW:
+        """The AdamW instance that ``optim_step`` drives."""
+        return self.training.optimizer
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where ``save_state(name)`` writes (see the constructor's ``checkpoint_dir``)."""
+        return self.training.checkpoint_dir
 
     # -- rendering and token-level calls -------------------------------------------------
 
@@ -172,28 +201,19 @@ class LocalBackend:
         accumulated; AdamW then leaves the weights and its state untouched).
         """
         self._check_open()
-        for group in self.optimizer.param_groups:
-            group.update(lr=params.learning_rate, betas=(params.beta1, params.beta2),
-                         eps=params.eps, weight_decay=params.weight_decay)
-        with_grad = [p for _, p in self.params if p.grad is not None]
-        if not with_grad:
-            norm = torch.zeros(())
-        elif params.grad_clip_norm > 0:  # returns the pre-clip norm
-            norm = torch.nn.utils.clip_grad_norm_(with_grad, params.grad_clip_norm)
-        else:
-            norm = _total_norm([p.grad for p in with_grad])
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return Completed(OptimStepResult(grad_norm=float(norm)))
+        return Completed(training.adamw_step(self.training, params))
 
     def save_state(self, name: str) -> str:
         """Write adapter, optimizer and RNG state to ``checkpoint_dir/name``; return its path.
+
+        Without a ``checkpoint_dir`` at construction that is
+        ``./ulora-checkpoints/local-<date>-<time>-<6 hex>/name`` (see the constructor).
 
         Raises:
             CheckpointError: the name escapes ``checkpoint_dir``, or writing failed.
         """
         self._check_open()
-        return str(state.save(self, name))
+        return str(state.save(self.training, name))
 
     def load_state(self, ref: str, *, optimizer: bool = True) -> None:
         """Restore a checkpoint (a path from ``save_state``, or a name in ``checkpoint_dir``).
@@ -203,7 +223,7 @@ class LocalBackend:
         made for another base model or LoRA shape.
         """
         self._check_open()
-        state.load(self, ref, optimizer=optimizer)
+        state.load(self.training, ref, optimizer=optimizer)
 
     def sample(
         self, prompts: Sequence[str], max_tokens: int, temperature: float = 0.0
@@ -246,35 +266,12 @@ class LocalBackend:
         with torch.inference_mode():
             return generate(self.model, prompts, max_tokens=max_tokens, temperature=temperature,
                             stop_ids={self.eos_token_id, *stop_tokens}, pad_id=self.pad_token_id,
-                            generator=gen or self.generator)
+                            generator=gen or self.training.generator)
 
     def close(self) -> None:
-        """Clear pending gradients and remove the checkpoint directory the backend created
-        itself (a ``checkpoint_dir`` you passed is kept). Later calls raise BackendError."""
-        if self._closed:
-            return
-        self._closed = True
-        self.optimizer.zero_grad(set_to_none=True)
-        if self._owned_dir is not None:
-            shutil.rmtree(self._owned_dir, ignore_errors=True)
+        """Clear pending gradients; later calls raise BackendError. Checkpoints are kept (also
+        those in the default folder: they are yours). Idempotent."""
+        training.close(self.training)
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise BackendError("this LocalBackend is closed; create a new one")
-
-
-def _total_norm(grads: list[Any]) -> Any:
-    """The global L2 norm of ``grads``, computed as ``clip_grad_norm_`` computes it."""
-    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
-    if get_total_norm is not None:
-        return get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-
-
-def _check_options(rank: int, lora_alpha: float, threads: int | None) -> None:
-    if not isinstance(rank, int) or rank < 1:
-        raise ConfigurationError(f"rank={rank!r} must be a positive integer")
-    if not (isinstance(lora_alpha, (int, float)) and math.isfinite(lora_alpha) and lora_alpha > 0):
-        raise ConfigurationError(f"lora_alpha={lora_alpha!r} must be a positive number")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ConfigurationError(f"threads={threads!r} must be a positive integer or None")
+        training.check_open(self.training, "LocalBackend")

@@ -11,8 +11,9 @@ prompt, which a LoRA then bends into Pig Latin. Measured on "medium" with LoRA r
 
 The result is cached under ``cache_dir/builtin-<size>-<key>`` where ``key`` hashes the config, the
 recipe, the vocabulary and torch's major.minor version; only the first use pays. Pre-training
-always runs on CPU with one thread, so the cached weights do not depend on the caller's device or
-thread count (and two processes racing to build the same entry write the same bits).
+always runs on CPU with one thread and deterministic algorithms, so the cached weights do not depend
+on the caller's device, thread count or torch settings (and two processes racing to build the same
+entry write the same bits).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 from ulora_remote.errors import ConfigurationError
 
+from .progress import PretrainReport, Progress, stderr_progress
 from .tokenizer import CHAR_VOCAB, EOS_TOKEN, build_char_tokenizer, save_char_tokenizer
 
 __all__ = [
@@ -151,14 +153,17 @@ def _pretrain_batch(gen: Any, recipe: PretrainRecipe) -> tuple[Any, Any, Any]:
     return inputs, targets, weights
 
 
-def _pretrain(size: str) -> Any:
+def _pretrain(size: str, report: PretrainReport) -> Any:
     """Build the model of ``size`` and run its recipe; CPU, one thread, private RNG state."""
     import torch
     from transformers import LlamaForCausalLM
 
     recipe = _RECIPES[size]
     threads = torch.get_num_threads()
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
     torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as under LocalBackend
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(recipe.seed)
@@ -174,12 +179,15 @@ def _pretrain(size: str) -> Any:
             nll = torch.nn.functional.cross_entropy(
                 logits.transpose(1, 2), targets, reduction="none"
             )
-            ((nll * weights).sum() / weights.sum()).backward()
+            loss = (nll * weights).sum() / weights.sum()
+            loss.backward()
+            report.step(step, float(loss.detach()))
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
     return model
 
 
@@ -199,18 +207,22 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def build_builtin_model(size: str = "small", cache_dir: str | Path | None = None) -> Path:
+def build_builtin_model(size: str = "small", cache_dir: str | Path | None = None,
+                        progress: Progress | None = stderr_progress) -> Path:
     """Return the directory of the pre-trained built-in model, building it on first use.
 
     The directory holds a Hugging Face model (``config.json``, ``model.safetensors``), the
     character tokenizer and ``recipe.json``; load it with ``load_builtin`` or with
     ``from_pretrained(local_files_only=True)``.
     It is written into a temporary sibling, fsynced, then renamed, so a crash never leaves a
-    half-written cache entry.
+    half-written cache entry. An entry whose ``recipe.json`` records another vocabulary (or none)
+    is rebuilt, never reused.
 
     Args:
         size: "small" or "medium".
         cache_dir: cache root; default ``$ULORA_CACHE_DIR`` or ``~/.cache/ulora-remote``.
+        progress: gets a line when a pre-training starts, about every 5 s while it runs, and
+            when the entry is cached (default: stderr; None: quiet). A cache hit says nothing.
 
     Returns:
         The cache entry's directory.
@@ -219,27 +231,55 @@ def build_builtin_model(size: str = "small", cache_dir: str | Path | None = None
         ConfigurationError: unknown size.
     """
     target = builtin_cache_path(size, cache_dir)
-    if (target / "recipe.json").is_file():
+    if _is_current(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    _discard_stale(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    report = PretrainReport(progress, size, _RECIPES[size].steps, target)
     try:
         start = time.perf_counter()
-        model = _pretrain(size)
+        report.start()
+        model = _pretrain(size, report)
         _save_model(model, tmp)
         save_char_tokenizer(build_char_tokenizer(), tmp)
         meta = {"size": size, "key": target.name, "recipe": asdict(_RECIPES[size]),
-                "pretrain_s": round(time.perf_counter() - start, 3)}
+                "vocab": CHAR_VOCAB, "pretrain_s": round(time.perf_counter() - start, 3)}
         (tmp / "recipe.json").write_text(json.dumps(meta, indent=2))
         _fsync_tree(tmp)
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / "recipe.json").is_file():  # not a lost race: a real failure
+            if not _is_current(target):  # not a lost race: a real failure
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    report.done()
     return target
+
+
+def _is_current(entry: Path) -> bool:
+    """Whether ``entry`` is a complete cache entry built on today's vocabulary (the key hashes
+    the vocabulary too; this also catches an entry copied or renamed by hand)."""
+    try:
+        meta = json.loads((entry / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("vocab") == CHAR_VOCAB
+
+
+def _discard_stale(entry: Path) -> None:
+    """Move a stale or incomplete ``entry`` aside and delete it, so a fresh build can take its
+    place. Checked again here: a concurrent process may have put a current entry there."""
+    if not entry.exists() or _is_current(entry):
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".stale-{entry.name}-", dir=entry.parent))
+    try:
+        os.rename(entry, trash / "old")
+    except FileNotFoundError:
+        pass
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def load_builtin(directory: Path) -> Any:

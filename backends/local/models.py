@@ -12,6 +12,7 @@ from typing import Any
 from ulora_remote.errors import ConfigurationError
 
 from .builtin import BUILTIN_SIZES, build_builtin_model, load_builtin
+from .progress import Progress
 from .tokenizer import build_char_tokenizer
 
 __all__ = ["LoadedBase", "attach_lora", "load_base", "resolve_dtype"]
@@ -70,7 +71,8 @@ def _check_model_dir(directory: Path) -> None:
         )
 
 
-def load_base(base_model: str, dtype: str, device: Any, cache_dir: str | Path | None) -> LoadedBase:
+def load_base(base_model: str, dtype: str, device: Any, cache_dir: str | Path | None,
+              progress: Progress | None = None) -> LoadedBase:
     """Load the built-in model ``"small"``/``"medium"`` or a local Hugging Face directory.
 
     Args:
@@ -78,6 +80,7 @@ def load_base(base_model: str, dtype: str, device: Any, cache_dir: str | Path | 
         dtype: weight dtype name (see ``resolve_dtype``).
         device: torch device to place the model on.
         cache_dir: built-in model cache root (None: the default).
+        progress: gets the lines of a built-in model's first-use pre-training (None: quiet).
 
     Returns:
         The model (frozen later by peft), its fast tokenizer, and its identity.
@@ -90,7 +93,7 @@ def load_base(base_model: str, dtype: str, device: Any, cache_dir: str | Path | 
 
     torch_dtype = resolve_dtype(dtype)
     if base_model in BUILTIN_SIZES:
-        directory = build_builtin_model(base_model, cache_dir)
+        directory = build_builtin_model(base_model, cache_dir, progress)
         model = load_builtin(directory).to(dtype=torch_dtype)
         return LoadedBase(model.to(device), build_char_tokenizer(), directory,
                           f"ulora/builtin-{base_model}", directory.name)

@@ -57,6 +57,7 @@ def generate(
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache_key = _cache_key(out)
     results: list[list[int]] = [[] for _ in prompts]
     active = set(range(len(prompts)))  # rows that have not stopped yet
     for _ in range(max_tokens):
@@ -70,5 +71,15 @@ def generate(
         mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
         positions = positions[:, -1:] + 1
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions,
-                    past_key_values=out.past_key_values, use_cache=True)
+                    use_cache=True, **{cache_key: out[cache_key]})
     return results
+
+
+def _cache_key(output: Any) -> str:
+    """The name under which this transformers version returns (and takes) the KV cache.
+
+    transformers 5.x renamed ``past_key_values`` to ``cache`` and warns on every use of the old
+    name (in the output and as an argument); 4.x knows only ``past_key_values``. The output's
+    own key says which one this model speaks, with no version table to keep up to date.
+    """
+    return "cache" if "cache" in output.keys() else "past_key_values"

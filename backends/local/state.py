@@ -1,71 +1,74 @@
-"""Capturing and restoring a LocalBackend's training state (adapter, AdamW, RNG).
+"""Capturing and restoring a ``TrainingState`` (adapter, AdamW, RNG): the checkpoints of both
+in-process backends (``LocalBackend`` and ``ClassifierBackend``).
 
 Kept apart from ``checkpoint`` (the file format) so each stays small: this module knows the
-backend's objects, that one knows the directory layout.
+training state's objects, that one knows the directory layout.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ulora_remote.errors import CheckpointError
 
 from .checkpoint import checkpoint_target, read_checkpoint, write_checkpoint
-
-if TYPE_CHECKING:
-    from .backend import LocalBackend
+from .training import TrainingState
 
 __all__ = ["load", "manifest_of", "save"]
 
 _SEP = "::"
 
 
-def manifest_of(backend: LocalBackend) -> dict[str, Any]:
+def manifest_of(state: TrainingState) -> dict[str, Any]:
     """What must match for a checkpoint to load: base model identity and the LoRA's shape."""
-    lora = backend.model.peft_config["default"]
+    ident = state.identity
     return {
-        "base_model": backend.base_model_name,
-        "base_fingerprint": backend.base_fingerprint,
-        "rank": backend.rank,
-        "lora_alpha": backend.lora_alpha,
-        "target_modules": sorted(lora.target_modules),
-        "params": {n: list(p.shape) for n, p in backend.params},
+        "base_model": ident.base_model,
+        "base_fingerprint": ident.base_fingerprint,
+        "rank": ident.rank,
+        "lora_alpha": ident.lora_alpha,
+        "target_modules": sorted(ident.target_modules),
+        "params": {n: list(p.shape) for n, p in state.params},
     }
 
 
-def _rng_tensors(backend: LocalBackend) -> dict[str, Any]:
-    rng = {"torch_cpu": torch.get_rng_state(), "sampler": backend.generator.get_state()}
+def _rng_tensors(state: TrainingState) -> dict[str, Any]:
+    rng = {"torch_cpu": torch.get_rng_state(), "sampler": state.generator.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"cuda_{i}"] = s
     return rng
 
 
-def save(backend: LocalBackend, name: str) -> Path:
-    """Write the backend's state to ``checkpoint_dir/name`` atomically; return the path."""
-    target = checkpoint_target(backend.checkpoint_dir, name)
-    index = {id(p): n for n, p in backend.params}
+def save(state: TrainingState, name: str) -> Path:
+    """Write ``state`` to ``state.checkpoint_dir/name`` atomically; return the path.
+
+    Raises:
+        CheckpointError: the name escapes ``checkpoint_dir``, or writing failed.
+    """
+    target = checkpoint_target(state.checkpoint_dir, name)
+    index = {id(p): n for n, p in state.params}
     opt_tensors: dict[str, Any] = {}
-    for p, st in backend.optimizer.state.items():
+    for p, st in state.optimizer.state.items():
         for key, value in st.items():
             opt_tensors[f"{index[id(p)]}{_SEP}{key}"] = torch.as_tensor(value)
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in backend.optimizer.param_groups]
-    manifest = {**manifest_of(backend), "param_groups": json.loads(json.dumps(groups))}
-    tensors = {"adapter": {n: p for n, p in backend.params}, "optimizer": opt_tensors,
-               "rng": _rng_tensors(backend)}
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in state.optimizer.param_groups]
+    manifest = {**manifest_of(state), "param_groups": json.loads(json.dumps(groups))}
+    tensors = {"adapter": {n: p for n, p in state.params}, "optimizer": opt_tensors,
+               "rng": _rng_tensors(state)}
     write_checkpoint(target, tensors, manifest)
     return target
 
 
-def _resolve(backend: LocalBackend, ref: str) -> Path:
+def _resolve(state: TrainingState, ref: str) -> Path:
     path = Path(ref)
     if path.is_absolute() or path.exists():
         return path
-    return checkpoint_target(backend.checkpoint_dir, ref)
+    return checkpoint_target(state.checkpoint_dir, ref)
 
 
 def _check_compatible(path: Path, saved: dict[str, Any], ours: dict[str, Any]) -> None:
@@ -75,44 +78,53 @@ def _check_compatible(path: Path, saved: dict[str, Any], ours: dict[str, Any]) -
             shown = "(differs)" if key == "params" else f"{saved.get(key)!r} vs ours {ours[key]!r}"
             raise CheckpointError(
                 f"checkpoint {str(path)!r} was made for another model or adapter: {key} "
-                f"{shown}; load it into a LocalBackend with the same base model, rank, "
+                f"{shown}; load it into a backend with the same base model, rank, "
                 "lora_alpha and target_modules"
             )
 
 
-def load(backend: LocalBackend, ref: str, *, optimizer: bool = True) -> None:
+def load(state: TrainingState, ref: str, *, optimizer: bool = True) -> None:
     """Restore adapter weights, AdamW state and RNG state; discard pending gradients.
 
-    With ``optimizer=False`` only the adapter weights are restored and the optimizer starts
-    afresh (no moments, step counts at 0), as Tinker's weights-only load does; RNG state is
-    left as it is.
+    ``ref`` is a path from ``save`` or a name inside ``state.checkpoint_dir``. With
+    ``optimizer=False`` only the adapter weights are restored and the optimizer starts afresh
+    (no moments, step counts at 0), as Tinker's weights-only load does; RNG state is left as it
+    is.
+
+    Raises:
+        CheckpointError: missing, incomplete, or made for another base model or LoRA shape.
     """
-    path = _resolve(backend, ref)
+    path = _resolve(state, ref)
     tensors, saved = read_checkpoint(path)
-    _check_compatible(path, saved, manifest_of(backend))
-    by_name = dict(backend.params)
+    _check_compatible(path, saved, manifest_of(state))
     with torch.no_grad():
-        for name, p in backend.params:
+        for name, p in state.params:
             p.copy_(tensors["adapter"][name])
     if not optimizer:
-        backend.optimizer.state.clear()
-        backend.optimizer.zero_grad(set_to_none=True)
+        state.optimizer.state.clear()
+        state.optimizer.zero_grad(set_to_none=True)
         return
-    per_param: dict[int, dict[str, Any]] = {}
-    order = {n: i for i, (n, _) in enumerate(backend.params)}
-    for key, value in tensors["optimizer"].items():
-        name, field = key.rsplit(_SEP, 1)
-        if name not in by_name:
-            raise CheckpointError(f"checkpoint {str(path)!r} has optimizer state for unknown "
-                                  f"parameter {name!r}")
-        per_param.setdefault(order[name], {})[field] = value
-    groups = [{**g, "params": list(range(len(backend.params)))} for g in saved["param_groups"]]
-    for g in groups:
-        g["betas"] = tuple(g["betas"])
-    backend.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-    backend.optimizer.zero_grad(set_to_none=True)
+    _load_optimizer(state, path, tensors["optimizer"], saved["param_groups"])
     torch.set_rng_state(tensors["rng"]["torch_cpu"])
-    backend.generator.set_state(tensors["rng"]["sampler"])
+    state.generator.set_state(tensors["rng"]["sampler"])
     cuda = [tensors["rng"][k] for k in sorted(tensors["rng"]) if k.startswith("cuda_")]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def _load_optimizer(state: TrainingState, path: Path, saved_tensors: dict[str, Any],
+                    saved_groups: list[dict[str, Any]]) -> None:
+    """AdamW's per-parameter state (saved by parameter name) and its param groups."""
+    per_param: dict[int, dict[str, Any]] = {}
+    order = {n: i for i, (n, _) in enumerate(state.params)}
+    for key, value in saved_tensors.items():
+        name, field = key.rsplit(_SEP, 1)
+        if name not in order:
+            raise CheckpointError(f"checkpoint {str(path)!r} has optimizer state for unknown "
+                                  f"parameter {name!r}")
+        per_param.setdefault(order[name], {})[field] = value
+    groups = [{**g, "params": list(range(len(state.params)))} for g in saved_groups]
+    for g in groups:
+        g["betas"] = tuple(g["betas"])
+    state.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+    state.optimizer.zero_grad(set_to_none=True)
