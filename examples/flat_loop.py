@@ -32,7 +32,7 @@ def main(steps: int = 120, model: str = "small") -> list[float]:
             print(f"[{step}] Mode={controller.mode} φ={controller.phi:.3f} "
                   f"E_s={controller.E_smooth:.3f} lr={new_lr:g} loss={loss:.3f}")
     held_out = task.eval_examples()
-    answers = backend.sample([e.prompt for e in held_out], max_tokens=16)
+    answers = backend.sample(held_out, max_tokens=16)
     hits = sum(a.strip() == e.completion.strip() for a, e in zip(answers, held_out, strict=True))
     print(f"exact match on {len(held_out)} held-out words: {hits / len(held_out):.2f}")
     backend.close()

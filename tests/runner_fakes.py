@@ -74,10 +74,11 @@ class FakeBackend:
         (self.w,), self.grad = self.saved[name], 0.0
 
     def sample(
-        self, prompts: Sequence[str], max_tokens: int, temperature: float = 0.0
+        self, examples: Sequence[Example], max_tokens: int, temperature: float = 0.0
     ) -> list[str]:
         # Right answer for the first half of the prompts once w is small.
-        return [f" {p}ay " if i % 2 == 0 and self.w < 1.0 else "x" for i, p in enumerate(prompts)]
+        return [f" {e.prompt}ay " if i % 2 == 0 and self.w < 1.0 else "x"
+                for i, e in enumerate(examples)]
 
     def close(self) -> None:
         self.closed = True

@@ -158,7 +158,7 @@ def test_batched_greedy_sampling_matches_one_prompt_at_a_time() -> None:
     backend = LocalBackend("small", seed=0)
     _train(backend, 40)
     prompts = ["hello ->", "a ->", "strengths ->", "eat ->"]
-    batched = backend.sample(prompts, max_tokens=12)
+    batched = backend.sample([Example(p, "") for p in prompts], max_tokens=12)
     for prompt, text in zip(prompts, batched, strict=True):
         tokens = backend.sample_tokens(backend.tokenizer.encode(prompt), max_tokens=12)
         assert text == backend.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -204,7 +204,7 @@ def test_sampling_with_the_kv_cache_warns_about_nothing() -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            texts = backend.sample(["hello ->", "a ->"], max_tokens=6)
+            texts = backend.sample([Example("hello ->", ""), Example("a ->", "")], max_tokens=6)
     finally:
         logger.removeHandler(handler)
     assert len(texts) == 2 and [r.getMessage() for r in records] == []

@@ -21,6 +21,8 @@ from ulora_remote.scenarios.pig_latin import PigLatinTask  # noqa: E402
 from ulora_remote.backend import AdamParams, Datum, Example  # noqa: E402
 from ulora_remote.errors import CheckpointError, ConfigurationError, InputError  # noqa: E402
 
+PROMPTS = [Example("hello ->", ""), Example("xyz ->", "")]
+
 torch.set_num_threads(1)
 TASK = PigLatinTask(seed=0, eval_size=8)
 
@@ -40,13 +42,13 @@ def test_save_load_continue_is_bit_identical_to_not_stopping(tmp_path: Path) -> 
     straight = LocalBackend("small", seed=0, checkpoint_dir=tmp_path)
     _steps(straight, 0, 4)
     path = straight.save_state("after-4")
-    hot = straight.sample(["hello ->", "xyz ->"], max_tokens=6, temperature=1.0)
+    hot = straight.sample(PROMPTS, max_tokens=6, temperature=1.0)
     expected = _steps(straight, 4, 4)
 
     fresh = LocalBackend("small", seed=99, checkpoint_dir=tmp_path)  # other LoRA init and RNG
     fresh.forward_backward(TASK.train_batch(50, 4)).result()  # pending gradients are dropped
     fresh.load_state(path)
-    assert fresh.sample(["hello ->", "xyz ->"], max_tokens=6, temperature=1.0) == hot
+    assert fresh.sample(PROMPTS, max_tokens=6, temperature=1.0) == hot
     assert _steps(fresh, 4, 4) == expected
     for (n, p), (_, q) in zip(straight.params, fresh.params, strict=True):
         assert torch.equal(p, q), n
@@ -144,7 +146,7 @@ def test_a_local_hugging_face_directory_trains_and_samples(tmp_path: Path) -> No
         backend.optim_step(AdamParams(learning_rate=1e-2)).result()
         last = backend.forward_backward(batch).result().mean_loss
     assert last < first
-    assert isinstance(backend.sample(["ab ->"], max_tokens=4)[0], str)
+    assert isinstance(backend.sample([Example("ab ->", "")], max_tokens=4)[0], str)
     reloaded = AutoTokenizer.from_pretrained(str(backend.tokenizer_dir), local_files_only=True)
     assert reloaded.encode("ab ->") == backend.tokenizer.encode("ab ->")
 
@@ -188,7 +190,7 @@ def test_an_unencodable_character_is_named_with_its_example(backend: LocalBacken
         backend.render(Example("cafe ->", " afécay"))
     assert "afécay" in str(exc.value)
     with pytest.raises(InputError, match="'€' .* at position 1 of the prompt"):
-        backend.sample(["5€ ->"], max_tokens=3)
+        backend.sample([Example("5€ ->", "")], max_tokens=3)
 
 
 def test_a_token_outside_the_vocabulary_is_an_input_error(backend: LocalBackend) -> None:

@@ -49,7 +49,7 @@ def test_a_chat_shaped_example_renders_newlines_and_tabs(backend: LocalBackend) 
     assert backend.tokenizer.encode("a\n\nb", add_special_tokens=False) == [
         CHAR_VOCAB["a"], CHAR_VOCAB["\n"], CHAR_VOCAB["\n"], CHAR_VOCAB["b"]]
     assert backend.forward_backward([example]).result().mean_loss > 0
-    assert isinstance(backend.sample(["user:\thi\n"], max_tokens=3)[0], str)
+    assert isinstance(backend.sample([Example("user:\thi\n", "")], max_tokens=3)[0], str)
     backend.optimizer.zero_grad(set_to_none=True)
 
 

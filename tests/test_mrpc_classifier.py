@@ -57,9 +57,10 @@ def _train(backend: ClassifierBackend, source: _Source, steps: range, lr: float)
 def test_losses_are_per_example_label_cross_entropy() -> None:
     backend = ClassifierBackend("tiny-distilbert", seed=1)
     assert isinstance(backend, TrainingBackend)
-    batch = [Example("the bank sold the deal on monday .\nthe lender sold the agreement "
-                     "on monday .", "1"),
-             Example("the city shut the road .\nthe town never closed the street .", " 0 ")]
+    batch = [Example("", "1", inputs=("the bank sold the deal on monday .",
+                                       "the lender sold the agreement on monday .")),
+             Example("", " 0 ", inputs=("the city shut the road .",
+                                        "the town never closed the street ."))]
     result = backend.forward(batch).result()
     assert result.weight_sums == (1.0, 1.0) and result.tokens == 2.0
     enc = backend.tokenizer(["the bank sold the deal on monday ."], [
@@ -69,7 +70,7 @@ def test_losses_are_per_example_label_cross_entropy() -> None:
     expected = -torch.log_softmax(logits, dim=-1)[0, 1].item()
     assert result.nll_sums[0] == pytest.approx(expected, rel=1e-5)
     assert result.mean_loss == pytest.approx(sum(result.nll_sums) / 2)
-    assert set(backend.sample([e.prompt for e in batch], max_tokens=1)) <= {"0", "1"}
+    assert set(backend.sample(batch, max_tokens=1)) <= {"0", "1"}
     datum = backend.render(batch[1])
     assert datum.weight_sum == 1.0 and datum.target_tokens[-1] == 0
     backend.close()
@@ -78,7 +79,9 @@ def test_losses_are_per_example_label_cross_entropy() -> None:
 def test_bad_labels_and_empty_batches_raise_input_errors() -> None:
     backend = ClassifierBackend("tiny-distilbert")
     with pytest.raises(InputError, match=r"label ' yes'.*labels \['0', '1'\]"):
-        backend.forward_backward([Example("a .\nb .", " yes")])
+        backend.forward_backward([Example("", " yes", inputs=("a .", "b ."))])
+    with pytest.raises(InputError, match="sentence pair"):
+        backend.forward([Example("", "1", inputs=("a .", "b .", "c ."))])
     with pytest.raises(InputError, match="empty batch"):
         backend.forward([])
     backend.close()
@@ -86,7 +89,7 @@ def test_bad_labels_and_empty_batches_raise_input_errors() -> None:
 
 def test_tiny_classifier_learns_above_the_majority_class() -> None:
     backend, source = ClassifierBackend("tiny-distilbert", seed=0), _source()
-    prompts = [e.prompt for e in source.eval_examples()]
+    prompts = source.eval_examples()
     before = source.score_eval(backend.sample(prompts))
     _train(backend, source, range(200), lr=1e-3)
     after = source.score_eval(backend.sample(prompts))
@@ -136,7 +139,7 @@ def test_the_shared_training_functions_serve_the_classifier(tmp_path: Path) -> N
     assert norm == 0.0  # no gradients pending: nothing to measure, nothing applied
     trained.close()
     with pytest.raises(BackendError, match="ClassifierBackend is closed"):
-        trained.forward(source.batch(0)[0])
+        trained.forward(source.batch(0))
     assert (tmp_path / "step3" / "manifest.json").is_file()  # close keeps checkpoints
     loaded.close()
 

@@ -203,9 +203,15 @@ class TrainingBackend(Protocol):
         ...
 
     def sample(
-        self, prompts: Sequence[str], max_tokens: int, temperature: float = 0.0
+        self, examples: Sequence[Example], max_tokens: int, temperature: float = 0.0
     ) -> list[str]:
-        """Generate a completion for each prompt (greedy at temperature 0). Blocks."""
+        """Generate a completion for each example's input: its prompt, or its structured
+        ``inputs`` for a backend that takes them apart (the example's completion is not
+        used). Greedy at temperature 0; at most ``max_tokens`` tokens each. Blocks.
+
+        Raises:
+            InputError: an example cannot be rendered.
+        """
         ...
 
     def close(self) -> None:

@@ -1,8 +1,8 @@
 """``ClassifierBackend``: the TrainingBackend protocol on a sequence-classification model.
 
-An ``Example`` is a sentence pair and its label text: ``prompt = "<sentence 1>\\n<sentence 2>"``
-(split at the first newline into the tokenizer's text pair; a prompt without a newline is one
-text) and ``completion`` one of ``labels`` (surrounding whitespace ignored). The loss of an example
+An ``Example`` is a sentence pair and its label text: ``inputs = (<sentence 1>, <sentence 2>)``
+(the tokenizer's text pair; an example without ``inputs`` is one text, its ``prompt``) and
+``completion`` one of ``labels`` (surrounding whitespace ignored). The loss of an example
 is the cross-entropy of its label (nats) with weight 1, so ``ForwardBackwardResult.mean_loss`` is
 the mean CE per example and the runner, controller and logs need no special case. ``sample``
 returns the predicted label text, so the runner's exact match is accuracy.
@@ -100,10 +100,10 @@ class ClassifierBackend:
             ids.append(self.labels.index(text))
         return ids
 
-    def _encode(self, prompts: Sequence[str]) -> dict[str, Any]:
-        if len(prompts) == 0:
+    def _encode(self, examples: Sequence[Example]) -> dict[str, Any]:
+        if len(examples) == 0:
             raise InputError("empty batch: pass at least one Example")
-        firsts, seconds = zip(*(_split_pair(p) for p in prompts), strict=True)
+        firsts, seconds = zip(*(_text_pair(e) for e in examples), strict=True)
         pair = None if all(s is None for s in seconds) else [s or "" for s in seconds]
         enc = self.tokenizer(list(firsts), pair, padding=True, truncation=True,
                              max_length=self.max_length, return_tensors="pt")
@@ -117,14 +117,14 @@ class ClassifierBackend:
             InputError: the label is not one of ``labels``.
         """
         label = self._label_ids([example])[0]
-        ids = tuple(int(t) for t in self._encode([example.prompt])["input_ids"][0].tolist())
+        ids = tuple(int(t) for t in self._encode([example])["input_ids"][0].tolist())
         return Datum(ids, (label,) * len(ids), (0.0,) * (len(ids) - 1) + (1.0,))
 
     # -- the TrainingBackend protocol -----------------------------------------------------------
     def _losses(self, batch: Sequence[Example], *, train: bool) -> ForwardBackwardResult:
         self._check_open()
         labels = torch.tensor(self._label_ids(batch), device=self.device)
-        enc = self._encode([e.prompt for e in batch])
+        enc = self._encode(batch)
         with torch.enable_grad() if train else torch.inference_mode():
             logits = self.model(**enc).logits.float()
             nll = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
@@ -174,7 +174,7 @@ class ClassifierBackend:
         self._check_open()
         state.load(self.training, ref, optimizer=optimizer)
 
-    def sample(self, prompts: Sequence[str], max_tokens: int = 1,
+    def sample(self, examples: Sequence[Example], max_tokens: int = 1,
                temperature: float = 0.0) -> list[str]:
         """The predicted label text of each pair: the argmax at temperature 0, else a draw from
         softmax(logits / temperature). ``max_tokens`` is ignored (a label is one answer)."""
@@ -182,9 +182,9 @@ class ClassifierBackend:
         if not math.isfinite(temperature) or temperature < 0:
             raise InputError(f"temperature={temperature} must be finite and ≥ 0")
         out: list[str] = []
-        for i in range(0, len(prompts), _CHUNK):
+        for i in range(0, len(examples), _CHUNK):
             with torch.inference_mode():
-                logits = self.model(**self._encode(prompts[i:i + _CHUNK])).logits.float()
+                logits = self.model(**self._encode(examples[i:i + _CHUNK])).logits.float()
                 if temperature == 0:
                     picks = logits.argmax(dim=-1)
                 else:
@@ -203,9 +203,18 @@ class ClassifierBackend:
         training.check_open(self.training, "ClassifierBackend")
 
 
-def _split_pair(prompt: str) -> tuple[str, str | None]:
-    first, sep, second = prompt.partition("\n")
-    return first, (second if sep else None)
+def _text_pair(example: Example) -> tuple[str, str | None]:
+    """The tokenizer's text (pair) of an example: its two ``inputs``, or its prompt alone.
+
+    Raises:
+        InputError: ``inputs`` with other than two texts.
+    """
+    if not example.inputs:
+        return example.prompt, None
+    if len(example.inputs) != 2:
+        raise InputError(f"a classifier example takes a sentence pair as inputs, got "
+                         f"{len(example.inputs)} text(s)")
+    return example.inputs[0], example.inputs[1]
 
 
 def _check_options(labels: tuple[str, ...], max_length: int) -> None:

@@ -226,10 +226,12 @@ class LocalBackend:
         state.load(self.training, ref, optimizer=optimizer)
 
     def sample(
-        self, prompts: Sequence[str], max_tokens: int, temperature: float = 0.0
+        self, examples: Sequence[Example], max_tokens: int, temperature: float = 0.0
     ) -> list[str]:
-        """Complete each prompt (greedy at temperature 0), stopping at EOS; the text returned
-        is the completion only, without special tokens. Raises InputError on a bad prompt."""
+        """Complete each example's prompt (greedy at temperature 0), stopping at EOS; the text
+        returned is the completion only, without special tokens. Raises InputError on a bad
+        prompt."""
+        prompts = [e.prompt for e in examples]
         if len(prompts) == 0:
             return []
         outs = self._generate(encode_prompts(self.tokenizer, prompts), max_tokens, temperature, ())

@@ -333,13 +333,15 @@ class TinkerBackend:
     # -- evaluation ------------------------------------------------------------------------
 
     def sample(
-        self, prompts: Sequence[str], max_tokens: int, temperature: float = 0.0
+        self, examples: Sequence[Example], max_tokens: int, temperature: float = 0.0
     ) -> list[str]:
-        """Greedy (at temperature 0) generations from the current weights, one per prompt.
+        """Greedy (at temperature 0) generations from the current weights, one per example's
+        prompt.
 
         Saves sampler weights (``save_weights_and_get_sampling_client``) on every call, so
         call it at evaluation steps only. Each text is cut at EOS or the first newline.
         """
+        prompts = [e.prompt for e in examples]
         if not prompts:
             return []
         client = self._live_client()

@@ -294,7 +294,7 @@ class Runner:
     def _evaluate(self, k: int) -> None:
         examples = list(self.source.eval_examples(k))
         result = self.backend.forward(examples).result(self.s.result_timeout_s)
-        outputs = self.backend.sample([e.prompt for e in examples], self.s.eval_max_tokens)
+        outputs = self.backend.sample(examples, self.s.eval_max_tokens)
         scores = self.source.score(k, outputs)
         row = {"step": k, "eval_loss": float(result.mean_loss), "exact_match": scores.exact_match}
         assert self._evals_csv is not None
