@@ -206,7 +206,8 @@ def build_builtin_model(size: str = "small", cache_dir: str | Path | None = None
     character tokenizer and ``recipe.json``; load it with ``load_builtin`` or with
     ``from_pretrained(local_files_only=True)``.
     It is written into a temporary sibling, fsynced, then renamed, so a crash never leaves a
-    half-written cache entry.
+    half-written cache entry. An entry whose ``recipe.json`` records another vocabulary (or none)
+    is rebuilt, never reused.
 
     Args:
         size: "small" or "medium".
@@ -219,9 +220,10 @@ def build_builtin_model(size: str = "small", cache_dir: str | Path | None = None
         ConfigurationError: unknown size.
     """
     target = builtin_cache_path(size, cache_dir)
-    if (target / "recipe.json").is_file():
+    if _is_current(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    _discard_stale(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         start = time.perf_counter()
@@ -229,17 +231,41 @@ def build_builtin_model(size: str = "small", cache_dir: str | Path | None = None
         _save_model(model, tmp)
         save_char_tokenizer(build_char_tokenizer(), tmp)
         meta = {"size": size, "key": target.name, "recipe": asdict(_RECIPES[size]),
-                "pretrain_s": round(time.perf_counter() - start, 3)}
+                "vocab": CHAR_VOCAB, "pretrain_s": round(time.perf_counter() - start, 3)}
         (tmp / "recipe.json").write_text(json.dumps(meta, indent=2))
         _fsync_tree(tmp)
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / "recipe.json").is_file():  # not a lost race: a real failure
+            if not _is_current(target):  # not a lost race: a real failure
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _is_current(entry: Path) -> bool:
+    """Whether ``entry`` is a complete cache entry built on today's vocabulary (the key hashes
+    the vocabulary too; this also catches an entry copied or renamed by hand)."""
+    try:
+        meta = json.loads((entry / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("vocab") == CHAR_VOCAB
+
+
+def _discard_stale(entry: Path) -> None:
+    """Move a stale or incomplete ``entry`` aside and delete it, so a fresh build can take its
+    place. Checked again here: a concurrent process may have put a current entry there."""
+    if not entry.exists() or _is_current(entry):
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".stale-{entry.name}-", dir=entry.parent))
+    try:
+        os.rename(entry, trash / "old")
+    except FileNotFoundError:
+        pass
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def load_builtin(directory: Path) -> Any:

@@ -25,24 +25,38 @@ __all__ = [
 Encoder = Callable[[list[str], bool], list[list[int]]]
 
 
-def _unencodable(tokenizer: Any, text: str, unk_id: int) -> str:
-    """The first character of ``text`` that the tokenizer maps to its unknown token."""
-    for ch in text:
+def _unencodable(tokenizer: Any, text: str, unk_id: int) -> tuple[int, str] | None:
+    """The position and character of the first character of ``text`` that the tokenizer maps to
+    its unknown token; None when no single character is to blame."""
+    for pos, ch in enumerate(text):
         if unk_id in tokenizer.encode(ch, add_special_tokens=False):
-            return ch
-    return text  # a multi-character sequence with no single culprit
+            return pos, ch
+    return None
 
 
-def _check_encoded(
-    tokenizer: Any, ids: list[int], text: str, where: str, example: Example, index: int
-) -> None:
+def _check_encoded(tokenizer: Any, ids: list[int], text: str, where: str, index: int) -> None:
+    """Raise an InputError naming the character and its position when ``ids`` hold the unknown
+    token. The message says "example ``index``" (its place in the batch); a caller that knows the
+    record and line can catch the error and prefix them."""
     unk_id = tokenizer.unk_token_id
-    if unk_id is not None and unk_id in ids:
-        ch = _unencodable(tokenizer, text, unk_id)
-        raise InputError(
-            f"character {ch!r} in the {where} of example {index} ({example!r}) cannot be encoded "
-            "by this model's tokenizer; remove or replace it"
-        )
+    if unk_id is None or unk_id not in ids:
+        return
+    found = _unencodable(tokenizer, text, unk_id)
+    if found is None:
+        raise InputError(f"the {where} of example {index} ({_excerpt(text, 0)}) cannot be "
+                         "encoded by this model's tokenizer; remove or replace its unusual "
+                         "characters")
+    pos, ch = found
+    raise InputError(
+        f"character {ch!r} (U+{ord(ch):04X}) at position {pos} of the {where} of example {index} "
+        f"({_excerpt(text, pos)}) cannot be encoded by this model's tokenizer; remove or replace it"
+    )
+
+
+def _excerpt(text: str, pos: int, width: int = 24) -> str:
+    """``text`` around ``pos``, at most about ``2 * width`` characters, as a repr."""
+    start, end = max(0, pos - width), pos + width
+    return f"{'…' if start else ''}{text[start:end]!r}{'…' if end < len(text) else ''}"
 
 
 def _encode_batch(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
@@ -107,8 +121,8 @@ def render_examples(
     completions = encode([e.completion for e in examples], False)
     datums = []
     for i, (ex, p, c) in enumerate(zip(examples, prompts, completions, strict=True)):
-        _check_encoded(tokenizer, p, ex.prompt, "prompt", ex, i)
-        _check_encoded(tokenizer, c, ex.completion, "completion", ex, i)
+        _check_encoded(tokenizer, p, ex.prompt, "prompt", i)
+        _check_encoded(tokenizer, c, ex.completion, "completion", i)
         if not c:
             raise InputError(
                 f"the completion of example {i} ({ex!r}) renders to no tokens; every example "
@@ -133,7 +147,7 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     """
     encoded = _encode_batch(tokenizer, list(prompts), special=True)
     for i, (text, ids) in enumerate(zip(prompts, encoded, strict=True)):
-        _check_encoded(tokenizer, ids, text, "prompt", Example(text, ""), i)
+        _check_encoded(tokenizer, ids, text, "prompt", i)
         if not ids:
             raise InputError(f"sampling prompt {i} ({text!r}) renders to no tokens")
     return [list(ids) for ids in encoded]

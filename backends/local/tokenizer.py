@@ -1,9 +1,11 @@
 """The built-in character tokenizer: one token per character, built in code, no download.
 
 The vocabulary is fixed (so a cached model and its tokenizer always agree): pad/bos/eos/unk, then
-ASCII letters, digits, space and common punctuation. Encoding with special tokens prepends
-``<bos>``, as Llama tokenizers do, so prompts render the same way for the built-in model and for a
-local Hugging Face model.
+ASCII letters, digits, space and common punctuation, then newline and tab (chat templates separate
+turns with newlines). New characters are appended, so every existing id keeps its value; the
+built-in model cache key hashes the vocabulary, so a model built on an older one is rebuilt.
+Encoding with special tokens prepends ``<bos>``, as Llama tokenizers do, so prompts render the
+same way for the built-in model and for a local Hugging Face model.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ __all__ = [
 
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<bos>", "<eos>", "<unk>"
 _SPECIALS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
-_CHARS = string.ascii_lowercase + string.ascii_uppercase + string.digits + " " + string.punctuation
+_CHARS = (string.ascii_lowercase + string.ascii_uppercase + string.digits + " " + string.punctuation
+          + "\n\t")
 
 #: token id of every special token and character; ids are stable across versions of this module.
 CHAR_VOCAB: dict[str, int] = {tok: i for i, tok in enumerate(_SPECIALS + tuple(_CHARS))}
@@ -41,8 +44,9 @@ def build_char_tokenizer() -> Any:
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.WordLevel(dict(CHAR_VOCAB), unk_token=UNK_TOKEN))
-    # Split every character into its own pre-token; Fuse joins tokens back without spaces.
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    # Split every character into its own pre-token ("." would leave a run of newlines whole);
+    # Fuse joins tokens back without spaces.
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
     core.post_processor = processors.TemplateProcessing(
         single=f"{BOS_TOKEN} $A", special_tokens=[(BOS_TOKEN, CHAR_VOCAB[BOS_TOKEN])]
