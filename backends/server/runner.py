@@ -21,6 +21,7 @@ from ulora_remote.errors import BackendError
 from .app import build_app
 from .config import FaultInjector, ServerConfig, is_loopback
 from .counters import Counters
+from .protocol import header_timeout_protocol
 from .scheduler import Scheduler
 from .service import Service
 
@@ -93,12 +94,17 @@ def _prepare(config: ServerConfig) -> tuple[Service, FaultInjector, uvicorn.Serv
         )
     scheduler = Scheduler(config.cycle_s)
     service = Service(config, scheduler)
-    service.probe()  # load the served model now: a bad base_model fails before binding
+    service.served()  # load the served model now: a bad base_model fails before binding
     faults = FaultInjector(config.faults)
     sock = _bind(config.host, config.port)
     app = build_app(service, config, faults)
     uv_config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", timeout_keep_alive=30, timeout_graceful_shutdown=5
+        app,
+        http=header_timeout_protocol(config.header_timeout_s),
+        log_level="warning",
+        lifespan="off",
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=5,
     )
     uv_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _HideInjectedDrops) for f in uv_log.filters):
