@@ -139,7 +139,8 @@ class ServerConfig:
     """Everything ``ulora serve`` needs; validated at construction.
 
     Args:
-        host: interface to bind; loopback unless said otherwise (a warning is logged).
+        host: interface to bind; loopback unless said otherwise (then an API key is required
+            and a warning is logged).
         port: TCP port; 0 picks a free one.
         base_model: "small", "medium" or a local Hugging Face model directory.
         checkpoint_dir: where checkpoints and the checkpoint index live.
@@ -192,6 +193,12 @@ class ServerConfig:
             )
         if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ConfigurationError(f"lora_alpha={self.lora_alpha!r} must be finite and > 0")
-        if self.api_key is not None and not self.api_key:
+        if self.api_key is not None and not self.api_key.strip():
             raise ConfigurationError("api_key is empty; omit it to serve without a key")
+        if self.api_key is None and not is_loopback(self.host):
+            raise ConfigurationError(
+                f"host={self.host!r} is reachable from other machines; serving there without "
+                "an API key would let any of them train and read checkpoints: set api_key "
+                "(--api-key or $ULORA_SERVE_API_KEY), or bind to 127.0.0.1"
+            )
         object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))

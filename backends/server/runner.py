@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import threading
@@ -86,10 +87,10 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _prepare(config: ServerConfig) -> tuple[Service, FaultInjector, uvicorn.Server, socket.socket]:
-    if not is_loopback(config.host):
+    if not is_loopback(config.host):  # ServerConfig refuses it without an API key
         logger.warning(
-            "ulora serve is listening on %s, reachable from other machines; set an API key "
-            "(--api-key) and bind to 127.0.0.1 unless you mean it",
+            "ulora serve is listening on %s, reachable from other machines; bind to 127.0.0.1 "
+            "unless you mean it",
             config.host,
         )
     scheduler = Scheduler(config.cycle_s)
@@ -149,12 +150,19 @@ def serve_in_thread(config: ServerConfig, *, start_timeout_s: float = 30.0) -> R
 
 
 def serve_forever(config: ServerConfig) -> None:
-    """Serve in the foreground until interrupted (Ctrl-C)."""
+    """Serve in the foreground until interrupted (Ctrl-C), saying what it does on stdout."""
+    say = functools.partial(print, "ulora serve:", flush=True)
+    note = "" if "/" in config.base_model else " (built in: pre-trained on first use, then cached)"
+    say(f"loading the base model {config.base_model!r}{note}")
     service, _, server, sock = _prepare(config)
     host, port = sock.getsockname()[:2]
-    print(
-        f"ulora serve: {service.base_model_name!r} on http://{host}:{port} "
-        f"(checkpoints in {service.index.root})",
-        flush=True,
-    )
-    asyncio.run(_serve(server, service, sock))
+    served = service.served()
+    auth = "API key required" if config.api_key else "no API key"
+    say(f"serving {served.name!r} ({served.max_context_length or '?'} positions) on "
+        f"http://{host}:{port}, {auth}; checkpoints in {service.index.root}; Ctrl-C stops it")
+    say(f"tinker-cookbook: model_name={served.tokenizer_name!r} (its tokenizer, offline)")
+    try:
+        asyncio.run(_serve(server, service, sock))
+    finally:
+        say(f"stopped after {server.server_state.total_requests} requests; checkpoints stay in "
+            f"{service.index.root}")
