@@ -48,7 +48,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--fault-kinds", default="429,500,408,410,drop", help="comma-separated fault kinds"
     )
     parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault injector")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per engine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per engine (default 1; more only pays on an otherwise idle machine)",
+    )
     parser.add_argument(
         "--header-timeout-s",
         type=float,

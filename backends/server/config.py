@@ -155,7 +155,10 @@ class ServerConfig:
         body_timeout_s: its body must then arrive within this many seconds; else 408 and the
             connection closes. Idle keep-alive connections close after 30 s.
         lora_alpha: LoRA alpha of every model (the SDK does not send one).
-        threads: torch threads per engine (None: the engine's default).
+        threads: torch threads per engine (None: torch's default, one per core). 1 by default:
+            engines run one job at a time beside the HTTP loop, and on a shared 2-core machine
+            torch's default made a burst of 50 evaluation requests take 11-24 s with 408s on its
+            long polls, against 2-3 s with one thread (benchmarks/serve_eval_burst.py).
         use_pyqwest: tell clients to use the SDK's pyqwest transport (off: plain httpx, which
             respx and proxies can see).
         engine_factory: builds an engine; None uses the local backend (the default).
@@ -174,7 +177,7 @@ class ServerConfig:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     lora_alpha: float = 16.0
-    threads: int | None = None
+    threads: int | None = 1
     use_pyqwest: bool = False
     engine_factory: Callable[[EngineSpec], Engine] | None = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import signal
 import socket
 import threading
 import time
@@ -149,6 +150,10 @@ def serve_in_thread(config: ServerConfig, *, start_timeout_s: float = 30.0) -> R
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve_forever(config: ServerConfig) -> None:
     """Serve in the foreground until interrupted (Ctrl-C), saying what it does on stdout."""
     say = functools.partial(print, "ulora serve:", flush=True)
@@ -161,6 +166,10 @@ def serve_forever(config: ServerConfig) -> None:
     say(f"serving {served.name!r} ({served.max_context_length or '?'} positions) on "
         f"http://{host}:{port}, {auth}; checkpoints in {service.index.root}; Ctrl-C stops it")
     say(f"tinker-cookbook: model_name={served.tokenizer_name!r} (its tokenizer, offline)")
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it; by default that would end the
+    # process before the line below, so make it end like Ctrl-C instead.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         asyncio.run(_serve(server, service, sock))
     finally:
