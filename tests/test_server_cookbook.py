@@ -4,7 +4,7 @@ The cookbook is an optional dependency (not on CI by default); the module is ski
 reason, when it cannot be imported. Minimal install (0.6.1 asks for a ``tml-renderers`` release
 the registry may not have, and ``supervised.train`` never imports it)::
 
-    pip install --no-deps tinker-cookbook==0.6.1 chz blobfile urllib3 xmltodict lxml termcolor
+    pip install --no-deps tinker-cookbook==0.6.1 chz blobfile urllib3 lxml termcolor
     pip install 'datasets>=2.14'
 
 What a user sets: ``base_url`` (the server), ``model_name`` (the path the server advertises as
@@ -29,7 +29,7 @@ import pytest
 
 INSTALL = (
     "tinker-cookbook is not installed; minimal install: pip install --no-deps "
-    "tinker-cookbook==0.6.1 chz blobfile urllib3 xmltodict lxml termcolor && "
+    "tinker-cookbook==0.6.1 chz blobfile urllib3 lxml termcolor && "
     "pip install 'datasets>=2.14'"
 )
 pytest.importorskip("torch")
