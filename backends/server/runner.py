@@ -173,5 +173,6 @@ def serve_forever(config: ServerConfig) -> None:
     try:
         asyncio.run(_serve(server, service, sock))
     finally:
-        say(f"stopped after {server.server_state.total_requests} requests; checkpoints stay in "
+        n = server.server_state.total_requests
+        say(f"stopped after {n} request{'' if n == 1 else 's'}; checkpoints stay in "
             f"{service.index.root}")
