@@ -378,6 +378,8 @@ def test_wrong_keys_are_never_echoed_or_logged(
         (["--header-timeout-s", "inf"], {}, "header_timeout_s=inf"),
         (["--body-timeout-s", "0"], {}, "body_timeout_s=0.0"),
         (["--cycle-s", "nan"], {}, "cycle_s=nan"),
+        (["--threads", "0"], {}, "threads=0"),
+        (["--fault-rate", "2"], {}, "fault rate=2.0"),
     ],
 )
 def test_serve_refuses_unsafe_options_before_loading_anything(

@@ -194,6 +194,8 @@ class ServerConfig:
             raise ConfigurationError(
                 f"max_body_bytes={self.max_body_bytes} must be in [1024, {2**30}]"
             )
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise ConfigurationError(f"threads={self.threads} must be in [1, 1024] (or None)")
         if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ConfigurationError(f"lora_alpha={self.lora_alpha!r} must be finite and > 0")
         if self.api_key is not None and not self.api_key.strip():
