@@ -1,10 +1,12 @@
 """The HTTP layer: a Starlette app speaking the Tinker SDK's wire protocol.
 
-Each handler authenticates (constant-time), reads a bounded body, maybe injects a fault (before
-anything is enqueued), parses the body with the SDK's own types and calls the service. Errors
-become 4xx answers with a message: 400 malformed, 401 key, 404 unknown, 410 lost state, 413 too
-large. Submits answer ``{request_id}``; ``retrieve_future`` long-polls and answers 408
-``try_again`` when the result is not ready yet.
+Each handler authenticates (constant-time), reads a bounded body within its deadline, maybe
+injects a fault (before anything is enqueued), parses the body (JSON through ``limits``, then
+the SDK's own types) and calls the service. Errors become 4xx answers with a clipped message:
+400 malformed or absurd, 401 key, 404 unknown, 408 body too slow (the connection closes), 410 lost
+state, 413 too large. A client that leaves mid-body is counted (``client_disconnects``), not
+logged as an error. Submits answer ``{request_id}``; ``retrieve_future`` long-polls and answers
+408 ``try_again`` when the result is not ready yet.
 """
 
 from __future__ import annotations
