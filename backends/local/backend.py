@@ -115,6 +115,8 @@ class LocalBackend:
         pad = self.tokenizer.pad_token_id
         self.pad_token_id: int = self.eos_token_id if pad is None else int(pad)
         self.vocab_size: int = int(self.model.get_input_embeddings().num_embeddings)
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_context_length: int | None = None if positions is None else int(positions)
         builtin = base.name.startswith("ulora/builtin-")
         self._encode = char_encoder(self.tokenizer, CHAR_VOCAB) if builtin else None
         identity = training.AdapterIdentity(

@@ -1,24 +1,25 @@
 """The HTTP layer: a Starlette app speaking the Tinker SDK's wire protocol.
 
-Each handler authenticates (constant-time), reads a bounded body, maybe injects a fault (before
-anything is enqueued), parses the body with the SDK's own types and calls the service. Errors
-become 4xx answers with a message: 400 malformed, 401 key, 404 unknown, 410 lost state, 413 too
-large. Submits answer ``{request_id}``; ``retrieve_future`` long-polls and answers 408
-``try_again`` when the result is not ready yet.
+Each handler authenticates (constant-time), reads a bounded body within its deadline, maybe
+injects a fault (before anything is enqueued), parses the body (JSON through ``limits``, then
+the SDK's own types) and calls the service. Errors become 4xx answers with a clipped message:
+400 malformed or absurd, 401 key, 404 unknown, 408 body too slow (the connection closes), 410 lost
+state, 413 too large. A client that leaves mid-body is counted (``client_disconnects``), not
+logged as an error. Submits answer ``{request_id}``; ``retrieve_future`` long-polls and answers
+408 ``try_again`` when the result is not ready yet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pydantic
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -27,6 +28,7 @@ from tinker import types
 from ulora_remote.errors import BackendError, InputError
 
 from .config import FaultInjector, ServerConfig
+from .limits import BodyTooLarge, clip, describe_validation_error, parse_json_object
 from .scheduler import JobError, ModelGone
 from .service import Service
 from .wire import decode_forward_backward, decompress_body
@@ -39,8 +41,8 @@ PROTO = "application/x-protobuf"
 Handler = Callable[[Request, bytes], Awaitable[Response]]
 
 
-class _TooLarge(InputError):
-    pass
+class _BodyTimeout(InputError):
+    """The body did not arrive within ``body_timeout_s`` (408, and the connection closes)."""
 
 
 class _DropConnection(Response):
@@ -56,8 +58,9 @@ class _DropConnection(Response):
         )
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message, "error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    message = clip(message)  # a message may echo a caller's value of any length
+    return JSONResponse({"detail": message, "error": message}, status_code=status, headers=headers)
 
 
 def fault_response(kind: str) -> Response:
@@ -72,35 +75,41 @@ def fault_response(kind: str) -> Response:
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, at most ``limit`` bytes, within ``timeout_s`` seconds of the headers.
+
+    Raises:
+        BodyTooLarge: over ``limit``. _BodyTimeout: too slow. ClientDisconnect: the client left.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+        raise BodyTooLarge(
+            f"request body of {clip(declared, 40)} bytes exceeds the limit of {limit}"
+        )
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise _TooLarge(f"request body exceeds the limit of {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > limit:
+                    raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+    except TimeoutError as exc:
+        raise _BodyTimeout(
+            f"request body not received within {timeout_s:g} s ({len(body)} bytes arrived); "
+            "the connection is closed"
+        ) from exc
     return bytes(body)
 
 
-def _json(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputError("body must be a JSON object")
-    return data
-
-
 def _status_for(exc: Exception) -> tuple[int, str]:
-    if isinstance(exc, _TooLarge):
+    if isinstance(exc, BodyTooLarge):
         return 413, str(exc)
+    if isinstance(exc, _BodyTimeout):
+        return 408, str(exc)
     if isinstance(exc, ModelGone):
         return (410 if exc.lost else 404), str(exc)
     if isinstance(exc, pydantic.ValidationError):
-        return 400, f"invalid request: {exc.errors(include_url=False)}"
+        return 400, describe_validation_error(exc)
     if isinstance(exc, InputError | JobError | BackendError):
         return 400, str(exc)
     logger.exception("unexpected error in a handler")
@@ -115,6 +124,7 @@ class Api:
         self.config = config
         self.faults = faults
         self._key = config.api_key.encode() if config.api_key else None
+        self.client_disconnects = 0  # requests whose client left before its body arrived
 
     def _authorized(self, request: Request) -> bool:
         if self._key is None:
@@ -131,13 +141,21 @@ class Api:
             if auth and not self._authorized(request):
                 return _error(401, "invalid or missing API key (send it in X-API-Key)")
             try:
-                body = await _read_body(request, self.config.max_body_bytes)
+                body = await _read_body(
+                    request, self.config.max_body_bytes, self.config.body_timeout_s
+                )
                 if faults and (kind := self.faults.decide(request.url.path, body, on_future=False)):
                     return fault_response(kind)
                 return await handler(request, body)
+            except ClientDisconnect:
+                # Nobody is left to answer: not an error of ours, and nothing was enqueued.
+                self.client_disconnects += 1
+                logger.debug("client left before sending the body of %s", request.url.path)
+                return Response(status_code=499)
             except Exception as exc:
                 status, message = _status_for(exc)
-                return _error(status, message)
+                close = {"connection": "close"} if isinstance(exc, _BodyTimeout) else None
+                return _error(status, message, close)
 
         return wrapped  # type: ignore[return-value]
 
@@ -159,9 +177,7 @@ class Api:
         return JSONResponse(types.ClientDynamicConfigResponse().model_dump(mode="json"))
 
     async def capabilities(self, request: Request, body: bytes) -> Response:
-        name = self.service.base_model_name
-        model = {"model_name": name, "trainable": True, "sampleable": True}
-        return JSONResponse({"supported_models": [model]})
+        return JSONResponse({"supported_models": self.service.served().capabilities()})
 
     async def healthz(self, request: Request, body: bytes) -> Response:
         return JSONResponse({"status": "ok"})
@@ -170,12 +186,12 @@ class Api:
         return JSONResponse({"status": "accepted"})
 
     async def create_session(self, request: Request, body: bytes) -> Response:
-        types.CreateSessionRequest.model_validate(_json(body))
+        types.CreateSessionRequest.model_validate(parse_json_object(body))
         session_id = self.service.create_session()
         return JSONResponse({"type": "create_session", "session_id": session_id})
 
     async def heartbeat(self, request: Request, body: bytes) -> Response:
-        req = types.SessionHeartbeatRequest.model_validate(_json(body))
+        req = types.SessionHeartbeatRequest.model_validate(parse_json_object(body))
         self.service.session(req.session_id)
         return JSONResponse({"type": "session_heartbeat"})
 
@@ -189,6 +205,8 @@ class Api:
                 "models": self.service.counters.as_json(),
                 "faults_injected": self.faults.injected,
                 "cycles": self.service.scheduler.cycles,
+                "long_poll_timeouts": self.service.scheduler.wait_timeouts,
+                "client_disconnects": self.client_disconnects,
             }
         )
 
@@ -199,11 +217,11 @@ class Api:
         return JSONResponse({"request_id": request_id, "model_id": model_id, **extra})
 
     async def create_model(self, request: Request, body: bytes) -> Response:
-        req = types.CreateModelRequest.model_validate(_json(body))
+        req = types.CreateModelRequest.model_validate(parse_json_object(body))
         return self._submitted(self.service.create_model(req))
 
     async def get_info(self, request: Request, body: bytes) -> Response:
-        req = types.GetInfoRequest.model_validate(_json(body))
+        req = types.GetInfoRequest.model_validate(parse_json_object(body))
         return JSONResponse(self.service.get_info(req.model_id))
 
     async def forward_backward(self, request: Request, body: bytes) -> Response:
@@ -216,23 +234,39 @@ class Api:
         return self._submitted(self.service.forward_backward(call), call.model_id)
 
     async def optim_step(self, request: Request, body: bytes) -> Response:
-        req = types.OptimStepRequest.model_validate(_json(body))
+        req = types.OptimStepRequest.model_validate(parse_json_object(body))
         return self._submitted(self.service.optim_step(req), req.model_id)
 
     async def save_weights(self, request: Request, body: bytes) -> Response:
-        req = types.SaveWeightsRequest.model_validate(_json(body))
+        req = types.SaveWeightsRequest.model_validate(parse_json_object(body))
         return self._submitted(self.service.save_weights(req), req.model_id)
 
     async def save_for_sampler(self, request: Request, body: bytes) -> Response:
-        req = types.SaveWeightsForSamplerRequest.model_validate(_json(body))
+        req = types.SaveWeightsForSamplerRequest.model_validate(parse_json_object(body))
         return self._submitted(self.service.save_weights_for_sampler(req), req.model_id)
 
+    async def save_external(self, request: Request, body: bytes) -> Response:
+        req = types.SaveWeightsExternalRequest.model_validate(parse_json_object(body))
+        return self._submitted(self.service.save_weights_external(req), req.model_id)
+
+    async def training_run(self, request: Request, body: bytes) -> Response:
+        return JSONResponse(self.service.training_run(request.path_params["model_id"]))
+
+    async def run_checkpoints(self, request: Request, body: bytes) -> Response:
+        return JSONResponse(self.service.list_checkpoints(request.path_params["model_id"]))
+
+    async def weights_info(self, request: Request, body: bytes) -> Response:
+        path = parse_json_object(body).get("tinker_path")
+        if not isinstance(path, str):
+            raise InputError("weights_info needs a string tinker_path")
+        return JSONResponse(self.service.weights_info(path))
+
     async def load_weights(self, request: Request, body: bytes) -> Response:
-        req = types.LoadWeightsRequest.model_validate(_json(body))
+        req = types.LoadWeightsRequest.model_validate(parse_json_object(body))
         return self._submitted(self.service.load_weights(req), req.model_id)
 
     async def create_sampling_session(self, request: Request, body: bytes) -> Response:
-        req = types.CreateSamplingSessionRequest.model_validate(_json(body))
+        req = types.CreateSamplingSessionRequest.model_validate(parse_json_object(body))
         sampler_id = self.service.create_sampling_session(req)
         return JSONResponse({"type": "create_sampling_session", "sampling_session_id": sampler_id})
 
@@ -240,14 +274,14 @@ class Api:
         return JSONResponse(self.service.get_sampler(request.path_params["sampler_id"]))
 
     async def asample(self, request: Request, body: bytes) -> Response:
-        req = types.SampleRequest.model_validate(_json(body))
+        req = types.SampleRequest.model_validate(parse_json_object(body))
         request_id, sequence_ids = self.service.asample(req)
         return self._submitted(request_id, sample_sequence_ids=sequence_ids)
 
     # ---- futures -------------------------------------------------------------------------
 
     async def retrieve_future(self, request: Request, body: bytes) -> Response:
-        req = types.FutureRetrieveRequest.model_validate(_json(body))
+        req = types.FutureRetrieveRequest.model_validate(parse_json_object(body))
         scheduler = self.service.scheduler
         record = scheduler.get(req.request_id)
         if record is None:
@@ -293,6 +327,10 @@ def build_app(service: Service, config: ServerConfig, faults: FaultInjector) -> 
         Route(f"{v1}/save_weights", r(api.save_weights), methods=post),
         Route(f"{v1}/save_weights_for_sampler", r(api.save_for_sampler), methods=post),
         Route(f"{v1}/load_weights", r(api.load_weights), methods=post),
+        Route(f"{v1}/save_weights_external", r(api.save_external), methods=post),
+        Route(v1 + "/training_runs/{model_id}", r(api.training_run), methods=get),
+        Route(v1 + "/training_runs/{model_id}/checkpoints", r(api.run_checkpoints), methods=get),
+        Route(f"{v1}/weights_info", r(api.weights_info), methods=post),
         Route(f"{v1}/create_sampling_session", r(api.create_sampling_session), methods=post),
         Route(v1 + "/samplers/{sampler_id}", r(api.get_sampler), methods=get),
         Route(f"{v1}/asample", r(api.asample), methods=post),

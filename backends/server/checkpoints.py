@@ -1,10 +1,12 @@
 """Checkpoint names, ``tinker://`` paths and the on-disk index of what was saved.
 
 A checkpoint is addressed as ``tinker://{model_id}/weights/{name}`` (training state, with the
-optimizer) or ``tinker://{model_id}/sampler_weights/{name}``. Names are validated so that no
-path can leave the checkpoint directory, and every resolved directory is checked to lie inside
-it. The index (``index.json``) maps each path to the engine's directory, the LoRA rank and the
-number of steps the model had executed, and it survives restarts of the server.
+optimizer), ``tinker://{model_id}/sampler_weights/{name}`` or
+``tinker://{model_id}/external_weights/{name}`` (weights exported for use elsewhere). Names are
+validated so that no path can leave the checkpoint directory, and every resolved directory is
+checked to lie inside it. The index (``index.json``) maps each path to the engine's directory,
+the LoRA rank and the number of steps the model had executed, and records each training run
+(base model, rank, user metadata); it survives restarts of the server.
 """
 
 from __future__ import annotations
@@ -18,11 +20,17 @@ from pathlib import Path
 
 from ulora_remote.errors import CheckpointError, InputError
 
-__all__ = ["CheckpointIndex", "CheckpointRecord", "check_name", "parse_tinker_path"]
+__all__ = [
+    "CheckpointIndex",
+    "CheckpointRecord",
+    "RunRecord",
+    "check_name",
+    "parse_tinker_path",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _RUN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_:-]{0,127}")
-KINDS = ("weights", "sampler_weights")
+KINDS = ("weights", "sampler_weights", "external_weights")
 
 
 def check_name(name: str) -> str:
@@ -50,8 +58,8 @@ def parse_tinker_path(path: str) -> tuple[str, str, str]:
     parts = path[len("tinker://") :].split("/")
     if len(parts) != 3 or parts[1] not in KINDS or not _RUN.fullmatch(parts[0]):
         raise InputError(
-            f"checkpoint path {path!r} must look like tinker://MODEL_ID/weights/NAME or "
-            "tinker://MODEL_ID/sampler_weights/NAME"
+            f"checkpoint path {path!r} must look like tinker://MODEL_ID/KIND/NAME with KIND one "
+            f"of {', '.join(KINDS)}"
         )
     return parts[0], parts[1], check_name(parts[2])
 
@@ -66,6 +74,18 @@ class CheckpointRecord:
     base_model: str
     forward_backward: int
     optim_step: int
+    created_s: float = 0.0  # Unix time; 0 in indexes written before it was recorded
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One training run (a training model): what it was created on and with."""
+
+    model_id: str
+    base_model: str
+    rank: int
+    created_s: float
+    user_metadata: dict[str, str] | None = None
 
 
 class CheckpointIndex:
@@ -78,6 +98,7 @@ class CheckpointIndex:
         self._lock = threading.Lock()
         data = json.loads(self._file.read_text()) if self._file.exists() else {}
         self._records = {k: CheckpointRecord(**v) for k, v in data.get("records", {}).items()}
+        self._runs = {k: RunRecord(**v) for k, v in data.get("runs", {}).items()}
         self._sessions = int(data.get("sessions", 0))
 
     def next_session_number(self) -> int:
@@ -132,10 +153,26 @@ class CheckpointIndex:
             self._records[record.path] = record
             self._save()
 
+    def of_model(self, model_id: str) -> list[CheckpointRecord]:
+        """The checkpoints of one model, oldest first."""
+        with self._lock:
+            found = [r for r in self._records.values() if r.path.split("/")[2] == model_id]
+        return sorted(found, key=lambda r: r.created_s)
+
+    def put_run(self, run: RunRecord) -> None:
+        with self._lock:
+            self._runs[run.model_id] = run
+            self._save()
+
+    def run(self, model_id: str) -> RunRecord | None:
+        with self._lock:
+            return self._runs.get(model_id)
+
     def _save(self) -> None:
         data = {
             "sessions": self._sessions,
             "records": {k: asdict(v) for k, v in self._records.items()},
+            "runs": {k: asdict(v) for k, v in self._runs.items()},
         }
         tmp = self._file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))

@@ -6,6 +6,9 @@ Example::
     ulora serve --cycle-s 0.5 --fault-rate 0.1 --fault-seed 7     # a storm for tests
 
 The API key defaults to ``$ULORA_SERVE_API_KEY`` so that it need not appear in the process list.
+An empty key (``--api-key ""``, or the variable set to nothing) is refused rather than read as
+"no key", and so is a non-loopback ``--host`` without a key: either would leave the server open
+while its user believes it is protected.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key",
         default=None,
-        help="require this key in X-API-Key (default: $ULORA_SERVE_API_KEY, else no check)",
+        help="require this key in X-API-Key (default: $ULORA_SERVE_API_KEY, else no check; "
+        "an empty key is refused)",
     )
     parser.add_argument("--cycle-s", type=float, default=0.0, help="simulated clock cycle (s)")
     parser.add_argument("--latency-s", type=float, default=0.0, help="added latency per answer")
@@ -44,10 +48,45 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--fault-kinds", default="429,500,408,410,drop", help="comma-separated fault kinds"
     )
     parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault injector")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per engine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per engine (default 1; more only pays on an otherwise idle machine)",
+    )
+    parser.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=10.0,
+        help="a request's headers must arrive within this many seconds, else 408 (default 10)",
+    )
+    parser.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=30.0,
+        help="its body must arrive within this many seconds more, else 408 (default 30)",
+    )
     parser.add_argument(
         "--pyqwest", action="store_true", help="let clients use the SDK's pyqwest transport"
     )
+
+
+def api_key_from(given: str | None, environ: dict[str, str]) -> str | None:
+    """The key to require: ``--api-key``, else ``$ULORA_SERVE_API_KEY``, else None (no check).
+
+    Raises:
+        ConfigurationError: the key chosen is empty or blank (never echoed).
+    """
+    from ulora_remote.errors import ConfigurationError
+
+    source, key = ("--api-key", given) if given is not None else (
+        "ULORA_SERVE_API_KEY", environ.get("ULORA_SERVE_API_KEY"))  # fmt: skip
+    if key is not None and not key.strip():
+        raise ConfigurationError(
+            f"{source} is empty, which would serve without authentication; pass a key, or leave "
+            f"{source} unset to serve without one on 127.0.0.1"
+        )
+    return key
 
 
 def serve_main(args: argparse.Namespace) -> int:
@@ -64,10 +103,12 @@ def serve_main(args: argparse.Namespace) -> int:
             port=args.port,
             base_model=args.base_model,
             checkpoint_dir=args.checkpoint_dir,
-            api_key=args.api_key or os.environ.get("ULORA_SERVE_API_KEY") or None,
+            api_key=api_key_from(args.api_key, dict(os.environ)),
             cycle_s=args.cycle_s,
             latency_s=args.latency_s,
             faults=FaultConfig(rate=args.fault_rate, kinds=kinds, seed=args.fault_seed),  # type: ignore[arg-type]
+            header_timeout_s=args.header_timeout_s,
+            body_timeout_s=args.body_timeout_s,
             threads=args.threads,
             use_pyqwest=args.pyqwest,
         )
@@ -75,7 +116,7 @@ def serve_main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     except (UloraError, OSError) as exc:
-        print(f"ulora serve: {exc}", file=sys.stderr)
+        print(f"ulora serve: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

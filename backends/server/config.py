@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,6 +113,17 @@ class FaultInjector:
         return kind
 
 
+# (field, lowest, highest), in seconds. The SDK's client-side timeout for one poll is 45 s,
+# hence long_poll_s ≤ 40.
+_SECONDS = (
+    ("cycle_s", 0.0, 3600.0),
+    ("latency_s", 0.0, 600.0),
+    ("long_poll_s", 1e-3, 40.0),
+    ("header_timeout_s", 1e-3, 3600.0),
+    ("body_timeout_s", 1e-3, 3600.0),
+)
+
+
 def is_loopback(host: str) -> bool:
     """True when ``host`` names only the local machine."""
     if host == "localhost":
@@ -127,7 +139,8 @@ class ServerConfig:
     """Everything ``ulora serve`` needs; validated at construction.
 
     Args:
-        host: interface to bind; loopback unless said otherwise (a warning is logged).
+        host: interface to bind; loopback unless said otherwise (then an API key is required
+            and a warning is logged).
         port: TCP port; 0 picks a free one.
         base_model: "small", "medium" or a local Hugging Face model directory.
         checkpoint_dir: where checkpoints and the checkpoint index live.
@@ -137,8 +150,15 @@ class ServerConfig:
         faults: the fault injector's configuration.
         long_poll_s: how long ``retrieve_future`` holds a request before answering 408.
         max_body_bytes: larger request bodies get 413.
+        header_timeout_s: a request's line and headers must arrive within this many seconds of
+            its first byte (or of the connection opening); else 408 and the connection closes.
+        body_timeout_s: its body must then arrive within this many seconds; else 408 and the
+            connection closes. Idle keep-alive connections close after 30 s.
         lora_alpha: LoRA alpha of every model (the SDK does not send one).
-        threads: torch threads per engine (None: the engine's default).
+        threads: torch threads per engine (None: torch's default, one per core). 1 by default:
+            engines run one job at a time beside the HTTP loop, and on a shared 2-core machine
+            torch's default made a burst of 50 evaluation requests take 11-24 s with 408s on its
+            long polls, against 2-3 s with one thread (benchmarks/serve_eval_burst.py).
         use_pyqwest: tell clients to use the SDK's pyqwest transport (off: plain httpx, which
             respx and proxies can see).
         engine_factory: builds an engine; None uses the local backend (the default).
@@ -154,22 +174,36 @@ class ServerConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     long_poll_s: float = 10.0
     max_body_bytes: int = 64 * 1024 * 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     lora_alpha: float = 16.0
-    threads: int | None = None
+    threads: int | None = 1
     use_pyqwest: bool = False
     engine_factory: Callable[[EngineSpec], Engine] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigurationError(f"port={self.port} must be in [0, 65535]")
-        for name in ("cycle_s", "latency_s"):
-            if getattr(self, name) < 0:
-                raise ConfigurationError(f"{name}={getattr(self, name)!r} must be ≥ 0")
-        if self.long_poll_s <= 0 or self.long_poll_s > 40:
-            # The SDK's client-side timeout for one poll is 45 s.
-            raise ConfigurationError(f"long_poll_s={self.long_poll_s!r} must be in (0, 40]")
-        if self.max_body_bytes < 1024:
-            raise ConfigurationError(f"max_body_bytes={self.max_body_bytes} is too small")
-        if self.api_key is not None and not self.api_key:
+        for name, low, high in _SECONDS:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ConfigurationError(
+                    f"{name}={value!r} must be a number of seconds in [{low:g}, {high:g}]"
+                )
+        if not 1024 <= self.max_body_bytes <= 2**30:
+            raise ConfigurationError(
+                f"max_body_bytes={self.max_body_bytes} must be in [1024, {2**30}]"
+            )
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise ConfigurationError(f"threads={self.threads} must be in [1, 1024] (or None)")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ConfigurationError(f"lora_alpha={self.lora_alpha!r} must be finite and > 0")
+        if self.api_key is not None and not self.api_key.strip():
             raise ConfigurationError("api_key is empty; omit it to serve without a key")
+        if self.api_key is None and not is_loopback(self.host):
+            raise ConfigurationError(
+                f"host={self.host!r} is reachable from other machines; serving there without "
+                "an API key would let any of them train and read checkpoints: set api_key "
+                "(--api-key or $ULORA_SERVE_API_KEY), or bind to 127.0.0.1"
+            )
         object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))

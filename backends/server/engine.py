@@ -47,6 +47,16 @@ class Engine(Protocol):
     def rank(self) -> int: ...
 
     @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to ``vocab_size - 1``."""
+        ...
+
+    @property
+    def max_context_length(self) -> int | None:
+        """Tokens per sequence the model has positions for; None when it does not say."""
+        ...
+
+    @property
     def eos_token_id(self) -> int | None: ...
 
     def forward_backward_datums(self, datums: Sequence[Datum]) -> Future[Any]: ...

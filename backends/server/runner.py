@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import signal
 import socket
 import threading
 import time
@@ -21,6 +23,7 @@ from ulora_remote.errors import BackendError
 from .app import build_app
 from .config import FaultInjector, ServerConfig, is_loopback
 from .counters import Counters
+from .protocol import header_timeout_protocol
 from .scheduler import Scheduler
 from .service import Service
 
@@ -85,20 +88,25 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _prepare(config: ServerConfig) -> tuple[Service, FaultInjector, uvicorn.Server, socket.socket]:
-    if not is_loopback(config.host):
+    if not is_loopback(config.host):  # ServerConfig refuses it without an API key
         logger.warning(
-            "ulora serve is listening on %s, reachable from other machines; set an API key "
-            "(--api-key) and bind to 127.0.0.1 unless you mean it",
+            "ulora serve is listening on %s, reachable from other machines; bind to 127.0.0.1 "
+            "unless you mean it",
             config.host,
         )
     scheduler = Scheduler(config.cycle_s)
     service = Service(config, scheduler)
-    service.probe()  # load the served model now: a bad base_model fails before binding
+    service.served()  # load the served model now: a bad base_model fails before binding
     faults = FaultInjector(config.faults)
     sock = _bind(config.host, config.port)
     app = build_app(service, config, faults)
     uv_config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", timeout_keep_alive=30, timeout_graceful_shutdown=5
+        app,
+        http=header_timeout_protocol(config.header_timeout_s),
+        log_level="warning",
+        lifespan="off",
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=5,
     )
     uv_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _HideInjectedDrops) for f in uv_log.filters):
@@ -142,13 +150,29 @@ def serve_in_thread(config: ServerConfig, *, start_timeout_s: float = 30.0) -> R
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve_forever(config: ServerConfig) -> None:
-    """Serve in the foreground until interrupted (Ctrl-C)."""
+    """Serve in the foreground until interrupted (Ctrl-C), saying what it does on stdout."""
+    say = functools.partial(print, "ulora serve:", flush=True)
+    note = "" if "/" in config.base_model else " (built in: pre-trained on first use, then cached)"
+    say(f"loading the base model {config.base_model!r}{note}")
     service, _, server, sock = _prepare(config)
     host, port = sock.getsockname()[:2]
-    print(
-        f"ulora serve: {service.base_model_name!r} on http://{host}:{port} "
-        f"(checkpoints in {service.index.root})",
-        flush=True,
-    )
-    asyncio.run(_serve(server, service, sock))
+    served = service.served()
+    auth = "API key required" if config.api_key else "no API key"
+    say(f"serving {served.name!r} ({served.max_context_length or '?'} positions) on "
+        f"http://{host}:{port}, {auth}; checkpoints in {service.index.root}; Ctrl-C stops it")
+    say(f"tinker-cookbook: model_name={served.tokenizer_name!r} (its tokenizer, offline)")
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it; by default that would end the
+    # process before the line below, so make it end like Ctrl-C instead.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        asyncio.run(_serve(server, service, sock))
+    finally:
+        n = server.server_state.total_requests
+        say(f"stopped after {n} request{'' if n == 1 else 's'}; checkpoints stay in "
+            f"{service.index.root}")

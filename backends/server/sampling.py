@@ -19,10 +19,16 @@ from ulora_remote.errors import InputError
 from .engine import Engine
 from .wire import encode_sample_response
 
-__all__ = ["run_sample", "stop_sequences"]
+__all__ = ["check_supported", "max_tokens_of", "run_sample", "stop_sequences"]
 
 DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 4096
+
+
+def max_tokens_of(req: types.SampleRequest) -> int:
+    """The request's ``max_tokens``, or the default when it sets none."""
+    max_tokens = req.sampling_params.max_tokens
+    return DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
 
 
 def check_supported(req: types.SampleRequest) -> None:
@@ -43,7 +49,7 @@ def check_supported(req: types.SampleRequest) -> None:
     if asked:
         raise InputError(f"ulora serve does not support {', '.join(asked)} in asample")
     params = req.sampling_params
-    max_tokens = params.max_tokens if params.max_tokens is not None else DEFAULT_MAX_TOKENS
+    max_tokens = max_tokens_of(req)
     if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
         raise InputError(f"max_tokens={max_tokens} must be in [1, {MAX_TOKENS_LIMIT}]")
     if not (math.isfinite(params.temperature) and params.temperature >= 0):
@@ -97,7 +103,7 @@ def run_sample(engine: Engine, req: types.SampleRequest) -> bytes:
     if not prompt:
         raise InputError("the prompt is empty")
     params = req.sampling_params
-    max_tokens = params.max_tokens if params.max_tokens is not None else DEFAULT_MAX_TOKENS
+    max_tokens = max_tokens_of(req)
     stops = stop_sequences(engine, params.stop)
     single = tuple(s[0] for s in stops if len(s) == 1)
     sequences = []

@@ -29,6 +29,9 @@ __all__ = ["FutureRecord", "JobError", "ModelGone", "Outcome", "Scheduler"]
 logger = logging.getLogger(__name__)
 
 _MAX_DONE_FUTURES = 10_000
+# A model's requests may arrive out of order (a chunked batch sends its first chunk last), but
+# never this far ahead of the next one to run: that would be a gap that can never close.
+MAX_SEQ_AHEAD = 1024
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class Scheduler:
         self._t0 = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self.cycles = 0  # cycles that ran work; benchmarks read it to count round trips
+        self.wait_timeouts = 0  # long polls that ended unfinished (answered 408)
 
     def start(self) -> None:
         """Start the dispatch loop (call on the server's event loop)."""
@@ -132,7 +136,8 @@ class Scheduler:
 
         Raises:
             ModelGone: unknown model (404) or lost state (410).
-            InputError: ``seq_id`` already passed with no request recorded for it.
+            InputError: ``seq_id`` already passed with no request recorded for it, or
+                ``MAX_SEQ_AHEAD`` or more beyond the next one to run.
         """
         queue = self._queues.get(model_id)
         if queue is None:
@@ -150,6 +155,11 @@ class Scheduler:
             raise InputError(
                 f"seq_id {seq} of {model_id} is already past (next is {queue.next_seq})"
             )
+        if seq >= queue.next_seq + MAX_SEQ_AHEAD:
+            raise InputError(
+                f"seq_id {seq} of {model_id} is too far ahead: the next to run is "
+                f"{queue.next_seq}, and at most {MAX_SEQ_AHEAD} may wait for it"
+            )
         record = self._new_record(model_id)
         queue.pending[seq] = _Job(record, run)
         queue.by_seq[seq] = record.request_id
@@ -165,6 +175,7 @@ class Scheduler:
         try:
             await asyncio.wait_for(record.done.wait(), timeout_s)
         except TimeoutError:
+            self.wait_timeouts += 1
             return False
         return True
 

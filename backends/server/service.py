@@ -8,17 +8,17 @@ already-validated SDK types (``tinker.types``), so field names match the wire ex
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tinker import types
 
-from ulora_remote.backend import AdamParams, Datum
+from ulora_remote.backend import Datum
 from ulora_remote.errors import InputError
 
-from .checkpoints import CheckpointIndex, CheckpointRecord, check_name
+from .checkpoints import CheckpointIndex, CheckpointRecord, RunRecord, check_name
 from .config import ServerConfig
 from .counters import Counters
 from .engine import (
@@ -26,9 +26,12 @@ from .engine import (
     EngineSpec,
     local_engine_factory,
 )
+from .limits import adam_params
+from .runs import checkpoint_json, training_run_json, weights_info_json
 from .samplers import SamplerPool
-from .sampling import check_supported, run_sample
+from .sampling import check_supported, max_tokens_of, run_sample
 from .scheduler import JobError, ModelGone, Outcome, Scheduler
+from .served import ServedModel
 from .wire import FwdBwdCall, encode_forward_backward_output
 
 __all__ = ["Service"]
@@ -44,6 +47,7 @@ class _Model:
     seed: int
     engine: Engine | None = None
     ephemeral: int = 0
+    last_request_s: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -65,7 +69,7 @@ class Service:
         self._sessions: dict[str, _Session] = {}
         self._models: dict[str, _Model] = {}
         self.samplers = SamplerPool(self.index, self._build)
-        self._probe: Engine | None = None
+        self._served: ServedModel | None = None
 
     # ---- model construction (worker thread) -------------------------------------------
 
@@ -80,15 +84,15 @@ class Service:
         )
         return self._factory(spec)
 
-    def probe(self) -> Engine:
-        """An engine used only for the served model's name and tokenizer (built once)."""
-        if self._probe is None:
-            self._probe = self._build("probe", 1, 0)
-        return self._probe
+    def served(self) -> ServedModel:
+        """The served base model, read from a probe engine built on first use."""
+        if self._served is None:
+            self._served = ServedModel(self.config.base_model, self._build("probe", 1, 0))
+        return self._served
 
     @property
     def base_model_name(self) -> str:
-        return str(self.probe().base_model_name)
+        return self.served().name
 
     def close(self) -> None:
         """Drop every engine (memory); counters and checkpoints stay readable."""
@@ -124,16 +128,6 @@ class Service:
 
     # ---- training models ---------------------------------------------------------------
 
-    def _check_base_model(self, base_model: str | None) -> None:
-        if base_model is not None and base_model not in (
-            self.base_model_name,
-            self.config.base_model,
-        ):
-            raise InputError(
-                f"base model {base_model!r} is not served here; this server serves "
-                f"{self.base_model_name!r} (see get_server_capabilities)"
-            )
-
     def _register(self, session_id: str, model_seq_id: int, rank: int, seed: int) -> _Model:
         session = self.session(session_id)
         model_id = f"{session_id}:train:{model_seq_id}"
@@ -147,7 +141,7 @@ class Service:
 
     def create_model(self, req: types.CreateModelRequest) -> str:
         """Queue the creation of a LoRA model; the future's result is its model id."""
-        self._check_base_model(req.base_model)
+        self.served().check_name(req.base_model)
         lora = req.lora_config or types.LoraConfig(rank=32)
         if not 1 <= lora.rank <= 1024:
             raise InputError(f"lora rank {lora.rank} must be in [1, 1024]")
@@ -160,6 +154,7 @@ class Service:
         if req.optimizer_config.type != "adamw":
             raise InputError(f"optimizer {req.optimizer_config.type!r} is not supported; use adamw")
         model = self._register(req.session_id, req.model_seq_id, lora.rank, lora.seed or 0)
+        self._record_run(model, req.base_model, req.user_metadata)
 
         def run() -> Outcome:
             model.engine = self._build(model.model_id, model.rank, model.seed)
@@ -168,6 +163,12 @@ class Service:
 
         return self.scheduler.submit(run)
 
+    def _record_run(
+        self, model: _Model, base_model: str, user_metadata: dict[str, Any] | None
+    ) -> None:
+        meta = None if user_metadata is None else {k: str(v) for k, v in user_metadata.items()}
+        self.index.put_run(RunRecord(model.model_id, base_model, model.rank, time.time(), meta))
+
     def model(self, model_id: str) -> _Model:
         model = self._models.get(model_id)
         if model is None:
@@ -175,6 +176,7 @@ class Service:
         if self.scheduler.is_lost(model_id):
             raise ModelGone(f"model {model_id!r} lost its state; load a checkpoint", lost=True)
         self.session(model.session_id)  # a finished session's models take no more work (410)
+        model.last_request_s = time.time()
         return model
 
     def _engine(self, model: _Model) -> Engine:
@@ -186,23 +188,24 @@ class Service:
         """The answer of ``get_info``: ``tokenizer_id`` is a local directory, so the SDK's
         ``get_tokenizer()`` loads it without the Hugging Face hub."""
         model = self.model(model_id)
-        probe = self.probe()
+        served = self.served()
         return {
             "type": "get_info",
             "model_id": model_id,
             "model_data": {
                 "arch": "llama",
-                "model_name": str(probe.base_model_name),
-                "tokenizer_id": str(probe.tokenizer_dir),
+                "model_name": served.name,
+                "tokenizer_id": served.tokenizer_dir,
             },
             "is_lora": True,
             "lora_rank": model.rank,
-            "model_name": str(probe.base_model_name),
+            "model_name": served.name,
         }
 
     def forward_backward(self, call: FwdBwdCall) -> str:
         model = self.model(call.model_id)
-        self.token_check(call.datums)
+        self.served().check_tokens(call.datums)
+        self.served().check_context([len(d.input_tokens) for d in call.datums], "datum")
 
         def run() -> Outcome:
             engine = self._engine(model)
@@ -223,14 +226,7 @@ class Service:
         p = req.optim_params
         if not isinstance(p, types.AdamParams):
             raise InputError("only AdamParams are supported by ulora serve")
-        params = AdamParams(
-            learning_rate=p.learning_rate,
-            beta1=p.beta1,
-            beta2=p.beta2,
-            eps=p.eps,
-            weight_decay=p.weight_decay,
-            grad_clip_norm=p.grad_clip_norm,
-        )
+        params = adam_params(p)
 
         def run() -> Outcome:
             result = self._engine(model).optim_step(params).result()
@@ -243,7 +239,11 @@ class Service:
     # ---- checkpoints -------------------------------------------------------------------
 
     def _save(self, model: _Model, kind: str, name: str, overwrite: bool) -> str:
-        """Save ``model`` as ``tinker://{model}/{kind}/{name}`` (worker thread)."""
+        """Save ``model`` as ``tinker://{model}/{kind}/{name}`` (worker thread).
+
+        Raises:
+            JobError: the path exists and ``overwrite`` is False.
+        """
         path = f"tinker://{model.model_id}/{kind}/{check_name(name)}"
         if self.index.exists(path) and not overwrite:
             raise JobError(f"checkpoint {path} exists; choose a new name or pass overwrite=True")
@@ -258,6 +258,7 @@ class Service:
                 base_model=self.config.base_model,
                 forward_backward=counts.lineage_forward_backward,
                 optim_step=counts.lineage_optim_step,
+                created_s=time.time(),
             )
         )
         return path
@@ -292,6 +293,45 @@ class Service:
 
         return self.scheduler.submit_ordered(model.model_id, req.seq_id, run)
 
+    def save_weights_external(self, req: types.SaveWeightsExternalRequest) -> str:
+        """Export the weights as ``tinker://{model}/external_weights/{name}``: the engine's
+        checkpoint directory (safetensors), listed in ``index.json`` with its local path."""
+        model = self.model(req.model_id)
+        name = check_name(req.path)
+        if req.age_encryption_recipients:
+            raise InputError("ulora serve does not encrypt exports; omit age_encryption_recipients")
+
+        def run() -> Outcome:
+            path = self._save(model, "external_weights", name, False)
+            size = checkpoint_json(self.index.get(path))["size_bytes"]
+            return Outcome({"path": path, "size_bytes": size, "type": "save_weights_external"})
+
+        return self.scheduler.submit_ordered(model.model_id, req.seq_id, run)
+
+    def training_run(self, model_id: str) -> dict[str, Any]:
+        """``GET /api/v1/training_runs/{id}``, also for runs of earlier server processes."""
+        run = self.index.run(model_id)
+        if run is None:
+            raise ModelGone(f"training run {model_id!r} is not known to this server", lost=False)
+        model = self._models.get(model_id)
+        checkpoints = self.index.of_model(model_id)
+        last = model.last_request_s if model is not None else max(
+            [run.created_s, *(c.created_s for c in checkpoints)]
+        )
+        return training_run_json(run, checkpoints, last)
+
+    def list_checkpoints(self, model_id: str) -> dict[str, Any]:
+        """``GET /api/v1/training_runs/{id}/checkpoints``."""
+        if self.index.run(model_id) is None:
+            raise ModelGone(f"training run {model_id!r} is not known to this server", lost=False)
+        return {"checkpoints": [checkpoint_json(c) for c in self.index.of_model(model_id)]}
+
+    def weights_info(self, path: str) -> dict[str, Any]:
+        """``POST /api/v1/weights_info``: what loading ``path`` needs."""
+        info = weights_info_json(self.index.get(path))
+        info["base_model"] = self.base_model_name
+        return info
+
     def load_weights(self, req: types.LoadWeightsRequest) -> str:
         """Either create a model from a checkpoint (its first request) or, legacy, load into a
         model right after its creation."""
@@ -299,8 +339,9 @@ class Service:
         if req.session_id is not None:
             if req.model_seq_id is None:
                 raise InputError("load_weights with session_id needs model_seq_id")
-            self._check_base_model(req.base_model)
+            self.served().check_name(req.base_model)
             model = self._register(req.session_id, req.model_seq_id, record.rank, 0)
+            self._record_run(model, req.base_model or self.base_model_name, req.user_metadata)
 
             def create() -> Outcome:
                 model.engine = self._build(model.model_id, model.rank, model.seed)
@@ -331,7 +372,7 @@ class Service:
         if req.model_path is not None:
             self.index.get(req.model_path)
         else:
-            self._check_base_model(req.base_model)
+            self.served().check_name(req.base_model)
         sampler_id = f"{req.session_id}:sample:{req.sampling_session_seq_id}"
         self.samplers.register(sampler_id, req.model_path)
         return sampler_id
@@ -346,7 +387,7 @@ class Service:
         else:
             path = req.model_path
             if path is None:
-                self._check_base_model(req.base_model)
+                self.served().check_name(req.base_model)
             else:
                 self.index.get(path)  # a bad or unknown path fails now, with a 4xx
         if not 1 <= req.num_samples <= 64:
@@ -356,19 +397,14 @@ class Service:
             prompt = req.prompt.to_ints()
         except Exception as exc:  # image chunks cannot become token ids
             raise InputError(f"the prompt must be token ids only: {exc}") from exc
-        self.token_check([Datum(tuple(prompt), tuple(prompt), (0.0,) * len(prompt))])
+        self.served().check_tokens([Datum(tuple(prompt), tuple(prompt), (0.0,) * len(prompt))])
+        # The last sampled token is never fed back, so n prompt tokens and k new ones need
+        # n + k - 1 positions.
+        needed = len(prompt) + max_tokens_of(req) - 1
+        self.served().check_context([needed], "prompt + max_tokens - 1 of sample")
 
         def run() -> Outcome:
             return Outcome(run_sample(self.samplers.engine_for(path), req))
 
         request_id = self.scheduler.submit(run)
         return request_id, [f"{request_id}:{i}" for i in range(req.num_samples)]
-
-    def token_check(self, datums: Sequence[Datum]) -> None:
-        """Reject token ids outside the vocabulary before they reach the engine."""
-        vocab = getattr(self.probe(), "vocab_size", None)
-        if vocab is None:
-            return
-        for i, d in enumerate(datums):
-            if any(not 0 <= t < vocab for t in (*d.input_tokens, *d.target_tokens)):
-                raise InputError(f"datum {i}: token ids must be in [0, {vocab})")
