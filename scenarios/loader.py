@@ -82,6 +82,11 @@ def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Sc
         raise ConfigurationError(
             f"{source}: invalid TOML: {exc} — fix the syntax at that line of {path}"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{path}: not UTF-8 text (byte {exc.start}); a scenario file is TOML in UTF-8: "
+            "save it as UTF-8"
+        ) from None
     by_key: dict[str, str] = {}
     for raw in overrides:
         key, value = parse_override(raw)

@@ -1,25 +1,34 @@
 """The ``ulora`` command: run, compare, report, scenarios, serve.
 
-Every ``UloraError`` prints one line (``ulora: error: ...``) and exits with status 2; Ctrl-C
-exits with 130 after the runner has flushed its files and printed how to resume.
+Every ``UloraError`` and every ``OSError`` prints ``ulora: error: ...`` (the path and what to do)
+and exits with status 2; Ctrl-C exits with 130 and SIGTERM with 143, both after the runner has
+flushed its files and printed how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ulora_remote.errors import UloraError
 
-__all__ = ["main"]
+__all__ = ["Terminated", "main"]
 
 DEFAULT_SCENARIO = "pig-latin-shock"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a run stops as on Ctrl-C (files flushed, the
+    resume command printed); ``ulora`` then exits with 143 (128 + SIGTERM)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,12 +37,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser(serving=bool(argv) and argv[0] == "serve")
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        with _sigterm_as_interrupt(args.command in ("run", "compare")):
+            return int(args.func(args))
     except UloraError as exc:
-        print(f"ulora: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
+    except OSError as exc:  # one that no layer below named: still one line, path and fix
+        from ulora_remote.run.storage import storage_error
+
+        return _error(str(storage_error(exc, "use", exc.filename or "a file")))
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
+
+
+def _error(message: str) -> int:
+    print(f"ulora: error: {message}", file=sys.stderr)
+    return 2
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(active: bool) -> Iterator[None]:
+    """Turn SIGTERM into ``Terminated`` while a training command runs (main thread only;
+    ``ulora serve`` keeps its server's own handling)."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parser(*, serving: bool = False) -> argparse.ArgumentParser:
