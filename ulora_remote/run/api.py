@@ -33,6 +33,7 @@ from ulora_remote.run.builders import (
     effective_lag,
     method_label,
 )
+from ulora_remote.run.location import safe_folder_name
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.run.runner import Runner
 from ulora_remote.run.summary import write_report
@@ -72,7 +73,9 @@ def load_run(run_dir: str | Path) -> RunResult:
 def default_run_dir(scenario: Any, root: str | Path = "runs") -> Path:
     """``runs/<scenario>-<method>-s<seed>-<UTC time>``."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return Path(root) / f"{scenario.name}-{method_label(scenario)}-s{scenario.seed}-{stamp}"
+    # A scenario name is free text: the folder stays one component inside root (no "../").
+    name = safe_folder_name(f"{scenario.name}-{method_label(scenario)}")
+    return Path(root) / f"{name}-s{scenario.seed}-{stamp}"
 
 
 def run_scenario(
@@ -132,7 +135,7 @@ def resume_run(
     Raises:
         ConfigurationError: not a run directory, or the run already finished.
     """
-    from ulora_remote.scenarios import Scenario
+    from ulora_remote.scenarios import validate_scenario
 
     rd = RunDir(run_dir)
     config = rd.read_config()
@@ -141,7 +144,8 @@ def resume_run(
             f"{rd.path} holds a finished run; nothing to resume (use `ulora report {rd.path}` "
             "to redraw it, or `ulora run --force --out ...` to run it again)"
         )
-    scenario = Scenario.model_validate(config["scenario"])
+    rd.prepare_resume()  # checks the checkpoint, the tables and the config before any build
+    scenario = validate_scenario(config["scenario"], str(rd.config_path))
     return _execute(_build(scenario, rd, backend, log_every), rd, resume=True, console=console)
 
 
@@ -167,7 +171,7 @@ class _Parts:
 
 
 def _build(scenario: Any, rd: RunDir, backend: TrainingBackend | None, log_every: int) -> _Parts:
-    settings = build_settings(scenario, rd.path.name, log_every=log_every)
+    settings = build_settings(scenario, rd.checkpoint_prefix, log_every=log_every)
     controller = build_controller(scenario)
     source = build_source(scenario)
     backend = backend if backend is not None else build_backend(scenario, rd.checkpoint_dir)
