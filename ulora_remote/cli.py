@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import re
 import signal
 import sys
 import threading
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _sigterm_as_interrupt(args.command in ("run", "compare")):
             return int(args.func(args))
     except UloraError as exc:
-        return _error(str(exc))
+        return _error(_with_advice(exc))
     except OSError as exc:  # one that no layer below named: still one line, path and fix
         from ulora_remote.run.storage import storage_error
 
@@ -54,6 +55,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _error(message: str) -> int:
     print(f"ulora: error: {message}", file=sys.stderr)
     return 2
+
+
+_ERRNO = re.compile(r"\[Errno (\d+)\]|os error (\d+)")
+
+
+def _with_advice(exc: BaseException) -> str:
+    """The message, plus what to do when an OSError caused it and the message does not say
+    (a backend that wraps "No space left on device" names the path but not the fix)."""
+    text = str(exc)
+    code = None
+    cause: BaseException | None = exc
+    while cause is not None and code is None:
+        if isinstance(cause, OSError) and isinstance(cause.errno, int):
+            code = cause.errno
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    if code is None:
+        found = _ERRNO.search(text)
+        code = int(found[1] or found[2]) if found else None
+    if code is None:
+        return text
+    from ulora_remote.run.storage import advice
+
+    hint = advice(code)
+    return text if hint in text else f"{text}; {hint}"
 
 
 @contextlib.contextmanager

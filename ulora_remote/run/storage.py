@@ -51,9 +51,9 @@ def resume_command(run_dir: Path) -> str:
     return f"ulora run --resume {shlex.quote(str(Path(os.path.abspath(run_dir))))}"
 
 
-def advice(exc: OSError) -> str:
-    """What to do about ``exc``, from its errno (a generic hint when the errno is unusual)."""
-    return _ADVICE.get(exc.errno or -1, "check the path and the disk")
+def advice(code: int | None) -> str:
+    """What to do about an OSError's errno ``code`` (a generic hint when it is unusual)."""
+    return _ADVICE.get(code or -1, "check the path and the disk")
 
 
 def storage_error(exc: OSError, doing: str, path: Path | str) -> StorageError:
@@ -68,7 +68,7 @@ def storage_error(exc: OSError, doing: str, path: Path | str) -> StorageError:
         return exc
     where = exc.filename if isinstance(exc.filename, str) and exc.filename else str(path)
     cause = exc.strerror or str(exc) or type(exc).__name__
-    message = f"could not {doing} {where}: {cause}; {advice(exc)}"
+    message = f"could not {doing} {where}: {cause}; {advice(exc.errno)}"
     return StorageError(message, errno=exc.errno, filename=where)
 
 
