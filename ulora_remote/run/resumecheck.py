@@ -44,7 +44,12 @@ def prepare_resume(rd: RunDir) -> dict[str, Any] | None:
                           "somewhere writable and resume the copy (a copy resumes from its "
                           "own files)")
     checkpoint = last_verified(rd)
-    check_tables(rd, checkpoint["step"] if checkpoint else 0)
+    steps, evals = check_tables(rd, checkpoint["step"] if checkpoint else 0)
+    if checkpoint is None and (steps.rows or [s for s in evals.steps if s > 0]):
+        # A run stopped before its step-0 checkpoint has no rows but maybe the step-0 eval.
+        raise RunDirError(f"{rd.steps_path.name} holds {steps.rows} rows but "
+                          f"{rd.checkpoints_path.name} lists no checkpoint to continue from: "
+                          f"{rd.checkpoints_path} was emptied or removed; {rd.start_over_hint()}")
     remove_leftovers(rd)
     return checkpoint
 

@@ -8,13 +8,14 @@ and ``ulora report`` call, so both give the same files.
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 from typing import Any
 
 import pandas as pd
 
 from ulora_remote.control.controller import MODE_NAMES
-from ulora_remote.errors import MissingExtraError, RunDirError
+from ulora_remote.errors import MissingExtraError, RunDirError, StorageError
 from ulora_remote.run.metrics import recovery_metrics_from_frame
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.run.storage import resume_command
@@ -133,14 +134,22 @@ def write_report(rd: RunDir, *, out: Any = None) -> dict[str, Any]:
 
     Returns:
         The summary.
+
+    Raises:
+        RunDirError: see ``build_summary``.
+        StorageError: a file could not be written (the message says how to finish the report).
     """
     summary = build_summary(rd)
-    if summary["finished"]:
-        rd.write_summary(summary)
     try:
+        if summary["finished"]:
+            rd.write_summary(summary)
         _plot(rd)
     except MissingExtraError as exc:
         print(f"ulora: no plot: {exc}", file=out or sys.stderr)
+    except StorageError as exc:  # the tables are whole: only the report is missing
+        raise StorageError(f"{exc}; the run's tables are complete: then write its report with "
+                           f"`ulora report {shlex.quote(str(rd.path))}`", errno=exc.errno,
+                           filename=exc.filename) from exc
     return summary
 
 
