@@ -77,7 +77,7 @@ def lost(before: dict[str, str], after: dict[str, str]) -> list[str]:
     return sorted(k for k, v in before.items() if after.get(k) != v)
 
 
-def record(case: str, verdict: str, detail: str = "") -> None:
+def record(case: str, verdict: str, detail: str = "", kind: str = "error") -> None:
     path = os.environ.get("ULORA_FAULT_TABLE")
     if "ulora: error: " in detail:
         detail = detail[detail.index("ulora: error: "):]
@@ -85,7 +85,8 @@ def record(case: str, verdict: str, detail: str = "") -> None:
         detail = detail[detail.rindex("\n", 0, len(detail.rstrip())) + 1:]
     if path:
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"case": case, "verdict": verdict, "detail": detail[:300]}) + "\n")
+            fh.write(json.dumps({"case": case, "kind": kind, "verdict": verdict,
+                                 "detail": detail[:300]}) + "\n")
 
 
 def judge_error(case: str, outcome: Outcome, needles: Sequence[str],
@@ -125,7 +126,7 @@ def judge_success(case: str, ok: bool, outcome: Outcome, kept: bool = True) -> N
         verdict = "silent"
     else:
         verdict = "clear"
-    record(case, verdict, outcome.err if outcome.rc != 0 else outcome.out[-300:])
+    record(case, verdict, outcome.err if outcome.rc != 0 else outcome.out[-300:], "success")
     assert verdict == "clear", (verdict, outcome.err[-2000:], outcome.out[-800:])
 
 

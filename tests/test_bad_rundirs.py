@@ -254,6 +254,16 @@ def test_report_never_overwrites_the_users_plot(tmp_path):
                        before, snapshot(tmp_path))
 
 
+def test_a_record_pointed_at_another_runs_checkpoint_is_refused(tmp_path, finished, other):
+    run = as_killed(finished, tmp_path / "run1")
+    foreign = str(other / "checkpoints" / "run1-step000008")
+    _edit_record(2, lambda r: {**r, "ref": foreign})(run)
+    before = snapshot(tmp_path)
+    outcome = ulora("run", "--resume", str(run), cwd=tmp_path)
+    assert_clear_error("checkpoint ref edited to another run's checkpoint", outcome,
+                       ["does not match the SHA-256", foreign], before, snapshot(tmp_path))
+
+
 def test_a_moved_run_resumes_from_its_own_files(tmp_path, finished):
     moved = as_killed(finished, tmp_path / "old" / "run1")
     moved = Path(shutil.move(moved, tmp_path / "new-place"))
