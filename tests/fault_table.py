@@ -77,7 +77,9 @@ def lost(before: dict[str, str], after: dict[str, str]) -> list[str]:
     return sorted(k for k, v in before.items() if after.get(k) != v)
 
 
-def record(case: str, verdict: str, detail: str = "", kind: str = "error") -> None:
+def record(case: str, verdict: str, detail: str = "", kind: str = "error",
+           changed: int = 0) -> None:
+    """Append a verdict (``changed``: how many files that existed before were changed)."""
     path = os.environ.get("ULORA_FAULT_TABLE")
     if "ulora: error: " in detail:
         detail = detail[detail.index("ulora: error: "):]
@@ -86,7 +88,7 @@ def record(case: str, verdict: str, detail: str = "", kind: str = "error") -> No
     if path:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"case": case, "kind": kind, "verdict": verdict,
-                                 "detail": detail[:300]}) + "\n")
+                                 "changed": changed, "detail": detail[:300]}) + "\n")
 
 
 def judge_error(case: str, outcome: Outcome, needles: Sequence[str],
@@ -103,7 +105,7 @@ def judge_error(case: str, outcome: Outcome, needles: Sequence[str],
         verdict = "clear"
     else:
         verdict = "unclear"
-    record(case, verdict, outcome.err or outcome.out[-300:])
+    record(case, verdict, outcome.err or outcome.out[-300:], changed=len(lost(before, after)))
     return verdict
 
 
@@ -126,7 +128,8 @@ def judge_success(case: str, ok: bool, outcome: Outcome, kept: bool = True) -> N
         verdict = "silent"
     else:
         verdict = "clear"
-    record(case, verdict, outcome.err if outcome.rc != 0 else outcome.out[-300:], "success")
+    record(case, verdict, outcome.err if outcome.rc != 0 else outcome.out[-300:], "success",
+           changed=0 if kept else 1)
     assert verdict == "clear", (verdict, outcome.err[-2000:], outcome.out[-800:])
 
 
