@@ -82,6 +82,11 @@ def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Sc
         raise ConfigurationError(
             f"{source}: invalid TOML: {exc} — fix the syntax at that line of {path}"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{path}: not UTF-8 text (byte {exc.start}); a scenario file is TOML in UTF-8: "
+            "save it as UTF-8"
+        ) from None
     by_key: dict[str, str] = {}
     for raw in overrides:
         key, value = parse_override(raw)
@@ -184,6 +189,9 @@ def _describe(err: Any, source: str, overrides: Mapping[str, str]) -> str:
         return (f"{origin}: {tag_key} = {ctx['tag']!r} is not known — choose one of "
                 f"{ctx['expected_tags']}")
     shown = f"{key} = {err['input']!r}"
+    if kind == "string_pattern_mismatch":
+        return (f"{origin}: {shown}: use only letters, digits, '.', '_' and '-', starting "
+                "with a letter or digit — fix the value")
     return f"{origin}: {shown}: {err['msg'].lower()} — {_fix(kind, err.get('ctx', {}))}"
 
 
@@ -198,6 +206,7 @@ def _fix(kind: str, ctx: Mapping[str, Any]) -> str:
         "too_long": "give at most {max_length} items",
         "too_short": "give at least {min_length} items",
         "string_too_short": "give at least {min_length} character(s)",
+        "string_too_long": "use at most {max_length} characters",
     }
     template = bounds.get(kind)
     return template.format(**ctx) if template else "change the value"

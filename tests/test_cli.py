@@ -40,7 +40,9 @@ def test_errors_are_one_line_and_exit_2(capsys, argv, needle):
 
 
 def test_an_unfinished_run_directory_names_the_flags(tmp_path, capsys):
-    RunDir(tmp_path).write_config({"scenario": {}})
+    rd = RunDir(tmp_path)
+    rd.prepare_new(force=False)
+    rd.write_config({"scenario": {}})
     assert main(["run", "--out", str(tmp_path)]) == 2
     assert f"ulora run --resume {tmp_path}" in capsys.readouterr().err
 

@@ -43,6 +43,8 @@ def test_public_surface_is_explicit() -> None:
         (errors.RemoteError, ConnectionError),
         (errors.RemoteTimeoutError, TimeoutError),
         (errors.MissingExtraError, ImportError),
+        (errors.RunDirError, ValueError),
+        (errors.StorageError, OSError),
     ],
 )
 def test_one_exception_root_with_builtin_bases(exc: type, builtin: type) -> None:

@@ -8,6 +8,7 @@ interrupted run compute with the same floating-point reductions.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,10 +30,10 @@ ARGS = [
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _ulora(*args: str) -> subprocess.Popen[str]:
+def _ulora(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "ulora_remote.cli", *args]
     return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, cwd=cwd)
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str]:
@@ -47,9 +48,11 @@ def _rows(path: Path) -> int:
         return 0
 
 
-def _interrupt(out: Path, sig: int, min_rows: int) -> tuple[int, str]:
-    """Start a run, send ``sig`` once steps.csv has ``min_rows`` rows; return (rc, output)."""
-    proc = _ulora("run", "--out", str(out), *ARGS)
+def _interrupt(out: Path, sig: int, min_rows: int, cwd: Path | None = None) -> tuple[int, str]:
+    """Start a run, send ``sig`` once steps.csv has ``min_rows`` rows; return (rc, output).
+    ``out`` may be relative to ``cwd``."""
+    proc = _ulora("run", "--out", str(out), *ARGS, cwd=cwd)
+    out = (cwd or Path.cwd()) / out
     deadline = time.monotonic() + 240
     while _rows(out / "steps.csv") < min_rows:
         assert proc.poll() is None, "the run ended before it could be interrupted"
@@ -101,3 +104,33 @@ def test_ctrl_c_leaves_a_resumable_directory(tmp_path, reference):
     _assert_same_run(reference, out)
     rc, log = _finish(_ulora("run", "--resume", str(out)))
     assert rc == 2 and "finished run" in log and "Traceback" not in log
+
+
+def _hint(log: str) -> list[str]:
+    """The resume command the run printed, split as a shell would."""
+    line = next(x for x in log.splitlines() if "Continue with: " in x)
+    return shlex.split(line.split("Continue with: ", 1)[1])
+
+
+def test_the_ctrl_c_hint_works_from_any_folder(tmp_path, reference):
+    project, elsewhere = tmp_path / "my project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    rc, log = _interrupt(Path("runs") / "run 1", signal.SIGINT, min_rows=25, cwd=project)
+    assert rc == 130, log
+    command = _hint(log)
+    assert command[:3] == ["ulora", "run", "--resume"]
+    assert command[3] == str(project / "runs" / "run 1")  # absolute, quoted for the shell
+    rc, log = _finish(_ulora(*command[1:], cwd=elsewhere))
+    assert rc == 0, log
+    _assert_same_run(reference, project / "runs" / "run 1")
+
+
+def test_sigterm_stops_like_ctrl_c_with_the_resume_hint(tmp_path, reference):
+    out = tmp_path / "run"
+    rc, log = _interrupt(out, signal.SIGTERM, min_rows=25)
+    assert rc == 128 + signal.SIGTERM, log
+    assert "Traceback" not in log and _hint(log) == ["ulora", "run", "--resume", str(out)]
+    rc, log = _finish(_ulora("run", "--resume", str(out)))
+    assert rc == 0, log
+    _assert_same_run(reference, out)

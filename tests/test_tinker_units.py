@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 
 import httpx
@@ -12,6 +13,7 @@ from ulora_remote.errors import (
     ConfigurationError,
     MissingExtraError,
     RemoteError,
+    RemoteTimeoutError,
     StateLostError,
 )
 
@@ -96,19 +98,40 @@ def test_a_missing_tinker_extra_names_the_install(monkeypatch: pytest.MonkeyPatc
         TinkerBackend("meta-llama/Llama-3.2-1B", api_key=FAKE_KEY)
 
 
-def test_an_unreachable_service_fails_at_the_first_contacts_deadline(
+def test_a_closed_local_port_fails_before_any_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ulora_remote.backends.tinker import TinkerBackend
+
+    monkeypatch.setenv("TINKER_TELEMETRY", "0")
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # The default first-contact deadline (60 s) stays: the probe must answer long before it.
+    with pytest.raises(RemoteError, match=rf"nothing accepts connections at http://127.0.0.1:{port}"
+                       r" \(Connection refused\).*ulora serve.*backend.base_url") as caught:
+        TinkerBackend("meta-llama/Llama-3.2-1B", base_url=f"http://127.0.0.1:{port}",
+                      api_key=FAKE_KEY)
+    assert not isinstance(caught.value, RemoteTimeoutError)
+    assert FAKE_KEY not in str(caught.value)
+
+
+def test_a_silent_service_fails_at_the_first_contacts_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from ulora_remote.backends.tinker import TinkerBackend
 
-    from ulora_remote.errors import RemoteTimeoutError
-
     monkeypatch.setenv("TINKER_TELEMETRY", "0")
-    # Port 1 on loopback refuses connections; the SDK alone would retry for about 5 minutes.
-    with pytest.raises(RemoteTimeoutError, match="get_server_capabilities did not finish"):
-        TinkerBackend(
-            "meta-llama/Llama-3.2-1B",
-            base_url="http://127.0.0.1:1",
-            api_key=FAKE_KEY,
-            connect_timeout_s=1.0,
-        )
+    # A socket that listens and never answers: connections are accepted by the kernel, the
+    # requests wait forever; the SDK alone would retry for about 5 minutes.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        with pytest.raises(RemoteTimeoutError, match="get_server_capabilities did not finish"):
+            TinkerBackend(
+                "meta-llama/Llama-3.2-1B",
+                base_url=f"http://127.0.0.1:{port}",
+                api_key=FAKE_KEY,
+                connect_timeout_s=1.0,
+            )

@@ -29,7 +29,9 @@ from ulora_remote.errors import (
     MissingExtraError,
     RemoteError,
     RemoteTimeoutError,
+    RunDirError,
     StateLostError,
+    StorageError,
     UloraError,
 )
 
@@ -72,8 +74,10 @@ __all__ = [
     "OptimStepResult",
     "RemoteError",
     "RemoteTimeoutError",
+    "RunDirError",
     "RunResult",
     "StateLostError",
+    "StorageError",
     "TrainingBackend",
     "UloraError",
     "UnifiedController",

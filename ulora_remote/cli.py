@@ -1,24 +1,34 @@
 """The ``ulora`` command: run, compare, report, scenarios, serve.
 
-Every ``UloraError`` prints one line (``ulora: error: ...``) and exits with status 2; Ctrl-C
-exits with 130 after the runner has flushed its files and printed how to resume.
+Every ``UloraError`` and every ``OSError`` prints ``ulora: error: ...`` (the path and what to do)
+and exits with status 2; Ctrl-C exits with 130 and SIGTERM with 143, both after the runner has
+flushed its files and printed how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import re
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ulora_remote import __version__
 from ulora_remote.errors import MissingExtraError, UloraError
 
-__all__ = ["main"]
+__all__ = ["Terminated", "main"]
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a run stops as on Ctrl-C (files flushed, the
+    resume command printed); ``ulora`` then exits with 143 (128 + SIGTERM)."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ulora``; returns the exit status."""
@@ -28,12 +38,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.started = started
     try:
-        return int(args.func(args))
+        with _sigterm_as_interrupt(args.command in ("run", "compare")):
+            return int(args.func(args))
     except UloraError as exc:
-        print(f"ulora: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(_with_advice(exc))
+    except OSError as exc:  # one that no layer below named: still one line, path and fix
+        from ulora_remote.run.storage import storage_error
+
+        return _error(str(storage_error(exc, "use", exc.filename or "a file")))
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
+
+
+def _error(message: str) -> int:
+    print(f"ulora: error: {message}", file=sys.stderr)
+    return 2
+
+
+_ERRNO = re.compile(r"\[Errno (\d+)\]|os error (\d+)")
+
+
+def _with_advice(exc: BaseException) -> str:
+    """The message, plus what to do when an OSError caused it and the message does not say
+    (a backend that wraps "No space left on device" names the path but not the fix)."""
+    text = str(exc)
+    code = None
+    cause: BaseException | None = exc
+    while cause is not None and code is None:
+        if isinstance(cause, OSError) and isinstance(cause.errno, int):
+            code = cause.errno
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    if code is None:
+        found = _ERRNO.search(text)
+        code = int(found[1] or found[2]) if found else None
+    if code is None:
+        return text
+    from ulora_remote.run.storage import advice
+
+    hint = advice(code)
+    return text if hint in text else f"{text}; {hint}"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(active: bool) -> Iterator[None]:
+    """Turn SIGTERM into ``Terminated`` while a training command runs (main thread only;
+    ``ulora serve`` keeps its server's own handling)."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parser(*, serving: bool = False) -> argparse.ArgumentParser:

@@ -5,8 +5,13 @@ callers can catch either ours or the builtin::
 
     UloraError(Exception)
     ├── ConfigurationError(UloraError, ValueError)   a config, scenario or option is invalid
-    │   └── MissingExtraError(ConfigurationError, ImportError)
-    │                                                an optional extra is not installed
+    │   ├── MissingExtraError(ConfigurationError, ImportError)
+    │   │                                            an optional extra is not installed
+    │   └── RunDirError(ConfigurationError)          a run directory is in the way, is not
+    │                                                ours, or holds a damaged or inconsistent
+    │                                                file (the message says how to recover)
+    ├── StorageError(UloraError, OSError)            a file or folder could not be written or
+    │                                                read (disk full, read-only, not a folder)
     ├── InputError(UloraError, ValueError)           data the caller passed is unusable
     │                                                (negative loss, empty batch, bad character)
     └── BackendError(UloraError, RuntimeError)       a backend failed to do what it was asked
@@ -32,7 +37,9 @@ __all__ = [
     "MissingExtraError",
     "RemoteError",
     "RemoteTimeoutError",
+    "RunDirError",
     "StateLostError",
+    "StorageError",
     "UloraError",
 ]
 
@@ -55,6 +62,27 @@ class MissingExtraError(ConfigurationError, ImportError):
         )
         self.extra = extra
         self.module = module
+
+
+class RunDirError(ConfigurationError):
+    """A run directory cannot be used as asked: something else is in the way, it is not a run
+    directory of ours, or one of its files is damaged or does not match the others. The message
+    names the file and how to recover; nothing in the directory was changed."""
+
+
+class StorageError(UloraError, OSError):
+    """A file or folder could not be written or read. The message names the path, the cause
+    (``strerror``) and what to do; ``errno`` and ``filename`` are those of the OSError."""
+
+    def __init__(self, message: str, *, errno: int | None = None,
+                 filename: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errno = errno  # type: ignore[assignment]  # OSError declares int; None = unknown
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class InputError(UloraError, ValueError):

@@ -65,10 +65,14 @@ def write_checkpoint(target: Path, tensors: dict[str, dict[str, Any]], manifest:
     Raises:
         CheckpointError: the files could not be written.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise CheckpointError(f"could not write checkpoint {str(target)!r}: {exc}") from exc
     try:
         for key in _FILES:
             blob = {k: v.detach().cpu().contiguous() for k, v in tensors[key].items()}
@@ -80,7 +84,7 @@ def write_checkpoint(target: Path, tensors: dict[str, dict[str, Any]], manifest:
         _fsync(tmp)
         _replace_dir(tmp, target)
         _fsync(target.parent)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own
         raise CheckpointError(f"could not write checkpoint {str(target)!r}: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -106,6 +110,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, dict[str, Any]], dict]:
     Raises:
         CheckpointError: the directory is missing, incomplete, or not of this format.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     manifest_path = path / "manifest.json"
@@ -117,7 +122,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, dict[str, Any]], dict]:
     try:
         manifest = json.loads(manifest_path.read_text())
         tensors = {key: load_file(str(path / f"{key}.safetensors")) for key in _FILES}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # a damaged header is the last
         raise CheckpointError(f"checkpoint {str(path)!r} is unreadable: {exc}") from exc
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise CheckpointError(

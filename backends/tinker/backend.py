@@ -50,7 +50,14 @@ from .render import (
     result_from_output,
     to_tinker_datum,
 )
-from .session import check_base_model, import_tinker, resolve_api_key, rest_client
+from .session import (
+    check_base_model,
+    import_tinker,
+    probe_service,
+    resolve_api_key,
+    resolve_base_url,
+    rest_client,
+)
 
 __all__ = ["TinkerBackend"]
 
@@ -85,7 +92,8 @@ class TinkerBackend:
             list this often (a listed checkpoint is complete; see ``checkpoints.py``).
         connect_timeout_s: the deadline of the first contact (the model list) and of closing
             the session, so that an unreachable service fails fast; the SDK alone would retry
-            for about 5 minutes.
+            for about 5 minutes. A refused local port (an IP address or ``localhost``) fails
+            at once, before any session (``session.probe_service``).
 
     The key and the base model are checked here, before any step. The LoRA training client is
     created on first use (the first request, ``model_id`` or the tokenizer), or restored by a
@@ -95,7 +103,8 @@ class TinkerBackend:
         ConfigurationError: no key or a malformed one, a key the service refuses, or a base
             model the service does not offer (the message lists the offered ones).
         MissingExtraError: the ``tinker`` extra is not installed.
-        RemoteError, RemoteTimeoutError: the service could not be reached in time.
+        RemoteError, RemoteTimeoutError: the service could not be reached in time, or its
+            local port refused the connection.
     """
 
     def __init__(
@@ -127,6 +136,8 @@ class TinkerBackend:
         self._closed = False
         self._generation = 0  # bumped whenever the training client is replaced
         self._lost: StateLostError | None = None
+        # A closed local port fails here in milliseconds, before a session is opened.
+        probe_service(resolve_base_url(base_url), self.connect_timeout_s)
         self._service = self._tinker.ServiceClient(base_url=base_url, api_key=self._key)
         _open_backends.add(self)
         try:

@@ -6,16 +6,32 @@ missing extra fails at once with a message that names the fix and never shows th
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import socket
+import urllib.parse
+import urllib.request
 import warnings
 from typing import Any
 
-from ulora_remote.errors import ConfigurationError, MissingExtraError, RemoteTimeoutError
+from ulora_remote.errors import (
+    ConfigurationError,
+    MissingExtraError,
+    RemoteError,
+    RemoteTimeoutError,
+)
 
 from .futures import call_with_deadline, map_sdk_error, scrub
 
-__all__ = ["check_base_model", "import_tinker", "resolve_api_key", "rest_client"]
+__all__ = [
+    "check_base_model",
+    "import_tinker",
+    "probe_service",
+    "resolve_api_key",
+    "resolve_base_url",
+    "rest_client",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +73,60 @@ def resolve_api_key(api_key: str | None) -> str:
             f"{len(key)} characters and is not shown); check TINKER_API_KEY"
         )
     return key
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """The URL the SDK will use: ``base_url``, else ``TINKER_BASE_URL``, else its default."""
+    from tinker.lib.base_url import resolve_base_url as sdk_resolve_base_url
+
+    return sdk_resolve_base_url(base_url)
+
+
+def probe_service(base_url: str, timeout_s: float) -> None:
+    """Fail at once when the service's port refuses connections (a local server not started).
+
+    Only a literal IP address or ``localhost`` is probed, without a proxy in the way: there a
+    refused TCP connection is certain and immediate, where the SDK would retry it for minutes.
+    For a host name the SDK's own first contact decides (within ``connect_timeout_s``).
+
+    Raises:
+        RemoteError: the connection was refused or the address is unreachable; the message
+            names the address (never a key or a URL's user part) and the fix.
+    """
+    url = urllib.parse.urlsplit(base_url)
+    host = url.hostname or ""
+    if not _probed_host(host) or _proxied(url.scheme, host):
+        return
+    port = url.port or (443 if url.scheme == "https" else 80)
+    address = f"{url.scheme}://{host}:{port}"
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout_s, 5.0)):
+            return
+    except TimeoutError:
+        return  # slow rather than closed: the first contact's deadline applies
+    except OSError as exc:
+        raise RemoteError(
+            f"nothing accepts connections at {address} ({exc.strerror or exc}): start the "
+            "Tinker-compatible server there (for a local one, `ulora serve`), or fix "
+            "backend.base_url / TINKER_BASE_URL"
+        ) from None
+
+
+def _probed_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get(scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(
+        host
+    )
 
 
 def rest_client(service: Any) -> Any:

@@ -26,6 +26,7 @@ import pandas as pd
 from ulora_remote.backend import TrainingBackend
 from ulora_remote.errors import ConfigurationError
 from ulora_remote.run.builders import RunParts, build_parts, method_label
+from ulora_remote.run.location import safe_folder_name
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.run.runner import Runner
 from ulora_remote.run.summary import write_report
@@ -66,7 +67,9 @@ def load_run(run_dir: str | Path) -> RunResult:
 def default_run_dir(scenario: Scenario, root: str | Path = "runs") -> Path:
     """``runs/<scenario>-<method>-s<seed>-<UTC time>``."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return Path(root) / f"{scenario.name}-{method_label(scenario)}-s{scenario.seed}-{stamp}"
+    # A scenario name is free text: the folder stays one component inside root (no "../").
+    name = safe_folder_name(f"{scenario.name}-{method_label(scenario)}")
+    return Path(root) / f"{name}-s{scenario.seed}-{stamp}"
 
 
 def run_scenario(
@@ -126,6 +129,8 @@ def resume_run(
     Raises:
         ConfigurationError: not a run directory, or the run already finished.
     """
+    from ulora_remote.scenarios import validate_scenario
+
     rd = RunDir(run_dir)
     config = rd.read_config()
     if rd.finished:
@@ -133,7 +138,8 @@ def resume_run(
             f"{rd.path} holds a finished run; nothing to resume (use `ulora report {rd.path}` "
             "to redraw it, or `ulora run --force --out ...` to run it again)"
         )
-    scenario = Scenario.model_validate(config["scenario"])
+    rd.prepare_resume()  # checks the checkpoint, the tables and the config before any build
+    scenario = validate_scenario(config["scenario"], str(rd.config_path))
     return _execute(_build(scenario, rd, backend, log_every), rd, resume=True, console=console)
 
 
@@ -152,7 +158,7 @@ def _resolve(scenario: Scenario | str | Path, overrides: Sequence[str]) -> Scena
 
 def _build(scenario: Scenario, rd: RunDir, backend: TrainingBackend | None,
            log_every: int) -> RunParts:
-    return build_parts(scenario, rd.path.name, rd.checkpoint_dir, backend=backend,
+    return build_parts(scenario, rd.checkpoint_prefix, rd.checkpoint_dir, backend=backend,
                        log_every=log_every)
 
 

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from ulora_remote.control.policy import format_lr
 from ulora_remote.run.steps import StepRow
+from ulora_remote.run.storage import resume_command
 
 __all__ = ["Console", "format_lr"]
 
@@ -68,9 +69,17 @@ class Console:
         )
 
     def interrupted(self, rows: int, run_dir: Path) -> None:
+        """Ctrl-C or SIGTERM: the resume command, with an absolute path (works anywhere)."""
         self.line(
             f"interrupted after {rows} steps; the run directory is kept. "
-            f"Continue with: ulora run --resume {run_dir}"
+            f"Continue with: {resume_command(run_dir)}"
+        )
+
+    def stopped(self, rows: int, run_dir: Path) -> None:
+        """An error ended the run (the CLI prints it next): how to continue once it is fixed."""
+        self.line(
+            f"stopped by an error after {rows} steps; the run directory is kept and consistent. "
+            f"Once the cause is fixed, continue with: {resume_command(run_dir)}"
         )
 
     def done(self) -> None:

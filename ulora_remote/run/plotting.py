@@ -5,6 +5,7 @@ Needs the ``plot`` extra (matplotlib); drawn with the Agg backend, so no display
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pandas as pd
 
 from ulora_remote.control.controller import MODE_NAMES
 from ulora_remote.errors import MissingExtraError
+from ulora_remote.run.storage import write_atomic
 
 __all__ = ["plot_run"]
 
@@ -43,6 +45,7 @@ def plot_run(
 
     Raises:
         MissingExtraError: matplotlib is not installed.
+        StorageError: the PNG could not be written (an older one at ``path`` is unchanged).
     """
     plt = _pyplot()
     fig, axes = plt.subplots(4, 1, figsize=(10, 9), sharex=True,
@@ -63,8 +66,12 @@ def plot_run(
         fig.suptitle(title)
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    png = io.BytesIO()
+    try:
+        fig.savefig(png, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    write_atomic(out, png.getvalue())  # a full disk leaves the old picture, not half a new one
     return out
 
 

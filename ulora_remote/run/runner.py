@@ -108,6 +108,10 @@ class Runner:
             self._close_tables()
             self.console.interrupted(self._rows_written, self.rundir.path)
             raise
+        except Exception:
+            self._close_tables()
+            self.console.stopped(self._rows_written, self.rundir.path)
+            raise
         finally:
             self._close_tables()
             self.backend.close()

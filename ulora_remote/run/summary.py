@@ -8,15 +8,17 @@ the end of a run and ``ulora report`` call, so both give the same files.
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 from typing import Any
 
 import pandas as pd
 
 from ulora_remote.control.controller import MODE_NAMES
-from ulora_remote.errors import MissingExtraError
+from ulora_remote.errors import MissingExtraError, RunDirError, StorageError
 from ulora_remote.run.metrics import recovery_metrics_from_frame
 from ulora_remote.run.rundir import RunDir
+from ulora_remote.run.storage import resume_command
 
 __all__ = [
     "FINAL_METRICS",
@@ -41,12 +43,10 @@ def build_summary(rd: RunDir) -> dict[str, Any]:
     """The summary of the run in ``rd`` from config.json, steps.csv and evals.csv.
 
     Raises:
-        ConfigurationError: ``rd`` holds no run.
+        RunDirError: ``rd`` holds no run, or a file is damaged, edited, or has no rows yet
+            (the message names the file and how to recover).
     """
-    config = rd.read_config()
-    scenario = config["scenario"]
-    steps = pd.read_csv(rd.steps_path) if rd.steps_path.exists() else pd.DataFrame()
-    evals = pd.read_csv(rd.evals_path) if rd.evals_path.exists() else pd.DataFrame()
+    config, scenario, steps, evals = _read_run(rd)
     windows = _windows(scenario)
     summary: dict[str, Any] = {
         "scenario": scenario["name"],
@@ -98,6 +98,45 @@ def _guard_summary(steps: pd.DataFrame, scenario: dict[str, Any]) -> dict[str, A
                                        if shift and found else None),
     }
 
+def _read_run(rd: RunDir) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """config.json, its scenario, steps.csv and evals.csv, each checked before use."""
+    config = rd.read_config()
+    scenario = config["scenario"]
+    _check_scenario_fields(rd, scenario)
+    steps_table = rd.read_steps()
+    if steps_table.rows == 0:
+        raise RunDirError(f"{rd.steps_path} holds no rows yet: the run has not trained a step, "
+                          f"so there is nothing to report; continue it with "
+                          f"`{resume_command(rd.path)}`")
+    if steps_table.rows > scenario["steps"]:
+        raise RunDirError(f"{rd.steps_path} holds {steps_table.rows} rows but the run has "
+                          f"{scenario['steps']} steps (config.json): one of the two was edited; "
+                          f"{rd.start_over_hint()}")
+    return config, scenario, steps_table.frame(), rd.read_evals().frame()
+
+
+_FIELDS: tuple[tuple[str, type, str], ...] = (
+    ("name", str, "a string"), ("seed", int, "an integer"), ("steps", int, "an integer"),
+    ("controller", dict, "a table"),
+)
+
+
+def _check_scenario_fields(rd: RunDir, scenario: dict[str, Any]) -> None:
+    """The fields a report reads must be there with the right types (a hand-edited config)."""
+    problems = [f"scenario.{key} should be {shown}" for key, kind, shown in _FIELDS
+                if not isinstance(scenario.get(key), kind) or isinstance(scenario.get(key), bool)]
+    controller = scenario.get("controller")
+    if isinstance(controller, dict):
+        problems += [f"scenario.controller.{key} should be a string" for key in ("method", "preset")
+                     if not isinstance(controller.get(key), str)]
+    try:
+        _windows(scenario)
+    except (TypeError, ValueError, AttributeError):
+        problems.append("scenario.shocks.windows should be a list of [start, end] pairs")
+    if problems:
+        raise RunDirError(f"{rd.config_path} was edited or damaged: {'; '.join(problems)}; "
+                          f"{rd.start_over_hint()}")
+
 
 def classification_line(summary: dict[str, Any]) -> str | None:
     """The final accuracy/F1 against the majority class for the console (None: no such task)."""
@@ -146,14 +185,22 @@ def write_report(rd: RunDir, *, out: Any = None) -> dict[str, Any]:
 
     Returns:
         The summary.
+
+    Raises:
+        RunDirError: see ``build_summary``.
+        StorageError: a file could not be written (the message says how to finish the report).
     """
     summary = build_summary(rd)
-    if summary["finished"]:
-        rd.write_summary(summary)
     try:
+        if summary["finished"]:
+            rd.write_summary(summary)
         _plot(rd)
     except MissingExtraError as exc:
         print(f"ulora: no plot: {exc}", file=out or sys.stderr)
+    except StorageError as exc:  # the tables are whole: only the report is missing
+        raise StorageError(f"{exc}; the run's tables are complete: then write its report with "
+                           f"`ulora report {shlex.quote(str(rd.path))}`", errno=exc.errno,
+                           filename=exc.filename) from exc
     return summary
 
 
@@ -161,10 +208,7 @@ def _plot(rd: RunDir) -> None:
     from ulora_remote.control.controller import ControllerConfig
     from ulora_remote.run.plotting import plot_run
 
-    config = rd.read_config()
-    scenario = config["scenario"]
-    steps = pd.read_csv(rd.steps_path)
-    evals = pd.read_csv(rd.evals_path) if rd.evals_path.exists() else pd.DataFrame()
+    config, scenario, steps, evals = _read_run(rd)
     controller = scenario["controller"]
     overrides = {k: v for k, v in controller.items() if k in ("theta0", "theta1")}
     cfg = ControllerConfig.preset(controller["preset"], **overrides)
@@ -200,7 +244,7 @@ def run_metrics_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _windows(scenario: dict[str, Any]) -> list[tuple[int, int]]:
     shocks = scenario.get("shocks") or {}
-    return [(int(s), int(e)) for s, e in shocks.get("windows", [])]
+    return [(int(s), int(e)) for s, e in shocks.get("windows", None) or []]
 
 
 def _steps_per_mode(steps: pd.DataFrame) -> dict[str, int]:
