@@ -31,6 +31,7 @@ from ulora_remote.backend import (
 from ulora_remote.errors import InputError
 
 from . import state, training
+from .adapters import TaskAdapters, flat_grad, gradient_variance
 from .builtin import BUILTIN_SIZES, build_builtin_model
 from .models import attach_lora, load_base, resolve_dtype
 from .progress import Progress, stderr_progress
@@ -60,6 +61,11 @@ class DatumsResult:
 class LocalBackend:
     """LoRA training on a local causal LM: the built-in "small"/"medium" model or a local
     Hugging Face directory. See the module docstring and README for the contract.
+
+    An ``AdapterBackend``: ``fork_adapters`` adds per-task peft adapters on the same base model
+    (``adapters.TaskAdapters``); examples are then routed by ``Example.task``. A
+    ``forward_backward`` over two or more tasks runs one pass per task and reports the spread
+    of their gradients (``ForwardBackwardResult.gradient_variance``).
 
     Args:
         base_model: ``"small"``, ``"medium"`` (built in; pre-trained on first use and cached) or
@@ -125,6 +131,7 @@ class LocalBackend:
         self.training = training.new_training_state(
             self.model, device=self.device, seed=seed, checkpoint_dir=checkpoint_dir,
             identity=identity, kind="local")
+        self._adapters = TaskAdapters(self.model, self.training)
 
     @property
     def params(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -185,16 +192,52 @@ class LocalBackend:
     # -- the TrainingBackend protocol ----------------------------------------------------
 
     def forward_backward(self, batch: Sequence[Example]) -> Completed[ForwardBackwardResult]:
-        """Render ``batch`` and accumulate its gradients. Raises InputError on bad examples."""
-        datums = render_examples(self.tokenizer, batch, self.eos_token_id, self._encode)
-        res = self._run(datums, train=True, want_logprobs=False, trusted=True)
-        return Completed(res.to_forward_backward_result())
+        """Render ``batch`` and accumulate each example's gradient on its task's adapter.
+        Raises InputError on bad examples."""
+        return Completed(self._routed(batch, train=True))
 
     def forward(self, batch: Sequence[Example]) -> Completed[ForwardBackwardResult]:
-        """Per-example NLL sums without gradients. Raises InputError on bad examples."""
+        """Per-example NLL sums without gradients, each on its task's adapter. Raises
+        InputError on bad examples."""
+        return Completed(self._routed(batch, train=False))
+
+    def _routed(self, batch: Sequence[Example], *, train: bool) -> ForwardBackwardResult:
+        """One pass per adapter; for a backward over several tasks, one per task, so that each
+        task's gradient can be read (the seed's weight-space variance)."""
         datums = render_examples(self.tokenizer, batch, self.eos_token_id, self._encode)
-        res = self._run(datums, train=False, want_logprobs=False, trusted=True)
-        return Completed(res.to_forward_backward_result())
+        tasks = [e.task for e in batch]
+        by_task = train and len(set(tasks)) > 1
+        groups = self._adapters.groups(tasks, by_task=by_task)
+        if len(groups) == 1 and not by_task:  # one adapter: one pass, as without adapters
+            with self._adapters.active(groups[0][0]):
+                res = self._run(datums, train=train, want_logprobs=False, trusted=True)
+            return res.to_forward_backward_result()
+        nll = [0.0] * len(datums)
+        grads = []
+        for adapter, idx in groups:
+            with self._adapters.active(adapter):
+                params = self._adapters.params_of(adapter)
+                before = flat_grad(params) if by_task else None
+                res = self._run([datums[i] for i in idx], train=train, want_logprobs=False,
+                                trusted=True)
+                if before is not None:
+                    grads.append(flat_grad(params) - before)
+            for i, value in zip(idx, res.nll_sums, strict=True):
+                nll[i] = value
+        return ForwardBackwardResult(tuple(nll), tuple(d.weight_sum for d in datums),
+                                     gradient_variance(grads) if by_task else None)
+
+    # -- per-task adapters (AdapterBackend) ----------------------------------------------
+
+    def fork_adapters(self, tasks: Sequence[str]) -> None:
+        """Give each task its own adapter, a copy of the shared one (weights and AdamW state).
+        Raises InputError (see ``ulora_remote.backend.AdapterBackend``)."""
+        self._check_open()
+        self._adapters.fork(tasks)
+
+    def adapter_tasks(self) -> tuple[str, ...]:
+        """The tasks with their own adapter, in fork order."""
+        return self._adapters.tasks()
 
     def optim_step(self, params: AdamParams) -> Completed[OptimStepResult]:
         """One AdamW step with exactly ``params``, then clear the gradients.
@@ -203,7 +246,8 @@ class LocalBackend:
         accumulated; AdamW then leaves the weights and its state untouched).
         """
         self._check_open()
-        return Completed(training.adamw_step(self.training, params))
+        return Completed(training.adamw_step(self.training, params,
+                                             self._adapters.clip_groups()))
 
     def save_state(self, name: str) -> str:
         """Write adapter, optimizer and RNG state to ``checkpoint_dir/name``; return its path.
@@ -225,6 +269,7 @@ class LocalBackend:
         made for another base model or LoRA shape.
         """
         self._check_open()
+        self._adapters.set_routes(state.saved_routes(self.training, ref))
         state.load(self.training, ref, optimizer=optimizer)
 
     def sample(
@@ -233,11 +278,16 @@ class LocalBackend:
         """Complete each example's prompt (greedy at temperature 0), stopping at EOS; the text
         returned is the completion only, without special tokens. Raises InputError on a bad
         prompt."""
-        prompts = [e.prompt for e in examples]
-        if len(prompts) == 0:
+        if len(examples) == 0:
             return []
-        outs = self._generate(encode_prompts(self.tokenizer, prompts), max_tokens, temperature, ())
-        return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+        prompts = encode_prompts(self.tokenizer, [e.prompt for e in examples])
+        texts = [""] * len(prompts)
+        for adapter, idx in self._adapters.groups([e.task for e in examples], by_task=False):
+            with self._adapters.active(adapter):
+                outs = self._generate([prompts[i] for i in idx], max_tokens, temperature, ())
+            for i, out in zip(idx, outs, strict=True):
+                texts[i] = self.tokenizer.decode(out, skip_special_tokens=True)
+        return texts
 
     def sample_tokens(
         self,

@@ -77,6 +77,7 @@ class SubmittedStep:
     rebase: bool = False
     event: str = ""
     snapshot: str = ""
+    tasks: tuple[str, ...] = ()
 
     @property
     def skipped(self) -> bool:
@@ -102,6 +103,13 @@ class StepRow:
     ("probation": a stability snapshot was saved and the new data admitted on probation;
     "rollback": that snapshot was restored; "shift": the new data was found learnable), and
     ``snapshot`` the reference of that snapshot (kept on record).
+
+    Multi-task runs (``[adapters]``; NaN otherwise, ``ulora_remote.control.tasks``): ``error``
+    E, the mean of the tasks' losses; ``conflict`` C (loss-based) and ``conflict_w`` C_w (the
+    weight-space variance, local backends); ``stability`` S (forgetting, from the last
+    evaluation); ``task_stress`` u, which φ includes. ``adapters``: adapters the step trained
+    with (1 while shared); ``adapter_event``: "fork: <reason>" on the step that first trained
+    per-task adapters.
     """
 
     step: int
@@ -120,6 +128,13 @@ class StepRow:
     reason: str = ""
     event: str = ""
     snapshot: str = ""
+    error: float = float("nan")
+    conflict: float = float("nan")
+    conflict_w: float = float("nan")
+    stability: float = float("nan")
+    task_stress: float = float("nan")
+    adapters: int = 1
+    adapter_event: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
