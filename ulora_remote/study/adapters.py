@@ -176,7 +176,7 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
     """
     import pandas as pd
 
-    evals = [json.loads(line) for line in (run_dir / "eval_scores.jsonl").read_text().splitlines()]
+    evals = RunDir(run_dir).eval_scores()
     tasks = list(evals[-1]["task_exact_match"])
     final = {t: float(evals[-1]["task_exact_match"][t]) for t in tasks}
     forgetting = {}
@@ -187,7 +187,7 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
             best = max(best, em)
             worst_drop = max(worst_drop, best - em)
         forgetting[t] = worst_drop
-    steps = pd.read_csv(run_dir / "steps.csv")
+    steps = pd.read_csv(run_dir / "steps.csv", dtype={"adapter_event": str})
     forks = steps.loc[steps["adapter_event"].fillna("").str.startswith("fork"), "step"]
     cost = json.loads((run_dir / "cost.json").read_text())
     return {"final": final, "forgetting": forgetting,

@@ -1,0 +1,151 @@
+"""Multi-task runs on the local backend: C, E, S and φ logged every step, the switch into
+per-task adapters with its reason, per-task evaluation, the one-task reduction to the seed's
+controller, and resume with several adapters equal to the uninterrupted run."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from ulora_remote.scenarios import load_scenario  # noqa: E402
+
+from ulora_remote.backend import (  # noqa: E402
+    AdamParams,
+    AdapterBackend,
+    Datum,
+    Example,
+    ForwardBackwardResult,
+    Future,
+    OptimStepResult,
+)
+from ulora_remote.errors import ConfigurationError  # noqa: E402
+from ulora_remote.run.api import resume_run, run_scenario  # noqa: E402
+from ulora_remote.run.builders import build_backend  # noqa: E402
+from ulora_remote.run.rundir import RunDir  # noqa: E402
+
+SMALL = ['backend.base_model="small"', "backend.rank=2", "eval.size=8", "eval.max_tokens=12"]
+SIGNALS = ["error", "conflict", "conflict_w", "stability", "task_stress", "phi"]
+
+
+def _conflict(steps: int, *extra: str) -> list[str]:
+    return [*SMALL, f"steps={steps}", "eval.every=10", "checkpoint.every=10", *extra]
+
+
+def _eval_scores(run_dir: Path) -> list[dict[str, object]]:
+    return RunDir(run_dir).eval_scores()  # a step evaluated again on resume: its last record
+
+
+def test_a_switching_run_forks_with_its_reason_and_logs_c_e_s_phi(tmp_path: Path) -> None:
+    console = io.StringIO()
+    # theta0 0.05 puts phi in the Multi band from the start, so the fork comes after patience
+    result = run_scenario("rules-conflict", out=tmp_path / "run", console=console, log_every=0,
+                          overrides=_conflict(40, "controller.theta0=0.05",
+                                              "adapters.patience=5"))
+    steps = result.steps
+    assert steps[SIGNALS].notna().all().all()
+    assert steps["stability"].between(0, 1).all() and steps["task_stress"].between(0, 1).all()
+    assert steps["conflict"].between(0, 1).all() and steps["conflict_w"].between(0, 1).all()
+    events = steps.loc[steps["adapter_event"].notna(), ["step", "adapter_event"]]
+    assert len(events) == 1
+    fork_step, reason = int(events["step"].iloc[0]), events["adapter_event"].iloc[0]
+    assert reason == "fork: phi " + reason.split("phi ")[1] and "for 5 steps" in reason
+    assert steps["adapters"].tolist() == [1] * fork_step + [2] * (40 - fork_step)
+    assert "adapters: one per task (pig-latin, reversed) forked" in console.getvalue()
+    scores = _eval_scores(result.run_dir)
+    assert [s["step"] for s in scores] == [0, 10, 20, 30, 40]
+    assert all(set(s["task_exact_match"]) == {"pig-latin", "reversed"} for s in scores)
+
+
+def test_one_task_without_conflict_or_forgetting_keeps_the_seeds_phi(tmp_path: Path) -> None:
+    common = [*SMALL, "steps=40", "eval.every=10", "shocks.windows=[[15,25]]"]
+    plain = run_scenario("pig-latin-shock", out=tmp_path / "plain", overrides=common,
+                         console=io.StringIO())
+    tasks = run_scenario("pig-latin-shock", out=tmp_path / "tasks", console=io.StringIO(),
+                         overrides=[*common, 'adapters.mode="shared"', "adapters.stability_gain=0"])
+    same = ["loss", "e_smooth", "phi", "mode", "lr", "kept", "tokens"]
+    pd.testing.assert_frame_equal(plain.steps[same], tasks.steps[same])
+    trained = ~tasks.steps["skipped"]
+    assert (tasks.steps.loc[trained, "error"] == tasks.steps.loc[trained, "loss"]).all()
+    assert (tasks.steps["conflict"] == 0).all() and (tasks.steps["task_stress"] == 0).all()
+    assert plain.steps["error"].isna().all()  # no [adapters]: the columns stay empty
+
+
+def test_per_task_adapters_need_a_multi_task_stream(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="multi-task stream"):
+        run_scenario("pig-latin-shock", out=tmp_path / "run",
+                     overrides=[*SMALL, "steps=5", "shocks.windows=[]", 'adapters.mode="switch"'])
+    assert not (tmp_path / "run").exists()  # refused before the directory was made
+
+
+class _StopAt:
+    """An AdapterBackend that passes every call on and raises KeyboardInterrupt at the n-th
+    ``forward_backward`` (as a Ctrl-C would)."""
+
+    def __init__(self, backend: AdapterBackend, n: int) -> None:
+        self.backend, self.n = backend, n
+
+    def render(self, example: Example) -> Datum:
+        return self.backend.render(example)
+
+    def forward_backward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+        return self.backend.forward_backward(batch)
+
+    def forward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
+        return self.backend.forward(batch)
+
+    def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
+        return self.backend.optim_step(params)
+
+    def save_state(self, name: str) -> str:
+        return self.backend.save_state(name)
+
+    def load_state(self, ref: str) -> None:
+        self.backend.load_state(ref)
+
+    def sample(self, examples: Sequence[Example], max_tokens: int,
+               temperature: float = 0.0) -> list[str]:
+        return self.backend.sample(examples, max_tokens, temperature)
+
+    def fork_adapters(self, tasks: Sequence[str]) -> None:
+        self.backend.fork_adapters(tasks)
+
+    def adapter_tasks(self) -> tuple[str, ...]:
+        return self.backend.adapter_tasks()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+@pytest.mark.parametrize("lag", [0, 1])
+def test_resume_with_several_adapters_equals_the_uninterrupted_run(tmp_path: Path,
+                                                                   lag: int) -> None:
+    overrides = _conflict(50, f"lag={lag}", "controller.theta0=0.05", "adapters.patience=5")
+    reference = run_scenario("rules-conflict", out=tmp_path / "ref", overrides=overrides,
+                             console=io.StringIO())
+    scenario = load_scenario("rules-conflict", overrides)
+    rd = RunDir(tmp_path / "cut")
+    backend = build_backend(scenario, rd.checkpoint_dir)
+    assert isinstance(backend, AdapterBackend)
+    with pytest.raises(KeyboardInterrupt):
+        run_scenario(scenario, backend=_StopAt(backend, 37), out=rd.path, console=io.StringIO())
+    record = json.loads((rd.path / "checkpoints.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 30 and record["multitask"]["switch"]["decided_step"] is not None
+    manifest = json.loads((rd.path / record["ref"] / "manifest.json").read_text())
+    assert manifest["task_adapters"] == {"pig-latin": "task0", "reversed": "task1"}
+
+    resumed = resume_run(rd.path, console=io.StringIO())
+    pd.testing.assert_frame_equal(reference.steps.drop(columns="wall_s"),
+                                  resumed.steps.drop(columns="wall_s"))
+    pd.testing.assert_frame_equal(reference.evals, resumed.evals)
+    assert _eval_scores(reference.run_dir) == _eval_scores(resumed.run_dir)
