@@ -149,3 +149,22 @@ def test_resume_with_several_adapters_equals_the_uninterrupted_run(tmp_path: Pat
                                   resumed.steps.drop(columns="wall_s"))
     pd.testing.assert_frame_equal(reference.evals, resumed.evals)
     assert _eval_scores(reference.run_dir) == _eval_scores(resumed.run_dir)
+
+
+@pytest.mark.slow
+def test_ulora_run_on_the_conflict_scenario_switches_to_per_task_adapters(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped scenario as it is (medium model, 600 steps): the conflict C, not a forced
+    threshold, drives φ into Multi and the run forks."""
+    from ulora_remote.cli import main
+
+    assert main(["run", "rules-conflict", "--out", str(tmp_path / "run"), "--log-every", "0"]) == 0
+    steps = pd.read_csv(tmp_path / "run" / "steps.csv", dtype={"adapter_event": str})
+    assert steps[SIGNALS].notna().all().all()
+    forks = steps[steps["adapter_event"].notna()]
+    assert len(forks) == 1 and forks["adapter_event"].iloc[0].startswith("fork: phi")
+    k = int(forks["step"].iloc[0])
+    assert steps.loc[k - 30:k - 1, "phi"].between(0.4, 0.7).all()  # 30 steps in Multi
+    assert steps.loc[:k - 1, "conflict"].max() > 0.1  # ... driven by the tasks' conflict
+    assert (steps.loc[k:, "adapters"] == 2).all() and (steps.loc[k:, "conflict"] == 0).all()
+    assert "adapters: one per task (pig-latin, reversed) forked" in capsys.readouterr().out
