@@ -170,22 +170,27 @@ def test_the_controller_refuses_a_task_stress_outside_zero_one() -> None:
             ctl.observe(Signal(1.0, task_stress=bad))
 
 
-def test_the_switch_forks_after_patience_steps_in_multi() -> None:
+def test_the_switch_forks_after_patience_steps_in_multi_with_conflict() -> None:
     switch = AdapterSwitch("switch", 3, 0.3, 0.7)
-    seq = [0.5, 0.5, 0.8, 0.4, 0.2, 0.35, 0.36]  # Mirror and Single break the streak
-    assert [switch.observe(t, phi) for t, phi in enumerate(seq)] == [None] * 7
+    seq = [(0.5, 0.1), (0.5, 0.1), (0.8, 0.1), (0.4, 0.1), (0.2, 0.1), (0.35, 0.1),
+           (0.36, 0.0), (0.4, 0.2), (0.5, 0.2)]  # Mirror, Single and C = 0 break the streak
+    assert [switch.observe(t, phi, c) for t, (phi, c) in enumerate(seq)] == [None] * 9
     assert not switch.forked
-    reason = switch.observe(7, 0.69)
-    assert reason == "phi 0.690 in Multi [0.3, 0.7) for 3 steps" and switch.decided_step == 7
-    assert switch.observe(8, 0.5) is None  # decided once
+    reason = switch.observe(9, 0.69, 0.25)
+    assert reason == ("phi 0.690 in Multi [0.3, 0.7) with conflict C > 0 (now 0.250) for 3 "
+                      "steps") and switch.decided_step == 9
+    assert switch.observe(10, 0.5, 0.3) is None  # decided once
     again = AdapterSwitch("switch", 3, 0.3, 0.7)
     again.load_state_dict(switch.state_dict())
     assert again == switch
+    loose = AdapterSwitch("switch", 2, 0.3, 0.7, require_conflict=False)
+    assert [loose.observe(t, 0.5, 0.0) for t in range(2)] == [None, "phi 0.500 in Multi "
+                                                              "[0.3, 0.7) for 2 steps"]
 
 
 def test_shared_and_separate_never_switch() -> None:
     shared, separate = AdapterSwitch("shared", 1, 0.3, 0.7), AdapterSwitch("separate", 1, 0.3, 0.7)
-    assert shared.observe(0, 0.5) is None and not shared.forked
+    assert shared.observe(0, 0.5, 1.0) is None and not shared.forked
     assert separate.forked and separate.decided_step == -1 and "separate" in separate.reason
 
 

@@ -97,7 +97,7 @@ def test_a_switching_run_over_ulora_serve(server: Any, env: None, tmp_path: Path
         "backend.kind=tinker", f"backend.base_model={model}",
         f"backend.base_url={server.base_url}", "backend.rank=4", f"steps={steps}",
         "eval.every=6", "eval.size=4", "eval.max_tokens=8", "checkpoint.every=4",
-        "controller.theta0=0.05", "adapters.patience=3"])
+        "controller.theta0=0.05", "adapters.patience=3", "adapters.require_conflict=false"])
     adapters = result.steps["adapters"].tolist()
     fork = adapters.index(2)
     assert adapters == [1] * fork + [2] * (steps - fork) and 0 < fork < steps

@@ -6,9 +6,16 @@ Modes (``[adapters] mode``):
 * ``"shared"``: one adapter for every task, always (the seed's Single);
 * ``"separate"``: one adapter per task from step 0, each a copy of the initial shared adapter;
 * ``"switch"``: start shared; fork one adapter per task, each a copy of the shared adapter at
-  that moment, once φ has stayed in the Multi band θ0 ≤ φ < θ1 for ``patience`` consecutive
-  steps (the seed's "task-specific adapters for moderate stress"; a shock that drives φ through
-  Multi into Mirror passes the band in a few steps and forks nothing).
+  that moment, once φ has stayed in the Multi band θ0 ≤ φ < θ1 with the conflict C > 0 for
+  ``patience`` consecutive steps (the seed's "task-specific adapters for moderate stress", when
+  the tasks' conflict is among its causes: per-task adapters cure conflict, not noisy data or
+  forgetting; ``require_conflict = false`` drops that condition). A shock that drives φ through
+  Multi into Mirror passes the band in a few steps and forks nothing.
+
+Why C > 0 is required: in the issue-15 study without it, φ's error and stability terms alone kept
+4 of 5 runs of the helping scenario in Multi for 30 steps late in training, and they forked,
+while C stayed 0 in every one of them; with it, the conflict scenario forks at the same steps and
+the helping one never (benchmarks/RESULTS.md, "Per-task adapters").
 
 A fork is never undone: the per-task adapters are not merged back into one, because averaging
 LoRA factors is not averaging their updates (B·A is bilinear) and Tinker cannot write weights.
@@ -39,14 +46,17 @@ class AdapterSwitch:
 
     Args:
         mode: see the module docstring.
-        patience: consecutive steps in the Multi band before a ``"switch"`` run forks.
+        patience: consecutive steps in the Multi band (with C > 0) before a ``"switch"`` run
+            forks.
         theta0, theta1: the controller's thresholds (the Multi band).
+        require_conflict: count only steps whose conflict C is above 0.
     """
 
     mode: AdapterMode
     patience: int
     theta0: float
     theta1: float
+    require_conflict: bool = True
     streak: int = 0
     decided_step: int | None = None
     reason: str = ""
@@ -61,15 +71,18 @@ class AdapterSwitch:
         """Whether the run trains per-task adapters (decided, whether or not applied yet)."""
         return self.decided_step is not None
 
-    def observe(self, step: int, phi: float) -> str | None:
-        """Feed φ after step ``step``; return the reason when this observation decides the fork."""
+    def observe(self, step: int, phi: float, conflict: float) -> str | None:
+        """Feed φ and C after step ``step``; return the reason when this observation decides
+        the fork."""
         if self.mode != "switch" or self.forked:
             return None
-        self.streak = self.streak + 1 if self.theta0 <= phi < self.theta1 else 0
+        counts = self.theta0 <= phi < self.theta1 and (conflict > 0 or not self.require_conflict)
+        self.streak = self.streak + 1 if counts else 0
         if self.streak < self.patience:
             return None
         self.decided_step = step
-        self.reason = (f"phi {phi:.3f} in Multi [{self.theta0:g}, {self.theta1:g}) for "
+        with_c = f" with conflict C > 0 (now {conflict:.3f})" if self.require_conflict else ""
+        self.reason = (f"phi {phi:.3f} in Multi [{self.theta0:g}, {self.theta1:g}){with_c} for "
                        f"{self.patience} steps")
         return self.reason
 
@@ -87,7 +100,8 @@ class AdaptersSection(BaseModel):
     """``[adapters]``: per-task adapters and the task signals in φ, for a multi-task stream.
 
     ``mode``: ``"shared"``, ``"separate"`` or ``"switch"`` (module docstring); ``patience``:
-    steps in Multi before a switch. The rest are ``TaskSignalsConfig`` fields
+    steps in Multi before a switch; ``require_conflict``: only steps with C > 0 count. The rest
+    are ``TaskSignalsConfig`` fields
     (``ulora_remote.control.tasks``): ``window`` β_C, ``warmup``, the gains κ_C, κ_ΔC, κ_S, κ_ΔS
     and ``conflict`` ("loss", every backend; "weights", local only).
     """
@@ -95,6 +109,7 @@ class AdaptersSection(BaseModel):
     model_config = STRICT
     mode: AdapterMode = "switch"
     patience: int = Field(default=30, ge=1, le=1_000_000)
+    require_conflict: bool = True
     window: float = Field(default=0.98, gt=0.0, lt=1.0)
     warmup: int = Field(default=10, ge=1, le=1_000_000)
     conflict_gain: float = Field(default=3.0, ge=0.0, le=1e6)
@@ -104,7 +119,8 @@ class AdaptersSection(BaseModel):
     conflict: Literal["loss", "weights"] = "loss"
 
     def signals_config(self) -> TaskSignalsConfig:
-        return TaskSignalsConfig(**self.model_dump(exclude={"mode", "patience"}))
+        return TaskSignalsConfig(**self.model_dump(exclude={"mode", "patience",
+                                                            "require_conflict"}))
 
     def build_switch(self, theta0: float, theta1: float) -> AdapterSwitch:
-        return AdapterSwitch(self.mode, self.patience, theta0, theta1)
+        return AdapterSwitch(self.mode, self.patience, theta0, theta1, self.require_conflict)

@@ -140,7 +140,7 @@ class TaskRouting:
         return replace(base, loss=loss, task_stress=stress)
 
     def after_decision(self, u: int, decision: Decision) -> None:
-        reason = self.switch.observe(u, decision.phi)
+        reason = self.switch.observe(u, decision.phi, self.signals.conflict)
         if reason is not None:
             self.console.line(f"[{u}] adapters: per-task adapters from the next step ({reason})")
 
