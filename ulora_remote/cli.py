@@ -223,7 +223,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ulora_remote.run.summary import write_report
 
     rd = RunDir(args.run_dir)
-    targets = (rd.summary_path, rd.plot_path)
+    targets = (rd.summary_path, rd.plot_path, rd.path / "metrics.jsonl")
     before = [_stamp(p) for p in targets]
     summary = write_report(rd)
     _print_summary(summary, rd.path)

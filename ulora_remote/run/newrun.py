@@ -23,7 +23,7 @@ __all__ = ["OURS", "check_new", "make_new", "remove_leftovers"]
 
 # Our files besides the marker; "--force" removes these (and their ".tmp" siblings) only.
 OURS = ("config.json", "steps.csv", "evals.csv", "checkpoints.jsonl", "eval_scores.jsonl",
-        "summary.json", "plot.png")
+        "summary.json", "plot.png", "metrics.jsonl")
 # Checkpoint folders the runner names, and the temporary ones of an interrupted write
 # (backends/local/checkpoint.py: ".<name>.tmp-XXXX" and ".<name>.old-XXXX").
 _CHECKPOINT_NAME = re.compile(r".+-(step|snap)\d{6}")

@@ -17,6 +17,7 @@ import pandas as pd
 from ulora_remote.control.controller import MODE_NAMES
 from ulora_remote.errors import MissingExtraError, RunDirError, StorageError
 from ulora_remote.run.metrics import recovery_metrics_from_frame
+from ulora_remote.run.metrics_log import write_metrics_log
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.run.storage import resume_command
 
@@ -179,7 +180,8 @@ def summary_warnings(summary: dict[str, Any]) -> list[str]:
 
 
 def write_report(rd: RunDir, *, out: Any = None) -> dict[str, Any]:
-    """Write summary.json (finished runs only, since it marks a run finished) and plot.png.
+    """Write metrics.jsonl (``ulora_remote.run.metrics_log``), summary.json (finished runs only,
+    since it marks a run finished) and plot.png.
 
     A missing ``plot`` extra is reported on ``out`` (stderr by default) and skips the picture.
 
@@ -192,6 +194,8 @@ def write_report(rd: RunDir, *, out: Any = None) -> dict[str, Any]:
     """
     summary = build_summary(rd)
     try:
+        _, scenario, steps, evals = _read_run(rd)
+        write_metrics_log(rd, steps, evals, int(scenario["steps"]))
         if summary["finished"]:
             rd.write_summary(summary)
         _plot(rd)
