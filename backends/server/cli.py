@@ -4,6 +4,7 @@ Example::
 
     ulora serve --port 8000 --base-model small --checkpoint-dir ./ckpt
     ulora serve --cycle-s 0.5 --fault-rate 0.1 --fault-seed 7     # a storm for tests
+    ulora serve --max-live-models 4 --refuse-creates 12          # the service's LoRA limits
 
 The API key defaults to ``$ULORA_SERVE_API_KEY`` so that it need not appear in the process list.
 """
@@ -44,6 +45,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--fault-kinds", default="429,500,408,410,drop", help="comma-separated fault kinds"
     )
     parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault injector")
+    parser.add_argument(
+        "--max-live-models",
+        type=int,
+        default=None,
+        help="at most K training models live at once; a further creation queues "
+        "(try_again, paused_rate_limit) until a session ends",
+    )
+    parser.add_argument(
+        "--refuse-creates",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer the first N model creations with HTTP 429 (rate limit)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per engine")
     parser.add_argument(
         "--pyqwest", action="store_true", help="let clients use the SDK's pyqwest transport"
@@ -70,6 +85,8 @@ def serve_main(args: argparse.Namespace) -> int:
             faults=FaultConfig(rate=args.fault_rate, kinds=kinds, seed=args.fault_seed),  # type: ignore[arg-type]
             threads=args.threads,
             use_pyqwest=args.pyqwest,
+            max_live_models=args.max_live_models,
+            refuse_creates=args.refuse_creates,
         )
         serve_forever(config)
     except KeyboardInterrupt:

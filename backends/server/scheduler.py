@@ -3,8 +3,11 @@
 Every submit becomes a job with a request id. Jobs of a training model run strictly in
 ``seq_id`` order (a chunked batch may arrive first chunk last; a gap waits); other jobs
 (model creation, sampling) run in arrival order. With a clock cycle, work waits for the next
-cycle boundary and one cycle runs all the work that is ready then; work that arrives during a
-cycle waits for the next one, which is what makes pipelining pay off on the hosted service.
+cycle boundary and one cycle runs all the work that is ready then, of every client and model
+alike; work that arrives during a cycle waits for the next one, which is what makes pipelining
+pay off on the hosted service. A job may carry a gate (model creation under a cap of live
+models): it stays queued, its future reporting ``paused_rate_limit``, until its gate opens at a
+boundary; ``wake()`` asks for a new look after something that may open a gate.
 
 All jobs run on one worker thread, so engines are never called concurrently; the scheduler's
 own state lives on the event loop and is touched only there.
@@ -64,12 +67,14 @@ class FutureRecord:
     outcome: Outcome | None = None
     error: tuple[str, str] | None = None  # (message, category)
     cycle: int | None = None  # the clock cycle that ran it
+    queue_state: str = "active"  # what a try_again answer reports while it waits
 
 
 @dataclass
 class _Job:
     record: FutureRecord
     run: Callable[[], Outcome]
+    gate: Callable[[], bool] | None = None  # None: ready; else runs once it returns True
 
 
 @dataclass
@@ -119,12 +124,22 @@ class Scheduler:
         self._futures[record.request_id] = record
         return record
 
-    def submit(self, run: Callable[[], Outcome]) -> str:
-        """Queue a job that is not ordered by a model's ``seq_id``; return its request id."""
+    def submit(self, run: Callable[[], Outcome], *, gate: Callable[[], bool] | None = None) -> str:
+        """Queue a job that is not ordered by a model's ``seq_id``; return its request id.
+
+        Args:
+            run: the job (called on the worker thread).
+            gate: called on the event loop at each cycle boundary until it returns True; until
+                then the job waits and its future reports ``paused_rate_limit``.
+        """
         record = self._new_record(None)
-        self._unordered.append(_Job(record, run))
+        self._unordered.append(_Job(record, run, gate))
         self._wake.set()
         return record.request_id
+
+    def wake(self) -> None:
+        """Look at the queued work again at the next boundary (a gate may have opened)."""
+        self._wake.set()
 
     def submit_ordered(self, model_id: str, seq_id: int | None, run: Callable[[], Outcome]) -> str:
         """Queue a model's job at ``seq_id``; a repeated ``seq_id`` returns the first request id
@@ -194,7 +209,16 @@ class Scheduler:
                 del self._futures[rid]
 
     def _collect(self) -> list[_Job]:
-        jobs, self._unordered = self._unordered, []
+        jobs: list[_Job] = []
+        held: list[_Job] = []
+        for job in self._unordered:  # in arrival order, so a gate admits the oldest first
+            if job.gate is None or job.gate():
+                job.record.queue_state = "active"
+                jobs.append(job)
+            else:
+                job.record.queue_state = "paused_rate_limit"
+                held.append(job)
+        self._unordered = held
         for queue in self._queues.values():
             while not queue.lost and queue.next_seq in queue.pending:
                 jobs.append(queue.pending.pop(queue.next_seq))

@@ -66,6 +66,10 @@ class Service:
         self._models: dict[str, _Model] = {}
         self.samplers = SamplerPool(self.index, self._build)
         self._probe: Engine | None = None
+        # Model creation limits (ServerConfig.max_live_models / refuse_creates).
+        self._live: set[str] = set()  # admitted models whose session is not finished
+        self.peak_live_models = 0
+        self.creates_refused = 0
 
     # ---- model construction (worker thread) -------------------------------------------
 
@@ -121,6 +125,33 @@ class Service:
             model = self._models.get(model_id)
             if model is not None:
                 model.engine = None
+            self._live.discard(model_id)
+        self.scheduler.wake()  # a creation waiting for a free slot may start now
+
+    # ---- model creation limits ---------------------------------------------------------
+
+    def refuse_create(self) -> bool:
+        """True while the first ``refuse_creates`` model creations are still to be refused."""
+        if self.creates_refused >= self.config.refuse_creates:
+            return False
+        self.creates_refused += 1
+        return True
+
+    def _admit(self, model: _Model) -> bool:
+        """The gate of a model creation: admit it while fewer than ``max_live_models`` are live
+        (event loop). A model whose session already finished passes, to fail at once."""
+        if self._sessions[model.session_id].finished:
+            return True
+        limit = self.config.max_live_models
+        if limit is not None and len(self._live) >= limit:
+            return False
+        self._live.add(model.model_id)
+        self.peak_live_models = max(self.peak_live_models, len(self._live))
+        return True
+
+    def _check_open(self, model: _Model) -> None:
+        if self._sessions[model.session_id].finished:
+            raise JobError(f"session {model.session_id} finished before {model.model_id} started")
 
     # ---- training models ---------------------------------------------------------------
 
@@ -162,11 +193,12 @@ class Service:
         model = self._register(req.session_id, req.model_seq_id, lora.rank, lora.seed or 0)
 
         def run() -> Outcome:
+            self._check_open(model)
             model.engine = self._build(model.model_id, model.rank, model.seed)
             self.counters.add_model(model.model_id)
             return Outcome({"model_id": model.model_id, "type": "create_model"})
 
-        return self.scheduler.submit(run)
+        return self.scheduler.submit(run, gate=lambda: self._admit(model))
 
     def model(self, model_id: str) -> _Model:
         model = self._models.get(model_id)
@@ -303,6 +335,7 @@ class Service:
             model = self._register(req.session_id, req.model_seq_id, record.rank, 0)
 
             def create() -> Outcome:
+                self._check_open(model)
                 model.engine = self._build(model.model_id, model.rank, model.seed)
                 model.engine.load_state(record.local_dir, optimizer=req.optimizer)
                 inherited = (record.forward_backward, record.optim_step)
@@ -311,7 +344,7 @@ class Service:
                     {"path": req.path, "model_id": model.model_id, "type": "load_weights"}
                 )
 
-            return self.scheduler.submit(create)
+            return self.scheduler.submit(create, gate=lambda: self._admit(model))
         if req.model_id is None:
             raise InputError("load_weights needs model_id or session_id")
         model = self.model(req.model_id)
