@@ -1,10 +1,14 @@
 """The run's picture: train and eval loss, φ with θ0/θ1, mode, learning rate; shocks shaded.
 
-Needs the ``plot`` extra (matplotlib); drawn with the Agg backend, so no display is needed.
+Needs the ``plot`` extra (matplotlib); drawn on a bare ``Figure`` (Agg), without pyplot's global
+figure registry, so no display is needed. matplotlib is not thread-safe (its mathtext parser,
+used for the log-scale tick labels, is shared), so one lock serializes drawing for the runs of a
+sweep that finish in several threads at once.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from ulora_remote.errors import MissingExtraError
 __all__ = ["plot_run"]
 
 _SHADE = {"color": "tab:red", "alpha": 0.12, "lw": 0}
+_DRAWING = threading.Lock()
 
 
 def plot_run(
@@ -44,9 +49,14 @@ def plot_run(
     Raises:
         MissingExtraError: matplotlib is not installed.
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(4, 1, figsize=(10, 9), sharex=True,
-                             gridspec_kw={"height_ratios": [3, 2, 1.2, 1.5]})
+    with _DRAWING:
+        return _draw(steps, evals, Path(path), windows, theta, title)
+
+
+def _draw(steps: pd.DataFrame, evals: pd.DataFrame, out: Path, windows: Sequence[Sequence[int]],
+          theta: tuple[float, float], title: str) -> Path:
+    fig = _figure(figsize=(10, 9))
+    axes = fig.subplots(4, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2, 1.2, 1.5]})
     _loss_panel(axes[0], steps, evals)
     _phi_panel(axes[1], steps, theta)
     _mode_panel(axes[2], steps)
@@ -62,21 +72,16 @@ def plot_run(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = Path(path)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
-def _pyplot() -> Any:
+def _figure(**kwargs: Any) -> Any:
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ModuleNotFoundError as exc:
         raise MissingExtraError("plot", "matplotlib") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)  # savefig draws it with the Agg canvas; nothing global is touched
 
 
 def _loss_panel(ax: Any, steps: pd.DataFrame, evals: pd.DataFrame) -> None:
