@@ -209,6 +209,7 @@ class Api:
                 "models": self.service.counters.as_json(),
                 "faults_injected": self.faults.injected,
                 "cycles": self.service.scheduler.cycles,
+                "cycle_stats": self.service.scheduler.cycle_stats(),
                 "creates_refused": self.service.creates_refused,
                 "peak_live_models": self.service.peak_live_models,
             }

@@ -100,6 +100,10 @@ class Scheduler:
         self._t0 = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self.cycles = 0  # cycles that ran work; benchmarks read it to count round trips
+        # Compute per cycle (seconds of work a cycle ran): does the server's work fit its clock?
+        self.busy_s_total = 0.0
+        self.busy_s_max = 0.0
+        self.cycles_overrun = 0  # cycles whose work took longer than cycle_s
 
     def start(self) -> None:
         """Start the dispatch loop (call on the server's event loop)."""
@@ -235,14 +239,30 @@ class Scheduler:
                 boundary = (math.floor(elapsed / self.cycle_s) + 1) * self.cycle_s
                 await asyncio.sleep(boundary - elapsed)
             jobs = self._collect()
-            if jobs:
-                self.cycles += 1
+            if not jobs:
+                continue
+            self.cycles += 1
+            start = time.monotonic()
             for job in jobs:
                 job.record.cycle = self.cycles
                 if job.record.model_id is not None and self.is_lost(job.record.model_id):
                     self._finish(job.record, None, ("model state lost (410)", "server"))
                     continue
                 await self._execute(loop, job)
+            self._account(time.monotonic() - start)
+
+    def _account(self, busy_s: float) -> None:
+        self.busy_s_total += busy_s
+        self.busy_s_max = max(self.busy_s_max, busy_s)
+        self.cycles_overrun += self.cycle_s > 0 and busy_s > self.cycle_s
+
+    def cycle_stats(self) -> dict[str, float]:
+        """Cycles that ran work, their compute (total, mean, max, in seconds) and how many took
+        longer than the clock cycle."""
+        return {"cycles": self.cycles, "cycle_s": self.cycle_s,
+                "busy_s_total": round(self.busy_s_total, 4),
+                "busy_s_mean": round(self.busy_s_total / max(1, self.cycles), 4),
+                "busy_s_max": round(self.busy_s_max, 4), "overrun": self.cycles_overrun}
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
         try:
