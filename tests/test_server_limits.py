@@ -18,8 +18,10 @@ pytest.importorskip("uvicorn")
 from test_server_protocol import (  # noqa: E402
     KEY,
     SESSION,
+    FakeEngine,
     _model,
     _result,
+    _sample,
     _start,
     _submit_fb,
 )
@@ -60,6 +62,44 @@ def test_one_cycle_runs_the_ready_work_of_every_client(tmp_path: Path) -> None:
         srv.stop()
     assert len(cycles) == 1, cycles  # all four forward_backward passes ran in one cycle
     assert calls == ["forward_backward"] * 4
+
+
+class BatchingFake(FakeEngine):
+    """The fake engine with batched greedy sampling; records each batch's size."""
+
+    batches: list[int] = []
+
+    def sample_tokens_batch(self, prompts, max_tokens, stop_tokens=()):
+        self.batches.append(len(prompts))
+        return [self.sample_tokens(p, max_tokens, 0.0, stop_tokens) for p in prompts]
+
+
+def test_a_cycles_greedy_samples_of_one_sampler_run_as_one_batch(tmp_path: Path) -> None:
+    from tinker.proto.response_conv import deserialize_sample_response
+    from ulora_remote.backends.server import ServerConfig, serve_in_thread
+
+    BatchingFake.batches = []
+    srv = serve_in_thread(ServerConfig(
+        port=0, checkpoint_dir=tmp_path, api_key=KEY, long_poll_s=0.5, cycle_s=0.5,
+        engine_factory=lambda spec: BatchingFake(spec, [])))  # type: ignore[arg-type,return-value]
+    try:
+        with _http(srv.base_url) as http:
+            sid = http.post("/api/v1/create_session", json=SESSION).json()["session_id"]
+            session = {"session_id": sid, "sampling_session_seq_id": 0,
+                       "base_model": "fake/unigram"}
+            sampler = http.post("/api/v1/create_sampling_session", json=session).json()
+            sampler_id = sampler["sampling_session_id"]
+            alone = _result(http, _sample(http, sampler_id).json()["request_id"])  # a boundary
+            ids = [_sample(http, sampler_id).json()["request_id"] for _ in range(6)]
+            sampled = _sample(http, sampler_id, sp={"temperature": 1.0}).json()["request_id"]
+            answers = [_result(http, rid) for rid in [*ids, sampled]]
+    finally:
+        srv.stop()
+    assert BatchingFake.batches == [6]  # the lone first request ran alone, unbatched
+    one = deserialize_sample_response(alone.content).sequences[0].tokens
+    for answer in answers[:6]:
+        assert deserialize_sample_response(answer.content).sequences[0].tokens == one
+    assert answers[6].status_code == 200  # a non-greedy request runs alone, beside the batch
 
 
 def test_a_creation_beyond_the_live_model_cap_queues_then_starts(tmp_path: Path) -> None:

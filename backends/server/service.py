@@ -27,8 +27,8 @@ from .engine import (
     local_engine_factory,
 )
 from .samplers import SamplerPool
-from .sampling import check_supported, run_sample
-from .scheduler import JobError, ModelGone, Outcome, Scheduler
+from .sampling import batch_key, check_supported, run_sample, run_sample_batch
+from .scheduler import Batch, JobError, ModelGone, Outcome, Scheduler
 from .wire import FwdBwdCall, encode_forward_backward_output
 
 __all__ = ["Service"]
@@ -394,7 +394,13 @@ class Service:
         def run() -> Outcome:
             return Outcome(run_sample(self.samplers.engine_for(path), req))
 
-        request_id = self.scheduler.submit(run)
+        def run_many(reqs: list[types.SampleRequest]) -> list[Outcome]:
+            engine = self.samplers.engine_for(path)  # one weight load for the whole batch
+            return [Outcome(body) for body in run_sample_batch(engine, reqs)]
+
+        key = batch_key(req)
+        batch = None if key is None else Batch(("sample", path, key), req, run_many)
+        request_id = self.scheduler.submit(run, batch=batch)
         return request_id, [f"{request_id}:{i}" for i in range(req.num_samples)]
 
     def token_check(self, datums: Sequence[Datum]) -> None:
