@@ -133,6 +133,9 @@ def _wait(sdk_future: Any, what: str, t0: float, policy: StartPolicy,
             return sdk_future.result(timeout=policy.slice_s)
         except TimeoutError:
             pass  # concurrent.futures.TimeoutError is TimeoutError since Python 3.11
+        except Exception:
+            _check(what, t0, policy, is_closed)  # a failure caused by closing reads as closed
+            raise
         _check(what, t0, policy, is_closed)
         if time.monotonic() - reported >= policy.report_every_s:
             reported = time.monotonic()
