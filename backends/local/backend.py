@@ -261,6 +261,19 @@ class LocalBackend:
         return self._generate([list(prompt_tokens)], max_tokens, temperature, stop_tokens,
                               gen)[0]
 
+    def sample_tokens_batch(
+        self, prompts: Sequence[Sequence[int]], max_tokens: int, stop_tokens: Sequence[int] = ()
+    ) -> list[list[int]]:
+        """Greedy ``sample_tokens`` for many prompts in one batch; each row computes what it
+        would alone (left padding, positions from the attention mask).
+
+        Raises:
+            InputError: an empty prompt or a token outside the vocabulary.
+        """
+        check_datums([Datum(tuple(p), tuple(p), (0.0,) * len(p)) for p in prompts],
+                     self.vocab_size)
+        return self._generate([list(p) for p in prompts], max_tokens, 0.0, stop_tokens)
+
     def _generate(self, prompts: list[list[int]], max_tokens: int, temperature: float,
                   stop_tokens: Sequence[int], gen: Any = None) -> list[list[int]]:
         self._check_open()

@@ -58,6 +58,7 @@ from .session import (
     resolve_base_url,
     rest_client,
 )
+from .start import StartPolicy, start_client
 
 __all__ = ["TinkerBackend"]
 
@@ -94,6 +95,10 @@ class TinkerBackend:
             the session, so that an unreachable service fails fast; the SDK alone would retry
             for about 5 minutes. A refused local port (an IP address or ``localhost``) fails
             at once, before any session (``session.probe_service``).
+        start_timeout_s: the longest the start of a training client (fresh, or from a
+            checkpoint) may take; None (the default) waits as long as the service queues it at
+            its limit of live LoRAs or refuses it with 429, retrying refusals with backoff
+            (``start.py``). ``close()`` from another thread ends a waiting start.
 
     The key and the base model are checked here, before any step. The LoRA training client is
     created on first use (the first request, ``model_id`` or the tokenizer), or restored by a
@@ -121,11 +126,17 @@ class TinkerBackend:
         run_name: str | None = None,
         save_check_s: float = 30.0,
         connect_timeout_s: float = 60.0,
+        start_timeout_s: float | None = None,
     ) -> None:
         self._tinker = import_tinker()
         self._key = resolve_api_key(api_key)
         if timeout_s <= 0:
             raise ConfigurationError(f"timeout_s={timeout_s!r} must be > 0 (seconds)")
+        if start_timeout_s is not None and start_timeout_s <= 0:
+            raise ConfigurationError(
+                f"start_timeout_s={start_timeout_s!r} must be > 0 (seconds) or None (no limit)"
+            )
+        self._start_policy = StartPolicy(deadline_s=start_timeout_s)
         self.base_model = base_model
         self.rank = rank
         self.timeout_s = float(timeout_s)
@@ -161,7 +172,20 @@ class TinkerBackend:
 
     def _ensure_client(self) -> Any:
         if self._client is None:
-            self._client = self._wait(self._new_client, "create_lora_training_client")
+            name = "create_lora_training_client"
+            try:
+                self._client = start_client(
+                    self._new_client,
+                    name,
+                    policy=self._start_policy,
+                    is_closed=lambda: self._closed,
+                    submit_timeout_s=self.timeout_s,
+                    secret=self._key,
+                )
+            except UloraError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the SDK's failure, translated
+                raise self._translate(exc, name, training=False) from None
         return self._client
 
     @property
@@ -337,6 +361,8 @@ class TinkerBackend:
             attempts=self.rebuild_attempts,
             timeout_s=self.timeout_s,
             api_key=self._key,
+            policy=self._start_policy,
+            is_closed=lambda: self._closed,
         )
         self._generation += 1
         self._lost = None
