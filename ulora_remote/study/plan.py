@@ -1,4 +1,6 @@
-"""The multi-seed study of issue 7: every baseline and controller variant on the shock scenarios.
+"""The multi-seed studies: every baseline and controller variant on the shock scenarios (issue 7),
+and the guard's suite (issue 12: ``--scenarios guard-...``, methods seed, scale-free, zskip and
+guarded).
 
 One call runs (or reuses) every run directory, then ``ulora_remote.study.report`` builds the
 tables, tests and plot from those directories' own files. Layout::
@@ -47,12 +49,14 @@ METHODS: dict[str, tuple[str, ...]] = {
                 "controller.plateau.min_lr={low_lr}"),
     "zskip": ('controller.method="fixed"', "controller.lr={best_lr}",
               'controller.guard.kind="zskip"'),
-    "v1": ('controller.method="controller"', "controller.cooldown=0"),
-    "v2": ('controller.method="controller"', *V2),
-    "v2-snapshot": ('controller.method="controller"', *V2, "controller.snapshots.every=25"),
-    "scale-free": ('controller.method="controller"', 'controller.stress="ratio"',
+    "seed": ('controller.method="seed"',),
+    "guarded": ('controller.method="guarded"',),
+    "v1": ('controller.method="seed"', "controller.cooldown=0"),
+    "v2": ('controller.method="seed"', *V2),
+    "v2-snapshot": ('controller.method="seed"', *V2, "controller.snapshots.every=25"),
+    "scale-free": ('controller.method="seed"', 'controller.stress="ratio"',
                    "controller.cooldown=0"),
-    "v1-lag1": ('controller.method="controller"', "controller.cooldown=0", "lag=1"),
+    "v1-lag1": ('controller.method="seed"', "controller.cooldown=0", "lag=1"),
 }
 #: Methods also run without shocks, for the cost of control in normal training.
 NO_SHOCK_METHODS: tuple[str, ...] = ("fixed", "plateau", "zskip", "v1", "v2", "scale-free")
