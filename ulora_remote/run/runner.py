@@ -73,7 +73,7 @@ class Runner:
         self._unconfirmed: deque[SubmittedStep] = deque()  # optim_step not awaited yet
         self.screening = Screening(backend, policy, guards, source, self.console,
                                    run_name=settings.run_name, steps=settings.steps,
-                                   timeout_s=settings.result_timeout_s)
+                                   timeout_s=settings.result_timeout_s, lag=settings.lag)
         self._wall_offset_s = 0.0
         self._t0 = time.monotonic()
         self._rows_written = 0
