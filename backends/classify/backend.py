@@ -81,6 +81,8 @@ class ClassifierBackend:
         self.tokenizer = base.tokenizer
         self.base_model_name, self.base_fingerprint = base.name, base.fingerprint
         self.rank, self.lora_alpha, self.max_length = rank, float(lora_alpha), max_length
+        # Inputs are truncated to max_length tokens, so no sequence is ever too long.
+        self.max_context_length: int | None = None
         identity = training.AdapterIdentity(
             base.name, base.fingerprint, rank, float(lora_alpha),
             tuple(sorted(self.model.peft_config["default"].target_modules)))
