@@ -17,10 +17,11 @@ Two layouts:
       User: reverse: stone
       Assistant: enots
 
-  Each message is ``"<Role>:"`` and then ``" <content>\\n"``; the loss falls on ``" <content>\\n"``
-  of every assistant message (the newline ends the turn, so the model learns where an answer
-  stops). No EOS is added; sampling stops at the newline. The first segment is encoded with the
-  tokenizer's special tokens (a BOS where it adds one), as a plain prompt is.
+  Each message is ``"<Role>:"`` and then ``" <content>\\n"``, two segments encoded apart; the
+  loss falls on ``" <content>\\n"`` of every assistant message (the newline ends the turn, so the
+  model learns where an answer stops). No EOS is added; sampling stops at the newline. The first
+  segment is encoded with the tokenizer's special tokens (a BOS where it adds one), as a plain
+  prompt is.
 
 Sampling renders the turns before the last assistant turn plus its header (the generation
 prompt); the generated text ends at the turn's end marker (``stop_text``).
@@ -57,12 +58,15 @@ PLAIN_TURN_END = "\n"
 
 @dataclass(frozen=True)
 class Segment:
-    """A piece of a rendered conversation: its text, whether the loss falls on it, and the index
-    of the message it belongs to (-1 for template text between messages)."""
+    """A piece of a rendered conversation: its text, whether the loss falls on it, the index of
+    the message it belongs to (-1 for template text between messages), and where that message's
+    content starts in ``text`` (-1 when the segment does not hold it), for messages about a
+    character."""
 
     text: str
     trained: bool
     message: int
+    offset: int = -1
 
 
 #: ``(segment, add_special_tokens) -> token ids``: a backend's encoder of one segment.
@@ -168,19 +172,8 @@ def plain_layout(messages: Sequence[Message]) -> ChatLayout:
     segments: list[Segment] = []
     for i, m in enumerate(messages):
         segments.append(Segment(f"{m.role.capitalize()}:", False, i))
-        segments.append(Segment(f" {m.content}{PLAIN_TURN_END}", m.role == "assistant", i))
-    return ChatLayout(tuple(_merge(segments)), special_first=True, stop_text=PLAIN_TURN_END)
-
-
-def _merge(segments: list[Segment]) -> list[Segment]:
-    """Join neighbours with the same ``trained`` flag (fewer, longer pieces to encode)."""
-    merged: list[Segment] = []
-    for s in segments:
-        if merged and merged[-1].trained == s.trained and not s.trained:
-            merged[-1] = Segment(merged[-1].text + s.text, False, merged[-1].message)
-        else:
-            merged.append(s)
-    return merged
+        segments.append(Segment(f" {m.content}{PLAIN_TURN_END}", m.role == "assistant", i, 1))
+    return ChatLayout(tuple(segments), special_first=True, stop_text=PLAIN_TURN_END)
 
 
 def template_layout(messages: Sequence[Message], tokenizer: Any) -> ChatLayout:
@@ -203,9 +196,9 @@ def template_layout(messages: Sequence[Message], tokenizer: Any) -> ChatLayout:
         if len(before) > done:
             segments.append(Segment(full[done:len(before)], False, -1))
         turn = full[len(before):len(upto)]
-        segments.append(Segment(turn, True, i))
-        done = len(upto)
         at = turn.rfind(m.content) if m.content else -1
+        segments.append(Segment(turn, True, i, at))
+        done = len(upto)
         if at >= 0:  # what follows the content ends a turn: "<|eot_id|>", "<|im_end|>\n"...
             suffix = turn[at + len(m.content):]
             stop_text = suffix.strip() or suffix or None

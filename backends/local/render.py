@@ -38,10 +38,12 @@ def _unencodable(tokenizer: Any, text: str, unk_id: int) -> tuple[int, str] | No
     return None
 
 
-def _check_encoded(tokenizer: Any, ids: list[int], text: str, where: str, index: int) -> None:
+def _check_encoded(tokenizer: Any, ids: list[int], text: str, where: str, index: int,
+                   offset: int = 0) -> None:
     """Raise an InputError naming the character and its position when ``ids`` hold the unknown
     token. The message says "example ``index``" (its place in the batch); a caller that knows the
-    record and line can catch the error and prefix them."""
+    record and line can catch the error and prefix them. Positions count from ``offset`` in
+    ``text`` (where a chat message's content starts in its segment)."""
     unk_id = tokenizer.unk_token_id
     if unk_id is None or unk_id not in ids:
         return
@@ -52,7 +54,8 @@ def _check_encoded(tokenizer: Any, ids: list[int], text: str, where: str, index:
                          "characters")
     pos, ch = found
     raise InputError(
-        f"character {ch!r} (U+{ord(ch):04X}) at position {pos} of the {where} of example {index} "
+        f"character {ch!r} (U+{ord(ch):04X}) at position {pos - offset} of the {where} of "
+        f"example {index} "
         f"({_excerpt(text, pos)}) cannot be encoded by this model's tokenizer; remove or replace it"
     )
 
@@ -165,7 +168,7 @@ def chat_tokens(tokenizer: Any, example: Example, encode: Encoder,
         role = example.messages[segment.message].role if segment.message >= 0 else "template"
         where = (f"message {segment.message} ({role})" if segment.message >= 0
                  else "chat template text")
-        _check_encoded(tokenizer, ids, segment.text, where, index)
+        _check_encoded(tokenizer, ids, segment.text, where, index, max(0, segment.offset))
         return ids
 
     return encode_layout(layout, one), layout.stop_text
