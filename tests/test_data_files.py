@@ -165,3 +165,14 @@ def test_chat_example_refuses_what_cannot_be_evaluated():
         chat_example([Message("user", "x"), Message("assistant", " ")])
     with pytest.raises(InputError, match="has no messages"):
         chat_example([])
+
+
+def test_the_example_file_in_the_docs_reads(tmp_path):
+    docs = Path(__file__).parents[1] / "docs" / "your-data.md"
+    block = docs.read_text().split("```jsonl\n", 1)[1].split("```", 1)[0]
+    assert block.count("\n") == 5
+    records = read_jsonl(write(tmp_path / "docs.jsonl", block.rstrip("\n")), key="task.train")
+    assert [r.example.task for r in records] == ["rotate", "vowel", "reverse", "reverse",
+                                                 "rotate"]
+    assert [m.role for m in records[3].example.messages] == [
+        "system", "user", "assistant", "user", "assistant"]
