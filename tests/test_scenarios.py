@@ -204,6 +204,7 @@ def test_shipped_scenarios_load_and_match_the_seeds_schedules() -> None:
         "llama32-1b-tinker",
         "mrpc-distilbert",
         "mrpc-tinker",
+        "word-tasks",
     }
     assert all(names.values())
     default = load_scenario("pig-latin-shock")
