@@ -209,8 +209,11 @@ def _text_pair(example: Example) -> tuple[str, str | None]:
     """The tokenizer's text (pair) of an example: its two ``inputs``, or its prompt alone.
 
     Raises:
-        InputError: ``inputs`` with other than two texts.
+        InputError: ``inputs`` with other than two texts, or a conversation.
     """
+    if example.messages:
+        raise InputError("the sequence classifier takes texts or sentence pairs, not "
+                         "conversations (Example.messages); train chat records on a causal LM")
     if not example.inputs:
         return example.prompt, None
     if len(example.inputs) != 2:
