@@ -95,7 +95,7 @@ def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Sc
         shown = f"{key}=<hidden>" if _SECRET.search(key) else raw  # never echo a secret
         _apply(data, key, value, shown, source)
         by_key[key] = shown
-    return validate_scenario(data, source, by_key)
+    return validate_scenario(data, source, by_key, base_dir=path.parent)
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -148,7 +148,8 @@ def _apply(data: dict[str, Any], key: str, value: Any, raw: str, source: str) ->
 
 
 def validate_scenario(
-    data: Mapping[str, Any], source: str = "scenario", overrides: Mapping[str, str] | None = None
+    data: Mapping[str, Any], source: str = "scenario", overrides: Mapping[str, str] | None = None,
+    *, base_dir: Path | None = None,
 ) -> Scenario:
     """Validate parsed scenario data (a TOML table, or a run's ``config.json``).
 
@@ -156,12 +157,15 @@ def validate_scenario(
         data: the parsed mapping.
         source: the name messages start with (a file name).
         overrides: dotted key -> the raw override that set it, to name it in messages.
+        base_dir: the scenario file's folder: relative data paths (``task.train``,
+            ``shocks.source``) are resolved against it and stored absolute. None: they stay
+            as given (relative to the working directory).
 
     Raises:
         ConfigurationError: every problem found, one per line.
     """
     try:
-        return Scenario.model_validate(dict(data))
+        return Scenario.model_validate(dict(data), context={"base_dir": base_dir})
     except ValidationError as exc:
         lines = [_describe(err, source, overrides or {}) for err in exc.errors(include_url=False)]
         raise ConfigurationError("\n".join(lines)) from None

@@ -37,6 +37,7 @@ class FakeBackend:
         self.closed = False
         self._lose_at = set(lose_state_at_fb)
         self._fb_count = 0
+        self.max_context_length: int | None = None
 
     def render(self, example: Example) -> Datum:
         return Datum((1,), (1,), (1.0,))

@@ -213,6 +213,7 @@ def test_shipped_scenarios_load_and_match_the_seeds_schedules() -> None:
         "guard-partial-50",
         "guard-persistent-15",
         "guard-shift",
+        "word-tasks",
     }
     assert all(names.values())
     suite = [load_scenario(n) for n in names if n.startswith("guard-")]

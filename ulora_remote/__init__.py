@@ -11,6 +11,7 @@ from ulora_remote.backend import (
     Example,
     ForwardBackwardResult,
     Future,
+    Message,
     OptimStepResult,
     TrainingBackend,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "ForwardBackwardResult",
     "Future",
     "InputError",
+    "Message",
     "MissingExtraError",
     "OptimStepResult",
     "RemoteError",

@@ -25,12 +25,26 @@ __all__ = [
     "Example",
     "ForwardBackwardResult",
     "Future",
+    "Message",
     "OptimStepResult",
+    "ROLES",
     "TrainingBackend",
 ]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+
+
+#: The roles a chat message may have.
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn of a conversation: ``role`` is one of ``ROLES``, ``content`` its text."""
+
+    role: str
+    content: str
 
 
 @dataclass(frozen=True)
@@ -43,12 +57,20 @@ class Example:
         inputs: structured inputs for a backend that takes them apart, e.g. the two sentences of
             a pair for a sequence classifier; empty when ``prompt`` is the whole input.
         task: the name of the task the example belongs to ("" for a single-task stream).
+        messages: a conversation (a chat record), or empty. When given, a backend renders the
+            messages itself (the tokenizer's chat template, else the plain template of
+            ``ulora_remote.chat``) with the loss on every assistant turn, and samples after
+            the turns before the last assistant turn; ``prompt`` and ``completion`` then hold
+            the plain rendering of those turns and the last assistant turn's content, for
+            scorers and for backends that take text only (``ulora_remote.chat.chat_example``
+            builds such an example).
     """
 
     prompt: str
     completion: str
     inputs: tuple[str, ...] = ()
     task: str = ""
+    messages: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,7 +183,14 @@ class TrainingBackend(Protocol):
 
     Methods that return a ``Future`` only submit (they block at most for rendering and the
     send); ``result()`` blocks. The other methods block until done.
+
+    ``max_context_length``: the tokens one sequence may hold (a rendered ``Datum``'s input
+    tokens; a sampling prompt plus its ``max_tokens`` − 1), or None where the backend does not
+    know it. Runs check data files against it before they start.
     """
+
+    @property
+    def max_context_length(self) -> int | None: ...
 
     def render(self, example: Example) -> Datum:
         """Tokenize one example with this backend's tokenizer.

@@ -34,7 +34,7 @@ from . import state, training
 from .builtin import BUILTIN_SIZES, build_builtin_model
 from .models import attach_lora, load_base, resolve_dtype
 from .progress import Progress, stderr_progress
-from .render import char_encoder, check_datums, encode_prompts, pad_datums, render_examples
+from .render import char_encoder, check_datums, pad_datums, render_examples, sampling_inputs
 from .sampling import generate
 from .tokenizer import CHAR_VOCAB
 
@@ -231,13 +231,28 @@ class LocalBackend:
         self, examples: Sequence[Example], max_tokens: int, temperature: float = 0.0
     ) -> list[str]:
         """Complete each example's prompt (greedy at temperature 0), stopping at EOS; the text
-        returned is the completion only, without special tokens. Raises InputError on a bad
-        prompt."""
-        prompts = [e.prompt for e in examples]
-        if len(prompts) == 0:
+        returned is the completion only, without special tokens. A chat example is completed
+        after the turns before its last assistant turn, and its text ends where the turn ends
+        (``ulora_remote.chat``). Raises InputError on a bad prompt."""
+        if len(examples) == 0:
             return []
-        outs = self._generate(encode_prompts(self.tokenizer, prompts), max_tokens, temperature, ())
-        return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+        inputs = sampling_inputs(self.tokenizer, examples, self._encode)
+        texts: dict[int, str] = {}
+        for stop in dict.fromkeys(s for _, s in inputs):  # one batch per kind of turn end
+            rows = [i for i, (_, s) in enumerate(inputs) if s == stop]
+            outs = self._generate([inputs[i][0] for i in rows], max_tokens, temperature,
+                                  self._stop_ids(stop))
+            for i, o in zip(rows, outs, strict=True):
+                text = self.tokenizer.decode(o, skip_special_tokens=True)
+                texts[i] = text.split(stop, 1)[0] if stop else text
+        return [texts[i] for i in range(len(examples))]
+
+    def _stop_ids(self, stop: str | None) -> tuple[int, ...]:
+        """The token that ends a chat turn, when ``stop`` is one token (else the text is cut)."""
+        if not stop:
+            return ()
+        ids = self.tokenizer.encode(stop, add_special_tokens=False)
+        return tuple(ids) if len(ids) == 1 else ()
 
     def sample_tokens(
         self,

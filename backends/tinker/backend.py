@@ -45,9 +45,9 @@ from .futures import SdkFuture, call_with_deadline, map_sdk_error, scrub
 from .render import (
     clean_completion,
     load_tokenizer,
-    prompt_tokens,
     render_example,
     result_from_output,
+    sampling_prompt,
     to_tinker_datum,
 )
 from .session import (
@@ -151,8 +151,10 @@ class TinkerBackend:
         probe_service(resolve_base_url(base_url), self.connect_timeout_s)
         self._service = self._tinker.ServiceClient(base_url=base_url, api_key=self._key)
         _open_backends.add(self)
+        #: Tokens per sequence the service allows for ``base_model`` (None: it does not say).
+        self.max_context_length: int | None = None
         try:
-            check_base_model(
+            self.max_context_length = check_base_model(
                 self._service,
                 base_model,
                 api_key=self._key,
@@ -378,9 +380,9 @@ class TinkerBackend:
         Saves sampler weights (``save_weights_and_get_sampling_client``) on every call, so
         call it at evaluation steps only. Each text is cut at EOS or the first newline.
         """
-        prompts = [e.prompt for e in examples]
-        if not prompts:
+        if not examples:
             return []
+        prompts = [sampling_prompt(self._tokenizer, e) for e in examples]
         client = self._live_client()
         sampler = self._wait(
             client.save_weights_and_get_sampling_client, "save_weights_for_sampler"
@@ -388,8 +390,8 @@ class TinkerBackend:
         types = self._tinker.types
         params = types.SamplingParams(max_tokens=max_tokens, temperature=temperature)
         pending = []
-        for prompt in prompts:
-            model_input = types.ModelInput.from_ints(prompt_tokens(self._tokenizer, prompt))
+        for prompt, _ in prompts:
+            model_input = types.ModelInput.from_ints(prompt)
             try:
                 pending.append(
                     sampler.sample(prompt=model_input, num_samples=1, sampling_params=params)
@@ -397,11 +399,11 @@ class TinkerBackend:
             except Exception as exc:  # noqa: BLE001
                 raise self._translate(exc, "sample", training=False) from None
         texts = []
-        for sdk_future in pending:
+        for sdk_future, (_, stop) in zip(pending, prompts, strict=True):
             response = self._wrap(sdk_future, "sample", lambda r: r, training=False).result()
             tokens = list(response.sequences[0].tokens)
             text = self._tokenizer.decode(tokens, skip_special_tokens=False)
-            texts.append(clean_completion(text, self._eos_text))
+            texts.append(clean_completion(text, self._eos_text, stop))
         return texts
 
     # -- lifetime --------------------------------------------------------------------------

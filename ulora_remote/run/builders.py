@@ -18,7 +18,9 @@ from ulora_remote.control.guard import Guard
 from ulora_remote.control.policy import LrPolicy
 from ulora_remote.control.sections import ControllerPolicySection
 from ulora_remote.errors import ConfigurationError
+from ulora_remote.run.datacheck import check_records
 from ulora_remote.run.steps import RunSettings
+from ulora_remote.scenarios.records import read_shock_records
 from ulora_remote.scenarios.schema import Scenario
 from ulora_remote.scenarios.shocks import ShockStream
 
@@ -55,13 +57,21 @@ def build_parts(scenario: Scenario, run_name: str, checkpoint_dir: Path, *,
     policy = scenario.controller.build()
     guards = scenario.controller.build_guards()
     source = build_source(scenario)
+    built = backend is None
     if backend is None:
         backend = build_backend(scenario, checkpoint_dir)
+    try:  # records from data files must render and fit the model before anything is written
+        check_records(source.records(), backend, scenario.eval.max_tokens)
+    except BaseException:
+        if built:
+            backend.close()
+        raise
     return RunParts(settings, policy, guards, source, backend)
 
 
 def build_source(scenario: Scenario) -> ShockStream:
-    """The scenario's task with its shock schedule (loads or generates the task's data)."""
+    """The scenario's task with its shock schedule (loads or generates the task's data, and
+    reads the file of a ``from-file`` shock)."""
     task = scenario.task.build(seed=scenario.seed, eval_size=scenario.eval.size)
     shocks, shift = scenario.shocks, scenario.shift
     shifted = None
@@ -69,9 +79,11 @@ def build_source(scenario: Scenario) -> ShockStream:
         shifted = (shift.start, scenario.task.build(seed=scenario.seed,
                                                     eval_size=scenario.eval.size,
                                                     rule=shift.rule))
+    noisy = read_shock_records(shocks.source) if shocks is not None and shocks.source else ()
     return ShockStream(task, batch_size=scenario.batch_size, schedule=scenario.schedule,
                        kind=shocks.kind if shocks is not None else None,
-                       fraction=shocks.fraction if shocks is not None else 1.0, shift=shifted)
+                       fraction=shocks.fraction if shocks is not None else 1.0, shift=shifted,
+                       noisy=noisy, seed=scenario.seed)
 
 
 def build_backend(scenario: Scenario, checkpoint_dir: Path) -> TrainingBackend:

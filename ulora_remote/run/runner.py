@@ -40,6 +40,7 @@ from ulora_remote.control.policy import Decision, LrPolicy, Signal
 from ulora_remote.control.snapshots import SnapshotKeeper
 from ulora_remote.errors import BackendError, CheckpointError, StateLostError
 from ulora_remote.run.console import Console
+from ulora_remote.run.pertask import task_line, with_task_losses
 from ulora_remote.run.rundir import CsvAppender, RunDir
 from ulora_remote.run.screening import Screening
 from ulora_remote.run.steps import RunSettings, StepRow, SubmittedStep, warmup_decision
@@ -304,9 +305,12 @@ class Runner:
         assert self._evals_csv is not None
         self._evals_csv.write(row)
         self.console.eval(row)
-        if scores.details is not None:
-            self.rundir.append_eval_scores({"step": k, **scores.details})
-            self.console.line(f"[{k}] {scores.summary}")
+        # A multi-task stream: each task's clean loss joins its scores (run/pertask.py).
+        details = with_task_losses(scores.details, examples, result)
+        if details is not None:
+            self.rundir.append_eval_scores({"step": k, **details})
+            line = task_line(details) if "tasks" in details else scores.summary
+            self.console.line(f"[{k}] {line}")
 
     def _checkpoint(self, k: int) -> None:
         assert self._steps_csv is not None and self._evals_csv is not None

@@ -97,13 +97,14 @@ class Screening:
             return SubmittedStep(t, batch.shock, size, size,
                                  self.backend.forward_backward(examples))
         screened = screen.result(self.timeout_s)
-        verdict = self._judge(t, screened)
+        tasks = [e.task for e in examples]
+        verdict = self._judge(t, screened, tasks)
         note, event, snapshot = verdict.note, "", ""
         if verdict.action == "rollback":
             settle(t)
             snapshot = self._roll_back(t)
             screened = self.backend.forward(examples).result(self.timeout_s)
-            verdict, event = self._judge(t, screened), "rollback"
+            verdict, event = self._judge(t, screened, tasks), "rollback"
         if verdict.action == "probation":
             settle(t)
             snapshot = self.backend.save_state(f"{self.run_name}-probation{t:06d}")
@@ -188,11 +189,11 @@ class Screening:
         except CheckpointError as exc:
             raise CheckpointError(f"[{t}] {exc}") from None
 
-    def _judge(self, t: int, screened: ForwardBackwardResult) -> Verdict:
+    def _judge(self, t: int, screened: ForwardBackwardResult, tasks: list[str]) -> Verdict:
         """Every guard's verdict on step t: kept where all keep, the first action, the lowest
         learning rate a guard sets. Only one guard may ask for actions (a rollback is judged
         again by all)."""
-        verdicts = [g.judge(t, screened) for g in self.guards]
+        verdicts = [g.judge(t, screened, tasks) for g in self.guards]
         if any(v.action == "rollback" for v in verdicts):
             return next(v for v in verdicts if v.action == "rollback")
         keep = tuple(all(flags) for flags in zip(*(v.keep for v in verdicts), strict=True))

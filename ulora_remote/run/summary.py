@@ -18,6 +18,7 @@ from ulora_remote.control.controller import MODE_NAMES
 from ulora_remote.errors import MissingExtraError, RunDirError, StorageError
 from ulora_remote.run.metrics import recovery_metrics_from_frame
 from ulora_remote.run.metrics_log import write_metrics_log
+from ulora_remote.run.pertask import task_summary
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.run.storage import resume_command
 
@@ -74,6 +75,9 @@ def build_summary(rd: RunDir) -> dict[str, Any]:
         summary["all_one_class"] = bool(scores[-1]["one_class"])
     if scores and "retention" in scores[-1]:  # a shift: the old rule's exact match, last eval
         summary["retention"] = float(scores[-1]["retention"])
+    tasks = task_summary(scores, windows, run_end=int(scenario["steps"]))
+    if tasks:  # a multi-task stream: each task's recovery and final scores
+        summary["tasks"] = tasks
     summary["guard"] = _guard_summary(steps, scenario)
     return summary
 

@@ -120,6 +120,10 @@ class StoppableBackend:
     def render(self, example: Example) -> Datum:
         return self.inner.render(example)
 
+    @property
+    def max_context_length(self) -> int | None:
+        return self.inner.max_context_length
+
     def forward_backward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
         self._check()
         future = self.inner.forward_backward(batch)
