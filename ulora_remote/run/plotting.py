@@ -96,8 +96,25 @@ def _loss_panel(ax: Any, steps: pd.DataFrame, evals: pd.DataFrame) -> None:
     if len(evals):
         ax.plot(evals["step"], evals["eval_loss"], "o-", ms=3, lw=1.5, color="tab:orange",
                 label="clean eval loss")
+    _guard_events(ax, steps)
     ax.set_ylabel("loss (nats/token)")
     ax.legend(loc="upper right", fontsize=8)
+
+
+_EVENT_STYLE = {"probation": ("tab:olive", "--"), "rollback": ("tab:red", ":"),
+                "shift": ("tab:green", "-")}
+
+
+def _guard_events(ax: Any, steps: pd.DataFrame) -> None:
+    """A vertical line at each probation, rollback and declared shift of a guard."""
+    if "event" not in steps:
+        return
+    events = steps[steps["event"].fillna("").astype(str) != ""]
+    for name, (color, style) in _EVENT_STYLE.items():
+        at = events.loc[events["event"] == name, "step"]
+        for i, step in enumerate(at):
+            ax.axvline(step, color=color, ls=style, lw=1.0, label=f"guard: {name}" if i == 0
+                       else None)
 
 
 def _phi_panel(ax: Any, steps: pd.DataFrame, theta: tuple[float, float]) -> None:
