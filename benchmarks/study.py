@@ -1,11 +1,13 @@
 """Reproduce the issue-7 study: every baseline and controller variant, several seeds, one report.
 
-    python benchmarks/study.py --out runs/study --jobs 2
+    python benchmarks/study.py --out runs/study --concurrency 2
 
-runs (or reuses) every run under ``--out``, then writes ``--out/REPORT.md`` with the tables,
-paired tests, φ levels and the preset check, ``--out/shock_recovery.png``, and the per-run
-CSV files. ``--set KEY=VALUE`` (repeatable) applies to every run, e.g. ``--set steps=300``;
-``--scenarios``, ``--seeds``, ``--methods`` and ``--no-shock`` narrow the study.
+runs (or reuses, or resumes) every run under ``--out``, then writes ``--out/REPORT.md`` with the
+tables, paired tests, φ levels and the preset check, ``--out/shock_recovery.png``, and the
+per-run CSV files. ``--set KEY=VALUE`` (repeatable) applies to every run, e.g.
+``--set steps=300``; ``--scenarios``, ``--seeds``, ``--methods`` and ``--no-shock`` narrow the
+study. ``--concurrency N`` runs N at once (worker processes locally, threads on Tinker);
+``--dry-run`` prints every run's requests, tokens and estimated price and starts nothing.
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ from collections.abc import Sequence
 
 from ulora_remote.errors import UloraError
 from ulora_remote.run.builders import parse_seeds
-from ulora_remote.study.plan import METHODS, NO_SHOCK_METHODS, StudyPlan, run_study
+from ulora_remote.study.plan import METHODS, NO_SHOCK_METHODS, StudyPlan, run_study, study_specs
 from ulora_remote.study.report import write_study_report
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/study", help="directory of the runs and the report")
-    p.add_argument("--jobs", type=int, default=2, help="parallel runs (one torch thread each)")
+    p.add_argument("--concurrency", "--jobs", dest="concurrency", type=int, default=2,
+                   help="runs at once: worker processes (one torch thread each) on the local "
+                        "backend, threads on Tinker (--jobs is the former name)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each run's requests, tokens and estimated price; start nothing")
+    p.add_argument("--prices", help="price table (TOML) for --dry-run; see docs/sweeps.md")
     p.add_argument("--scenarios", default="pig-latin-shock,pig-latin-v2")
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--methods", default=",".join(METHODS),
@@ -43,13 +50,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = StudyPlan(scenarios=split(args.scenarios), seeds=tuple(parse_seeds(args.seeds)),
                          methods=split(args.methods), no_shock=split(args.no_shock),
                          overrides=tuple(args.overrides))
+        if args.dry_run:
+            from ulora_remote.study.cost import estimate_runs, format_estimate, load_prices
+
+            specs = study_specs(plan, args.out)
+            print(format_estimate(estimate_runs(specs), load_prices(args.prices)))
+            return 0
         t0 = time.monotonic()
-        runs = run_study(plan, args.out, jobs=args.jobs)
+        runs = run_study(plan, args.out, concurrency=args.concurrency)
         wall_s = time.monotonic() - t0
         report = write_study_report(runs, wall_s=wall_s)
     except UloraError as exc:
         print(f"study: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     print(f"study: done in {wall_s:.0f} s; report {report}")
     return 0
 

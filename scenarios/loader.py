@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 DEFAULT_SCENARIO = "pig-latin-shock"
+# Override keys whose values are never shown in a message (an API key given by mistake).
+_SECRET = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*")
 _TYPE_HINTS = {
     "int_type": "an integer, e.g. 8",
@@ -90,9 +92,10 @@ def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Sc
     by_key: dict[str, str] = {}
     for raw in overrides:
         key, value = parse_override(raw)
-        _apply(data, key, value, raw, source)
-        by_key[key] = raw
-    return validate_scenario(data, source, by_key)
+        shown = f"{key}=<hidden>" if _SECRET.search(key) else raw  # never echo a secret
+        _apply(data, key, value, shown, source)
+        by_key[key] = shown
+    return validate_scenario(data, source, by_key, base_dir=path.parent)
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -145,7 +148,8 @@ def _apply(data: dict[str, Any], key: str, value: Any, raw: str, source: str) ->
 
 
 def validate_scenario(
-    data: Mapping[str, Any], source: str = "scenario", overrides: Mapping[str, str] | None = None
+    data: Mapping[str, Any], source: str = "scenario", overrides: Mapping[str, str] | None = None,
+    *, base_dir: Path | None = None,
 ) -> Scenario:
     """Validate parsed scenario data (a TOML table, or a run's ``config.json``).
 
@@ -153,12 +157,15 @@ def validate_scenario(
         data: the parsed mapping.
         source: the name messages start with (a file name).
         overrides: dotted key -> the raw override that set it, to name it in messages.
+        base_dir: the scenario file's folder: relative data paths (``task.train``,
+            ``shocks.source``) are resolved against it and stored absolute. None: they stay
+            as given (relative to the working directory).
 
     Raises:
         ConfigurationError: every problem found, one per line.
     """
     try:
-        return Scenario.model_validate(dict(data))
+        return Scenario.model_validate(dict(data), context={"base_dir": base_dir})
     except ValidationError as exc:
         lines = [_describe(err, source, overrides or {}) for err in exc.errors(include_url=False)]
         raise ConfigurationError("\n".join(lines)) from None
@@ -172,9 +179,7 @@ def _describe(err: Any, source: str, overrides: Mapping[str, str]) -> str:
     kind = err["type"]
     if kind == "value_error":
         text = str(err["ctx"]["error"])
-        causes = [
-            raw for k, raw in overrides.items() if re.search(rf"(?<![\w.]){re.escape(k)}\b", text)
-        ]
+        causes = _causes(key, text, overrides)
         origin = f"{source} with override {', '.join(map(repr, causes))}" if causes else source
         return f"{origin}: {text}"
     if kind == "extra_forbidden":
@@ -193,6 +198,19 @@ def _describe(err: Any, source: str, overrides: Mapping[str, str]) -> str:
         return (f"{origin}: {shown}: use only letters, digits, '.', '_' and '-', starting "
                 "with a letter or digit — fix the value")
     return f"{origin}: {shown}: {err['msg'].lower()} — {_fix(kind, err.get('ctx', {}))}"
+
+
+def _causes(key: str, text: str, overrides: Mapping[str, str]) -> list[str]:
+    """The overrides a value error of table ``key`` (or of the whole scenario) is about: those
+    inside the table whose name the message mentions, else every one inside it; for the whole
+    scenario, those whose dotted key the message names."""
+    if key:
+        inside = {k: raw for k, raw in overrides.items() if k == key or k.startswith(key + ".")}
+        named = [raw for k, raw in inside.items()
+                 if re.search(rf"(?<![\w]){re.escape(k.rsplit('.', 1)[-1])}\b", text)]
+        return named or list(inside.values())
+    return [raw for k, raw in overrides.items()
+            if re.search(rf"(?<![\w.]){re.escape(k)}\b", text)]
 
 
 def _fix(kind: str, ctx: Mapping[str, Any]) -> str:

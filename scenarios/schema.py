@@ -1,7 +1,8 @@
 """The scenario schema: pydantic models of a scenario file (TOML), validated once at the edge.
 
 A scenario composes one section per component; each component's section lives beside it and
-builds its own object: ``[task]`` (``ulora_remote.scenarios.pig_latin``, ``.mrpc``),
+builds its own object: ``[task]`` (``ulora_remote.scenarios.pig_latin``, ``.mrpc``, ``.jsonl``,
+``.mix``),
 ``[backend]`` (``ulora_remote.backends.sections``), ``[controller]``
 (``ulora_remote.control.sections``). This module adds the run-level keys and the cross-field
 rules (windows inside the run, the shock kind and the evaluation size the task allows, the
@@ -19,12 +20,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, Strict, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    Strict,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from ulora_remote.backends.sections import BackendSection, LocalSection, default_lag
+from ulora_remote.scenarios.jsonl import JsonlSection, resolve_path
+from ulora_remote.scenarios.mix import MixSection
 from ulora_remote.scenarios.mrpc import PairsSection
 from ulora_remote.scenarios.pig_latin import PigLatinSection
 from ulora_remote.scenarios.rules import RulesSection
-from ulora_remote.scenarios.shocks import Schedule
+from ulora_remote.scenarios.shocks import FROM_FILE, Schedule
 
 from ulora_remote.backend import AdamParams
 from ulora_remote.control.adapters import AdaptersSection
@@ -43,8 +54,10 @@ __all__ = [
 ]
 
 Window = Annotated[tuple[StrictInt, StrictInt], Strict(False)]
-TaskSection = Annotated[PigLatinSection | PairsSection | RulesSection,
-                        Field(discriminator="kind")]
+TaskSection = Annotated[
+    PigLatinSection | PairsSection | JsonlSection | MixSection | RulesSection,
+    Field(discriminator="kind"),
+]
 MAX_STEPS = 10_000_000
 MAX_LAG = 16
 _DEFAULT_TAGS = (("task", "kind", "pig-latin"), ("backend", "kind", "local"),
@@ -61,12 +74,38 @@ _MOVED = {
 
 class ShocksSection(BaseModel):
     """``[shocks]``: what a shock batch does and when (windows ``[start, end)`` in steps).
-    ``kind`` must be one the task supports (see ``ulora scenarios`` and docs/running.md)."""
+    ``kind`` must be one the task supports (see ``ulora scenarios`` and docs/running.md), or
+    ``"from-file"``: the corrupted examples are records of ``source``, a JSONL file of your own
+    bad records (``source`` alone implies this kind; relative to the scenario file)."""
 
     model_config = STRICT
     kind: str = Field(default="random-letters", min_length=1)
     windows: Annotated[tuple[Window, ...], Strict(False)] = ()
     fraction: Probability = 1.0
+    source: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("source") is not None and "kind" not in data:
+            return {**data, "kind": FROM_FILE}
+        return data
+
+    @field_validator("source")
+    @classmethod
+    def _resolve(cls, path: str | None, info: ValidationInfo) -> str | None:
+        return None if path is None else resolve_path(path, info)
+
+    @model_validator(mode="after")
+    def _check_source(self) -> ShocksSection:
+        if self.kind == FROM_FILE and self.source is None:
+            raise ValueError(f'shocks.kind = "{FROM_FILE}" takes its records from shocks.source; '
+                             'set shocks.source = "noisy.jsonl" (a JSONL file of bad records)')
+        if self.source is not None and self.kind != FROM_FILE:
+            raise ValueError(f"shocks.source gives the shock records, but shocks.kind = "
+                             f'{self.kind!r} corrupts the task\'s own; remove one, or set '
+                             f'shocks.kind = "{FROM_FILE}"')
+        return self
 
 
 class ShiftSection(BaseModel):
@@ -187,10 +226,11 @@ class Scenario(BaseModel):
             raise ValueError(f"eval.size = {self.eval.size}: task {self.task.kind!r} has "
                              f"{limit} held-out examples; choose 1..{limit}")
         if self.shocks is not None:
-            if self.shocks.kind not in self.task.shock_kinds:
+            if self.shocks.kind not in (*self.task.shock_kinds, FROM_FILE):
                 raise ValueError(
                     f"shocks.kind = {self.shocks.kind!r} does not apply to task "
-                    f"{self.task.kind!r}; choose one of {', '.join(self.task.shock_kinds)}"
+                    f"{self.task.kind!r}; choose one of "
+                    f"{', '.join((*self.task.shock_kinds, FROM_FILE))}"
                 )
             _check_windows(self.shocks.windows, self.steps)
         if self.shift is not None:

@@ -7,6 +7,10 @@ A shock keeps each example's prompt and replaces its completion with a wrong tar
 * ``reversed``: the word spelled backwards (``"pig" -> "gip"``);
 * ``swapped-answer``: the correct answer of another word (a fluent but wrong target).
 
+Tasks read from data files take the generic kinds of ``corruption.py`` instead. Every task also
+takes ``from-file`` shocks: the corrupted examples are replaced by records of the user's own file
+of bad records (``shocks.source``), drawn by the step's seed.
+
 A ``Schedule`` holds the shock windows ``[start, end)`` in steps and answers ``is_shock(step)``;
 ``ShockStream`` puts a task and a schedule together as the runner's ``BatchSource``.
 """
@@ -15,18 +19,22 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
+
+from ulora_remote.scenarios.mixing import MixTask
 
 from ulora_remote.backend import Example
 from ulora_remote.errors import ConfigurationError, InputError
-from ulora_remote.task import Batch, Scores, Task
+from ulora_remote.task import Batch, Record, RecordSource, Scores, Task
 
-__all__ = ["SHOCK_KINDS", "Schedule", "ShockKind", "ShockStream", "corrupt_answer"]
+__all__ = ["FROM_FILE", "SHOCK_KINDS", "Schedule", "ShockKind", "ShockStream", "corrupt_answer"]
 
 ShockKind = Literal["random-letters", "reversed", "swapped-answer"]
 SHOCK_KINDS: tuple[str, ...] = get_args(ShockKind)
+#: The shock kind that takes its examples from a file of bad records (any task).
+FROM_FILE = "from-file"
 
 
 def corrupt_answer(
@@ -125,10 +133,15 @@ class ShockStream:
     ``BatchSource``.
 
     Steps inside a window get ``task.shock_batch(step, batch_size, kind, fraction)``, the others
-    ``task.train_batch(step, batch_size)``. From ``shift_start`` on, ``shifted`` (the same task
-    under a new, learnable rule) replaces ``task`` for good, in training and in evaluation; its
-    scores then also report ``retention``: the exact match of the same generations under the old
-    rule. Evaluation sets are read once and kept.
+    ``task.train_batch(step, batch_size)``. With ``kind = "from-file"`` a shock batch is the
+    clean batch with ``max(1, round(fraction·batch_size))`` examples, at positions drawn from
+    ``random.Random(f"shock-source:{seed}:{step}")``, replaced by records of ``noisy`` drawn
+    from the same generator (a record without a task name takes the replaced example's).
+
+    From ``shift_start`` on, ``shifted`` (the same task under a new, learnable rule) replaces
+    ``task`` for good, in training and in evaluation; its scores then also report
+    ``retention``: the exact match of the same generations under the old rule. Evaluation sets
+    are read once and kept.
 
     Args:
         task: any ``ulora_remote.task.Task``.
@@ -137,19 +150,29 @@ class ShockStream:
         kind: the shock kind (one of ``task.shock_kinds``); None means no shocks.
         fraction: share of a shock batch that is corrupted, in (0, 1].
         shift: ``(shift_start, shifted)``, or None for no shift.
+        noisy: the records of a ``from-file`` shock.
+        seed: the run's seed (``from-file`` draws).
+
+    Raises:
+        ConfigurationError: a kind the task does not support, ``from-file`` without records,
+            or a record naming a task the stream does not have.
     """
 
     def __init__(self, task: Task, *, batch_size: int, schedule: Schedule | None = None,
                  kind: str | None = None, fraction: float = 1.0,
-                 shift: tuple[int, Task] | None = None) -> None:
-        if kind is not None and kind not in task.shock_kinds:
+                 shift: tuple[int, Task] | None = None, noisy: Sequence[Record] = (),
+                 seed: int = 0) -> None:
+        if kind == FROM_FILE:
+            _check_noisy(task, noisy)
+        elif kind is not None and kind not in task.shock_kinds:
             raise ConfigurationError(
                 f"shock kind {kind!r} does not apply to this task; choose one of "
-                f"{list(task.shock_kinds)}"
+                f"{list((*task.shock_kinds, FROM_FILE))}"
             )
         self.task, self.batch_size = task, batch_size
         self.schedule = schedule if schedule is not None else Schedule()
         self.kind, self.fraction, self.shift = kind, fraction, shift
+        self.noisy, self.seed = tuple(noisy), seed
         self._evals: dict[int, list[Example]] = {}
 
     def _task_at(self, step: int) -> Task:
@@ -159,10 +182,27 @@ class ShockStream:
 
     def batch(self, step: int) -> Batch:
         task = self._task_at(step)
+        if self.kind == FROM_FILE and self.schedule.is_shock(step):
+            return Batch(self._from_file(task, step), shock=True)
         if self.kind is not None and self.schedule.is_shock(step):
             examples = task.shock_batch(step, self.batch_size, self.kind, self.fraction)
             return Batch(examples, shock=True)
         return Batch(task.train_batch(step, self.batch_size), shock=False)
+
+    def _from_file(self, task: Task, step: int) -> list[Example]:
+        batch = task.train_batch(step, self.batch_size)
+        rng = random.Random(f"shock-source:{self.seed}:{step}")
+        count = max(1, round(self.fraction * self.batch_size))
+        for i in sorted(rng.sample(range(self.batch_size), count)):
+            bad = self.noisy[rng.randrange(len(self.noisy))].example
+            batch[i] = bad if bad.task else replace(bad, task=batch[i].task)
+        return batch
+
+    def records(self) -> Iterator[Record]:
+        """The records read from files: the task's (when it reads any) and the shock file's."""
+        if isinstance(self.task, RecordSource):
+            yield from self.task.records()
+        yield from self.noisy
 
     def eval_examples(self, step: int) -> list[Example]:
         task = self._task_at(step)
@@ -180,3 +220,16 @@ class ShockStream:
         details = {**(scores.details or {}), "retention": old}
         summary = f"retention (the old rule's exact match) {old:.3f}"
         return Scores(scores.exact_match, details, f"{scores.summary}; {summary}".lstrip("; "))
+
+
+def _check_noisy(task: Task, noisy: Sequence[Record]) -> None:
+    if not noisy:
+        raise ConfigurationError(f'shocks.kind = "{FROM_FILE}" needs records: set shocks.source '
+                                 "to a JSONL file of bad records")
+    names = set(task.names) if isinstance(task, MixTask) else set()
+    for record in noisy:
+        if record.example.task and record.example.task not in names:
+            known = ", ".join(sorted(names)) or "none: the task is not a mix"
+            raise ConfigurationError(f"{record.where}: task {record.example.task!r} is not a "
+                                     f"task of this scenario ({known}); fix the task field or "
+                                     "remove it")

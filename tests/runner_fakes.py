@@ -1,8 +1,9 @@
 """Small in-test fakes for the runner tests: a deterministic scalar "model" and a batch source.
 
-The fake backend is a one-parameter model whose loss on a batch is (w − target)² + 0.1, where the
-target depends on the batch text; ``optim_step`` moves w against the accumulated gradient by the
-learning rate. It is enough to check ordering, lag, resume and replay without torch.
+The fake backend is a one-parameter model whose loss on an example is (w − target)² + 0.1, where
+the target depends on the example's text (so a batch screened with others, or alone, gets the same
+per-example losses); ``optim_step`` moves w against the accumulated gradient by the learning rate.
+It is enough to check ordering, lag, resume and replay without torch.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from ulora_remote.errors import CheckpointError, StateLostError
 from ulora_remote.task import Batch, Scores, exact_match
 
 
-def _target(batch: Sequence[Example]) -> float:
-    text = "|".join(e.prompt + e.completion for e in batch)
-    return (zlib.crc32(text.encode()) % 1000) / 1000.0
+def _target(example: Example) -> float:
+    return (zlib.crc32((example.prompt + example.completion).encode()) % 1000) / 1000.0
 
 
 class FakeBackend:
@@ -37,6 +37,7 @@ class FakeBackend:
         self.closed = False
         self._lose_at = set(lose_state_at_fb)
         self._fb_count = 0
+        self.max_context_length: int | None = None
 
     def render(self, example: Example) -> Datum:
         return Datum((1,), (1,), (1.0,))
@@ -45,17 +46,18 @@ class FakeBackend:
         self._fb_count += 1
         if self._fb_count in self._lose_at:
             raise StateLostError("fake 410: promise expired")
-        t = _target(batch)
-        self.grad += 2 * (self.w - t)
+        targets = [_target(e) for e in batch]
+        self.grad += sum(2 * (self.w - t) for t in targets) / len(targets)
         self.calls.append(("fb", self.w))
-        return Completed(self._result(t, len(batch)))
+        return Completed(self._result(targets))
 
     def forward(self, batch: Sequence[Example]) -> Completed[ForwardBackwardResult]:
-        return Completed(self._result(_target(batch), len(batch)))
+        self.calls.append(("fwd", float(len(batch))))
+        return Completed(self._result([_target(e) for e in batch]))
 
-    def _result(self, t: float, n: int) -> ForwardBackwardResult:
-        loss = (self.w - t) ** 2 + 0.1
-        return ForwardBackwardResult(nll_sums=(loss * 2,) * n, weight_sums=(2.0,) * n)
+    def _result(self, targets: Sequence[float]) -> ForwardBackwardResult:
+        losses = [((self.w - t) ** 2 + 0.1) * 2 for t in targets]
+        return ForwardBackwardResult(nll_sums=tuple(losses), weight_sums=(2.0,) * len(targets))
 
     def optim_step(self, params: AdamParams) -> Completed[OptimStepResult]:
         self.w -= params.learning_rate * 100 * self.grad

@@ -106,6 +106,8 @@ def test_a_step_on_one_task_changes_only_its_adapter(tmp_path: Path) -> None:
 
 def test_a_mixed_batch_reports_the_spread_of_the_tasks_gradients(tmp_path: Path) -> None:
     backend = _backend(tmp_path)
+    assert backend.forward_backward(A + B).result().gradient_variance is None  # not asked
+    backend.measure_gradient_variance(True)
     variance = backend.forward_backward(A + B).result().gradient_variance
     assert variance is not None and 0.0 < variance < 1.0
     assert backend.forward_backward(A).result().gradient_variance is None
@@ -152,3 +154,23 @@ def test_a_bad_fork_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="already"):
         backend.fork_adapters(["b", "a"])
     assert backend.adapter_tasks() == ("a",)
+
+
+def test_a_sweeps_stoppable_backend_keeps_the_adapters(tmp_path: Path) -> None:
+    """``ulora compare`` and the studies run every run behind a stoppable backend: around an
+    AdapterBackend it is one too, so ``[adapters]`` scenarios run in a sweep."""
+    import threading
+
+    from runner_fakes import FakeBackend
+
+    from ulora_remote.study.sweep_run import StoppableBackend, stoppable
+
+    stop = threading.Event()
+    backend = stoppable(_backend(tmp_path), stop)
+    assert isinstance(backend, AdapterBackend) and isinstance(backend, StoppableBackend)
+    backend.fork_adapters(["a", "b"])
+    assert backend.adapter_tasks() == ("a", "b")
+    stop.set()
+    with pytest.raises(KeyboardInterrupt):
+        backend.fork_adapters(["c"])
+    assert not isinstance(stoppable(FakeBackend(), stop), AdapterBackend)

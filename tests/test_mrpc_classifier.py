@@ -18,7 +18,7 @@ from ulora_remote.backends.classify import ClassifierBackend  # noqa: E402
 from ulora_remote.scenarios.paraphrase import PairTask, generate_pairs  # noqa: E402
 
 from ulora_remote import run_scenario  # noqa: E402
-from ulora_remote.backend import AdamParams, Example, TrainingBackend  # noqa: E402
+from ulora_remote.backend import AdamParams, Example, Message, TrainingBackend  # noqa: E402
 from ulora_remote.cli import main  # noqa: E402
 from ulora_remote.errors import CheckpointError, ConfigurationError, InputError  # noqa: E402
 
@@ -84,6 +84,10 @@ def test_bad_labels_and_empty_batches_raise_input_errors() -> None:
         backend.forward([Example("", "1", inputs=("a .", "b .", "c ."))])
     with pytest.raises(InputError, match="empty batch"):
         backend.forward([])
+    conversation = Example("User: a\nAssistant:", "1", messages=(Message("user", "a"),
+                                                                  Message("assistant", "1")))
+    with pytest.raises(InputError, match="not conversations"):
+        backend.forward([conversation])
     backend.close()
 
 

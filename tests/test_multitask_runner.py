@@ -30,6 +30,7 @@ from ulora_remote.errors import ConfigurationError  # noqa: E402
 from ulora_remote.run.api import resume_run, run_scenario  # noqa: E402
 from ulora_remote.run.builders import build_backend  # noqa: E402
 from ulora_remote.run.rundir import RunDir  # noqa: E402
+from ulora_remote.run.steps import MULTITASK_STEP_COLUMNS, STEP_COLUMNS  # noqa: E402
 
 SMALL = ['backend.base_model="small"', "backend.rank=2", "eval.size=8", "eval.max_tokens=12"]
 SIGNALS = ["error", "conflict", "conflict_w", "stability", "task_stress", "phi"]
@@ -77,7 +78,8 @@ def test_one_task_without_conflict_or_forgetting_keeps_the_seeds_phi(tmp_path: P
     trained = ~tasks.steps["skipped"]
     assert (tasks.steps.loc[trained, "error"] == tasks.steps.loc[trained, "loss"]).all()
     assert (tasks.steps["conflict"] == 0).all() and (tasks.steps["task_stress"] == 0).all()
-    assert plain.steps["error"].isna().all()  # no [adapters]: the columns stay empty
+    assert tuple(plain.steps.columns) == STEP_COLUMNS  # no [adapters]: the table as ever
+    assert tuple(tasks.steps.columns) == MULTITASK_STEP_COLUMNS
 
 
 def test_per_task_adapters_need_a_multi_task_stream(tmp_path: Path) -> None:
@@ -93,6 +95,10 @@ class _StopAt:
 
     def __init__(self, backend: AdapterBackend, n: int) -> None:
         self.backend, self.n = backend, n
+
+    @property
+    def max_context_length(self) -> int | None:
+        return self.backend.max_context_length
 
     def render(self, example: Example) -> Datum:
         return self.backend.render(example)
@@ -124,6 +130,9 @@ class _StopAt:
 
     def adapter_tasks(self) -> tuple[str, ...]:
         return self.backend.adapter_tasks()
+
+    def measure_gradient_variance(self, on: bool) -> None:
+        self.backend.measure_gradient_variance(on)
 
     def close(self) -> None:
         self.backend.close()
@@ -171,3 +180,66 @@ def test_ulora_run_on_the_conflict_scenario_switches_to_per_task_adapters(
     assert (steps.loc[k - 30:k - 1, "conflict"] > 0).all()  # ... with the tasks in conflict
     assert (steps.loc[k:, "adapters"] == 2).all() and (steps.loc[k:, "conflict"] == 0).all()
     assert "adapters: one per task (pig-latin, reversed) forked" in capsys.readouterr().out
+
+
+# The screening guard (main's default method) with per-task adapters: each example is judged
+# against its own task's reference, and a probation's snapshot, rollback and the checkpoints
+# carry every adapter. Strict screening (z 1, no loss floor) so that 60 steps on the small model
+# reach a probation and its rollback.
+GUARDED = ['controller={method="guarded", guard={z=1.0, min_loss=0.0, min_history=16, '
+           'window=64, trigger_steps=2, probation_steps=6, judge_steps=2}}',
+           'shocks={kind="random-letters", windows=[[30,45]]}', 'adapters.mode="separate"']
+
+
+def test_the_screening_guard_and_per_task_adapters_run_together(tmp_path: Path) -> None:
+    console = io.StringIO()
+    overrides = [*SMALL, "steps=60", "eval.every=20", "checkpoint.every=20", *GUARDED]
+    reference = run_scenario("rules-conflict", out=tmp_path / "ref", overrides=overrides,
+                             console=console, log_every=0)
+    steps = reference.steps
+    assert {"probation", "rollback"} <= set(steps["event"].dropna())
+    assert "of task 'pig-latin'" in console.getvalue() or "of task 'reversed'" in console.getvalue()
+    assert (steps["kept"] < 8).any() and (steps["adapters"] == 2).all()
+    assert steps[SIGNALS].notna().all().all()
+    scores = _eval_scores(reference.run_dir)
+    for record in scores:  # per-task losses and scores (main) and the task signals, one line
+        assert set(record["tasks"]) == set(record["task_exact_match"]) == {"pig-latin",
+                                                                           "reversed"}
+        assert all(record["tasks"][t]["exact_match"] == record["task_exact_match"][t]
+                   for t in record["tasks"])
+        assert "stability" in record and "task_eval_loss" in record
+    lines = [line for line in console.getvalue().splitlines() if "pig-latin: loss" in line]
+    assert [line.split("]")[0] for line in lines] == ["[0", "[20", "[40", "[60"]
+
+    scenario = load_scenario("rules-conflict", overrides)
+    rd = RunDir(tmp_path / "cut")
+    backend = build_backend(scenario, rd.checkpoint_dir)
+    assert isinstance(backend, AdapterBackend)
+    with pytest.raises(KeyboardInterrupt):  # during the probation: resumed from step 20
+        run_scenario(scenario, backend=_StopAt(backend, 35), out=rd.path, console=io.StringIO())
+    resumed = resume_run(rd.path, console=io.StringIO())
+    own = ["wall_s", "snapshot"]  # the snapshot's path names the run directory
+    pd.testing.assert_frame_equal(steps.drop(columns=own), resumed.steps.drop(columns=own))
+    pd.testing.assert_frame_equal(reference.evals, resumed.evals)
+    assert _eval_scores(reference.run_dir) == _eval_scores(resumed.run_dir)
+
+
+def test_steps_csv_keeps_the_columns_it_was_begun_with(tmp_path: Path) -> None:
+    """A run without [adapters] writes the table it always did; a begun file keeps its own
+    columns, and both read back (run directories made before the multi-task columns too)."""
+    from ulora_remote.run.steps import StepRow
+
+    row = StepRow(step=0, shock=False, loss=1.0, e_smooth=1.0, phi=0.5, mode=1,
+                  mode_name="Multi", lr=5e-4, switched=False, kept=4, skipped=False,
+                  tokens=9.0, wall_s=0.1).as_dict()
+    for multitask, columns in ((False, STEP_COLUMNS), (True, MULTITASK_STEP_COLUMNS)):
+        rd = RunDir(tmp_path / str(multitask))
+        rd.path.mkdir()
+        table = rd.steps_appender(multitask=multitask)
+        table.write(row)
+        table.close()
+        assert rd.steps_path.read_text().splitlines()[0] == ",".join(columns)
+        again = rd.steps_appender(multitask=not multitask)  # a resume: the file's columns
+        again.write({**row, "step": 1})
+        again.close()
+        assert rd.read_steps().columns == columns and rd.read_steps().rows == 2

@@ -203,3 +203,17 @@ def test_recovery_from_a_checkpoint_replays_a_policy_run_identically(tmp_path, k
                         source=source, checkpoint_every=15, guards=guards)
     columns = ["step", "loss", "phi", "mode", "lr"]
     pd.testing.assert_frame_equal(straight[columns], recovered[columns])
+
+
+def test_at_lag_one_one_forward_screens_three_steps_and_judges_each_alone(tmp_path) -> None:
+    # Pipelined (lag 1), the screens go out before the step's own requests, three steps a
+    # forward (ulora_remote.run.screening.BLOCK): fewer requests a step, the same verdicts.
+    from ulora_remote.run.screening import BLOCK
+
+    guard = ZScoreGuard(z=3.0, window=10, min_history=5)
+    steps, backend = _run(tmp_path, _fixed(1e-3), source=ShockSource([(20, 30)]), lag=1,
+                          guards=(guard,))
+    screens = [n for kind, n in backend.calls if kind == "fwd" and n != 4.0 * 1]
+    block = [n for n in screens if n == 4.0 * BLOCK]  # 4 examples a batch
+    assert len(block) >= (40 - 2) // BLOCK - 1  # nearly every screen covers three steps
+    assert list(steps.loc[steps["skipped"], "step"]) == list(range(20, 30))

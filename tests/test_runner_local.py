@@ -115,3 +115,19 @@ def test_a_scenario_object_runs_with_a_given_backend(tmp_path):
     result = run_scenario(scenario, backend=backend, out=tmp_path / "obj", console=io.StringIO())
     assert list(result.steps["shock"]) == [False, False, True, True, False, False]
     assert result.config["scenario"]["steps"] == 6
+
+
+def test_metrics_jsonl_is_the_runs_tables_in_the_cookbooks_format(tmp_path):
+    result = _run(tmp_path, "lag=0")
+    lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records] == list(range(61))  # 60 steps, then the final eval
+    steps, evals = result.steps, result.evals
+    for r in records[:60]:
+        row = steps.iloc[r["step"]]
+        assert r["train_mean_nll"] == pytest.approx(row["loss"])
+        assert r["learning_rate"] == row["lr"] and r["ulora/phi"] == pytest.approx(row["phi"])
+    by_step = {r["step"]: r for r in records}
+    for row in evals.itertuples():
+        assert by_step[row.step]["test/nll"] == pytest.approx(row.eval_loss)
+    assert set(records[-1]) == {"step", "test/nll", "test/exact_match"}

@@ -204,10 +204,26 @@ def test_shipped_scenarios_load_and_match_the_seeds_schedules() -> None:
         "llama32-1b-tinker",
         "mrpc-distilbert",
         "mrpc-tinker",
+        # the guard's shock suite (issue 12)
+        "guard-clean",
+        "guard-letters",
+        "guard-swapped",
+        "guard-partial-10",
+        "guard-partial-25",
+        "guard-partial-50",
+        "guard-persistent-15",
+        "guard-shift",
+        "word-tasks",
+        # per-task adapters (issue 15)
         "rules-conflict",
         "rules-help",
     }
     assert all(names.values())
+    suite = [load_scenario(n) for n in names if n.startswith("guard-")]
+    assert all(s.eval.size >= 250 and s.controller.method == "guarded" for s in suite)
+    assert {s.shocks.fraction for s in suite if s.shocks} == {1.0, 0.1, 0.25, 0.5, 0.15}
+    shift = load_scenario("guard-shift").shift
+    assert shift is not None and (shift.rule, shift.start) == ("reversed", 250)
     default = load_scenario("pig-latin-shock")
     assert (default.steps, default.backend.kind, default.backend.base_model) == (
         700,

@@ -325,3 +325,37 @@ def test_minimal_file_gets_documented_defaults(tmp_path: Path) -> None:
 def test_validate_scenario_names_its_source() -> None:
     with pytest.raises(ConfigurationError, match=r"^config\.json: steps is required"):
         validate_scenario({"name": "x"}, "config.json")
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("optimizer.weight_decay=inf", "optimizer.weight_decay = inf: input should be a finite"),
+        ("optimizer.eps=inf", "optimizer.eps = inf: input should be a finite"),
+        ("controller.lr_single=1e9", "lr_single=1000000000.0: a learning rate must be finite"),
+        ("lag=1000000", "lag = 1000000: input should be less than or equal to 16"),
+        ("warmup_lr=inf", "warmup_lr = inf: input should be a finite"),
+        ('controller.method="fixed"', None),  # valid: a reference for the next one
+        ("controller.stress.gain=inf", "controller.stress.gain = inf"),
+        ("seed=18446744073709551616", "seed = 18446744073709551616"),
+        ("backend.rank=1099511627776", "backend.rank = 1099511627776"),
+        ("controller.cooldown=-1", "with override 'controller.cooldown=-1': controller: cooldown"),
+        ('name="../escape"', "use only letters, digits"),
+    ],
+)
+def test_absurd_values_are_refused_naming_the_key(override: str, needle: str | None) -> None:
+    overrides = ["steps=12", "shocks.windows=[]", override]
+    if needle is None:
+        load_scenario("pig-latin-shock", overrides)
+        return
+    with pytest.raises(ConfigurationError) as info:
+        load_scenario("pig-latin-shock", overrides)
+    assert needle in str(info.value)
+    assert "steps=12" not in str(info.value)  # blamed on the override that caused it
+
+
+def test_a_secret_given_by_mistake_is_never_echoed() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load_scenario("pig-latin-shock", ['backend.api_key="tml-secret-value-123"'])
+    assert "tml-secret-value-123" not in str(info.value)
+    assert "backend.api_key=<hidden>" in str(info.value)

@@ -135,3 +135,33 @@ def test_state_round_trip_mid_probation_continues_identically() -> None:
 def test_bad_parameters_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
         ScreenConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_each_task_of_a_mix_is_judged_against_its_own_losses() -> None:
+    # Task "b" is still learning (losses near 2.5) while "a" is nearly done (near 0.2): judged
+    # against one shared reference, "b" would be rejected as outliers.
+    rng = random.Random(6)
+    guard = ScreenGuard(CFG)
+    tasks = ["a"] * 4 + ["b"] * 4
+    for t in range(20):
+        losses = _clean(rng, 4) + [2.5 + rng.uniform(-0.3, 0.3) for _ in range(4)]
+        assert guard.judge(t, _batch(losses), tasks).keep == (True,) * 8
+    assert guard.threshold("a") < 2.0 < guard.threshold("b")
+    mixed = guard.judge(20, _batch([0.2, 0.2, 9.0, 0.2, 2.4, 2.6, 12.0, 2.5]), tasks)
+    assert mixed.keep == (True, True, False, True, True, True, False, True)
+
+
+def test_a_lasting_change_of_one_task_opens_a_probation_for_that_task_alone() -> None:
+    rng = random.Random(7)
+    guard = ScreenGuard(CFG)
+    tasks = ["a"] * 4 + ["b"] * 4
+    for t in range(20):
+        guard.judge(t, _batch(_clean(rng, 8)), tasks)
+    verdicts = [guard.judge(20 + j, _batch(_clean(rng, 4) + [6.0] * 4), tasks)
+                for j in range(CFG.trigger_steps)]
+    assert verdicts[-1].action == "probation" and "task 'b'" in verdicts[-1].note
+    assert verdicts[0].keep == (True,) * 4 + (False,) * 4  # "a" kept while "b" is rejected
+    assert verdicts[-1].keep == (True,) * 8  # "b" admitted on probation
+    # "a" goes on being screened during b's probation.
+    during = guard.judge(26, _batch([0.2, 0.2, 0.2, 9.0] + [5.0] * 4), tasks)
+    assert during.keep == (True, True, True, False) + (True,) * 4

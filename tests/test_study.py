@@ -28,8 +28,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("study")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "study.py"
     main = runpy.run_path(str(script))["main"]
-    args = ["--out", str(out), "--jobs", "1", "--scenarios", "pig-latin-shock", "--seeds", "0,1",
-            "--methods", "zskip,v1", "--no-shock", "fixed"]
+    args = ["--out", str(out), "--concurrency", "1", "--scenarios", "pig-latin-shock",
+            "--seeds", "0,1", "--methods", "zskip,v1", "--no-shock", "fixed"]
     for override in TINY:
         args += ["--set", override]
     assert main(args) == 0
@@ -56,7 +56,7 @@ def test_best_fixed_lr_and_zskip_lr_come_from_the_runs_files(study: Path) -> Non
                                 "evals.csv")
             finals.setdefault(lr, []).append(float(evals["eval_loss"].iloc[-1]))
     by_hand = min(finals, key=lambda lr: sum(finals[lr]) / 2)
-    runs = sorted((study / "pig-latin-shock" / "shock").glob("fixed-*"))
+    runs = sorted(p for p in (study / "pig-latin-shock" / "shock").glob("fixed-*") if p.is_dir())
     assert best_fixed_lr(runs) == by_hand
     config = (study / "pig-latin-shock" / "shock" / "zskip-s0" / "config.json").read_text()
     assert f'"lr": {by_hand!r}' in config
@@ -88,10 +88,10 @@ def test_a_second_invocation_reuses_the_finished_runs(study: Path) -> None:
     plan = StudyPlan(scenarios=("pig-latin-shock",), seeds=(0, 1), methods=("zskip", "v1"),
                      no_shock=("fixed",), overrides=TINY)
     log = io.StringIO()
-    runs = run_study(plan, study, jobs=1, console=log)
+    runs = run_study(plan, study, concurrency=1, console=log)
     # Phase 1: the 4 fixed runs with and the 4 without shocks; phase 2: z-skip and v1.
-    assert "8 runs reused, 0 to run" in log.getvalue()
-    assert "4 runs reused, 0 to run" in log.getvalue()
+    assert "8 runs: 8 reused, 0 to start, 0 to resume" in log.getvalue()
+    assert "4 runs: 4 reused, 0 to start, 0 to resume" in log.getvalue()
     assert len(runs.specs["pig-latin-shock"]["shock"]) == 8
 
 

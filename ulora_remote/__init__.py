@@ -12,6 +12,7 @@ from ulora_remote.backend import (
     Example,
     ForwardBackwardResult,
     Future,
+    Message,
     OptimStepResult,
     TrainingBackend,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "ForwardBackwardResult",
     "Future",
     "InputError",
+    "Message",
     "MissingExtraError",
     "OptimStepResult",
     "RemoteError",

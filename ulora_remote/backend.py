@@ -27,7 +27,9 @@ __all__ = [
     "Example",
     "ForwardBackwardResult",
     "Future",
+    "Message",
     "OptimStepResult",
+    "ROLES",
     "TrainingBackend",
     "adapter_groups",
     "check_fork",
@@ -35,6 +37,18 @@ __all__ = [
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+
+
+#: The roles a chat message may have.
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn of a conversation: ``role`` is one of ``ROLES``, ``content`` its text."""
+
+    role: str
+    content: str
 
 
 @dataclass(frozen=True)
@@ -47,12 +61,20 @@ class Example:
         inputs: structured inputs for a backend that takes them apart, e.g. the two sentences of
             a pair for a sequence classifier; empty when ``prompt`` is the whole input.
         task: the name of the task the example belongs to ("" for a single-task stream).
+        messages: a conversation (a chat record), or empty. When given, a backend renders the
+            messages itself (the tokenizer's chat template, else the plain template of
+            ``ulora_remote.chat``) with the loss on every assistant turn, and samples after
+            the turns before the last assistant turn; ``prompt`` and ``completion`` then hold
+            the plain rendering of those turns and the last assistant turn's content, for
+            scorers and for backends that take text only (``ulora_remote.chat.chat_example``
+            builds such an example).
     """
 
     prompt: str
     completion: str
     inputs: tuple[str, ...] = ()
     task: str = ""
+    messages: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,10 +107,12 @@ class ForwardBackwardResult:
     """Per-example weighted NLL sums (nats) and weight totals of one batch.
 
     ``gradient_variance``: for a ``forward_backward`` over examples of two or more tasks on a
-    backend that holds the gradients (local), the seed's weight-space variance of the tasks'
-    gradients, Σ_T |g_T − ḡ|² / Σ_T |g_T|² in [0, 1] (0: every task pulls the same way; 1/2:
-    orthogonal pulls of equal size; 1: they cancel), each task's gradient taken on the adapter
-    it trains; None otherwise (one task, a forward, or no gradients at hand, as on Tinker).
+    backend that holds the gradients (local) and was asked to measure it
+    (``AdapterBackend.measure_gradient_variance``), the seed's weight-space variance of the
+    tasks' gradients, Σ_T |g_T − ḡ|² / Σ_T |g_T|² in [0, 1] (0: every task pulls the same way;
+    1/2: orthogonal pulls of equal size; 1: they cancel), each task's gradient taken on the
+    adapter it trains; None otherwise (not asked, one task, a forward, or no gradients at hand,
+    as on Tinker).
     """
 
     nll_sums: tuple[float, ...]
@@ -173,7 +197,14 @@ class TrainingBackend(Protocol):
 
     Methods that return a ``Future`` only submit (they block at most for rendering and the
     send); ``result()`` blocks. The other methods block until done.
+
+    ``max_context_length``: the tokens one sequence may hold (a rendered ``Datum``'s input
+    tokens; a sampling prompt plus its ``max_tokens`` − 1), or None where the backend does not
+    know it. Runs check data files against it before they start.
     """
+
+    @property
+    def max_context_length(self) -> int | None: ...
 
     def render(self, example: Example) -> Datum:
         """Tokenize one example with this backend's tokenizer.
@@ -267,6 +298,14 @@ class AdapterBackend(TrainingBackend, Protocol):
 
     def adapter_tasks(self) -> tuple[str, ...]:
         """The tasks with their own adapter, in fork order (empty: one shared adapter)."""
+        ...
+
+    def measure_gradient_variance(self, on: bool) -> None:
+        """Whether a ``forward_backward`` over two or more tasks reports
+        ``ForwardBackwardResult.gradient_variance`` (off until called: a batch trains in one
+        pass per adapter, as without tasks; on: one pass per task, so that each task's gradient
+        can be read). A backend without the gradients at hand (Tinker) ignores it. The runner
+        turns it on for a run with ``[adapters]``."""
         ...
 
 

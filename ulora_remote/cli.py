@@ -127,6 +127,7 @@ def _parser(*, serving: bool = False) -> argparse.ArgumentParser:
     compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     compare.add_argument("--out", type=Path, help="directory for the runs and the table")
     compare.add_argument("--force", action="store_true", help="overwrite existing runs")
+    _add_sweep_options(compare)
     _add_overrides(compare)
     compare.set_defaults(func=_cmd_compare)
 
@@ -139,6 +140,16 @@ def _parser(*, serving: bool = False) -> argparse.ArgumentParser:
 
     _add_serve(sub, load=serving)
     return parser
+
+
+def _add_sweep_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concurrency", type=int, default=1, metavar="N",
+                   help="runs at once: threads in this process on Tinker, worker processes "
+                        "on the local backend (default 1: one after the other)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each run's requests, tokens and estimated price; start nothing")
+    p.add_argument("--prices", type=Path, metavar="FILE",
+                   help="price table (TOML) for --dry-run; see docs/sweeps.md")
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -209,10 +220,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from ulora_remote.run.builders import parse_seeds
-    from ulora_remote.study.compare import compare_scenario
+    from ulora_remote.study.compare import compare_scenario, compare_specs
 
-    table = compare_scenario(args.scenario, seeds=parse_seeds(args.seeds), out=args.out,
-                             overrides=args.overrides, force=args.force)
+    seeds = parse_seeds(args.seeds)
+    if args.dry_run:
+        from ulora_remote.study.cost import estimate_runs, format_estimate, load_prices
+
+        _, specs = compare_specs(args.scenario, seeds=seeds, out=args.out,
+                                 overrides=args.overrides)
+        print(format_estimate(estimate_runs(specs), load_prices(args.prices)))
+        return 0
+    table = compare_scenario(args.scenario, seeds=seeds, out=args.out,
+                             overrides=args.overrides, force=args.force,
+                             concurrency=args.concurrency)
     print(table.markdown_path.read_text(encoding="utf-8"))
     print(f"written: {table.csv_path} and {table.markdown_path}")
     return 0
@@ -223,7 +243,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ulora_remote.run.summary import write_report
 
     rd = RunDir(args.run_dir)
-    targets = (rd.summary_path, rd.plot_path)
+    targets = (rd.summary_path, rd.plot_path, rd.path / "metrics.jsonl")
     before = [_stamp(p) for p in targets]
     summary = write_report(rd)
     _print_summary(summary, rd.path)

@@ -8,13 +8,13 @@ replayed run renders the same batches without any saved random state. Tasks live
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ulora_remote.backend import Example
 
-__all__ = ["Batch", "BatchSource", "Scores", "Task", "exact_match"]
+__all__ = ["Batch", "BatchSource", "Record", "RecordSource", "Scores", "Task", "exact_match"]
 
 
 @dataclass(frozen=True)
@@ -103,4 +103,29 @@ class BatchSource(Protocol):
         ...
 
     def score(self, step: int, outputs: Sequence[str]) -> Scores:
+        ...
+
+
+@dataclass(frozen=True)
+class Record:
+    """An example read from a user's file, and where: what a run checks before it starts.
+
+    Attributes:
+        example: the example as the task trains or evaluates it.
+        where: how messages name it (``"data/train.jsonl line 12"``).
+        evaluated: an evaluation record (it is also sampled from, after its prompt).
+    """
+
+    example: Example
+    where: str
+    evaluated: bool = False
+
+
+@runtime_checkable
+class RecordSource(Protocol):
+    """A task (or shock source) whose examples come from files: ``records()`` yields each one
+    once, so that a run can render every record with its backend, and refuse one that does not
+    fit the model, before anything is written."""
+
+    def records(self) -> Iterator[Record]:
         ...

@@ -81,6 +81,8 @@ class ClassifierBackend:
         self.tokenizer = base.tokenizer
         self.base_model_name, self.base_fingerprint = base.name, base.fingerprint
         self.rank, self.lora_alpha, self.max_length = rank, float(lora_alpha), max_length
+        # Inputs are truncated to max_length tokens, so no sequence is ever too long.
+        self.max_context_length: int | None = None
         identity = training.AdapterIdentity(
             base.name, base.fingerprint, rank, float(lora_alpha),
             tuple(sorted(self.model.peft_config["default"].target_modules)))
@@ -207,8 +209,11 @@ def _text_pair(example: Example) -> tuple[str, str | None]:
     """The tokenizer's text (pair) of an example: its two ``inputs``, or its prompt alone.
 
     Raises:
-        InputError: ``inputs`` with other than two texts.
+        InputError: ``inputs`` with other than two texts, or a conversation.
     """
+    if example.messages:
+        raise InputError("the sequence classifier takes texts or sentence pairs, not "
+                         "conversations (Example.messages); train chat records on a causal LM")
     if not example.inputs:
         return example.prompt, None
     if len(example.inputs) != 2:

@@ -35,7 +35,7 @@ from .adapters import TaskAdapters, flat_grad, gradient_variance
 from .builtin import BUILTIN_SIZES, build_builtin_model
 from .models import attach_lora, load_base, resolve_dtype
 from .progress import Progress, stderr_progress
-from .render import char_encoder, check_datums, encode_prompts, pad_datums, render_examples
+from .render import char_encoder, check_datums, pad_datums, render_examples, sampling_inputs
 from .sampling import generate
 from .tokenizer import CHAR_VOCAB
 
@@ -65,7 +65,8 @@ class LocalBackend:
     An ``AdapterBackend``: ``fork_adapters`` adds per-task peft adapters on the same base model
     (``adapters.TaskAdapters``); examples are then routed by ``Example.task``. A
     ``forward_backward`` over two or more tasks runs one pass per task and reports the spread
-    of their gradients (``ForwardBackwardResult.gradient_variance``).
+    of their gradients (``ForwardBackwardResult.gradient_variance``) once
+    ``measure_gradient_variance(True)`` was called (a run with ``[adapters]``).
 
     Args:
         base_model: ``"small"``, ``"medium"`` (built in; pre-trained on first use and cached) or
@@ -132,6 +133,7 @@ class LocalBackend:
             self.model, device=self.device, seed=seed, checkpoint_dir=checkpoint_dir,
             identity=identity, kind="local")
         self._adapters = TaskAdapters(self.model, self.training)
+        self._task_gradients = False  # measure_gradient_variance
 
     @property
     def params(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -202,11 +204,12 @@ class LocalBackend:
         return Completed(self._routed(batch, train=False))
 
     def _routed(self, batch: Sequence[Example], *, train: bool) -> ForwardBackwardResult:
-        """One pass per adapter; for a backward over several tasks, one per task, so that each
-        task's gradient can be read (the seed's weight-space variance)."""
+        """One pass per adapter; for a backward over several tasks while the gradient variance
+        is measured, one per task, so that each task's gradient can be read (the seed's
+        weight-space variance)."""
         datums = render_examples(self.tokenizer, batch, self.eos_token_id, self._encode)
         tasks = [e.task for e in batch]
-        by_task = train and len(set(tasks)) > 1
+        by_task = train and self._task_gradients and len(set(tasks)) > 1
         groups = self._adapters.groups(tasks, by_task=by_task)
         if len(groups) == 1 and not by_task:  # one adapter: one pass, as without adapters
             with self._adapters.active(groups[0][0]):
@@ -238,6 +241,11 @@ class LocalBackend:
     def adapter_tasks(self) -> tuple[str, ...]:
         """The tasks with their own adapter, in fork order."""
         return self._adapters.tasks()
+
+    def measure_gradient_variance(self, on: bool) -> None:
+        """Report ``gradient_variance`` for a ``forward_backward`` over two or more tasks (one
+        pass per task; off by default: one pass per adapter, as without tasks)."""
+        self._task_gradients = bool(on)
 
     def optim_step(self, params: AdamParams) -> Completed[OptimStepResult]:
         """One AdamW step with exactly ``params``, then clear the gradients.
@@ -276,18 +284,31 @@ class LocalBackend:
         self, examples: Sequence[Example], max_tokens: int, temperature: float = 0.0
     ) -> list[str]:
         """Complete each example's prompt (greedy at temperature 0), stopping at EOS; the text
-        returned is the completion only, without special tokens. Raises InputError on a bad
-        prompt."""
+        returned is the completion only, without special tokens. A chat example is completed
+        after the turns before its last assistant turn, and its text ends where the turn ends
+        (``ulora_remote.chat``). Each example is completed with its task's adapter. Raises
+        InputError on a bad prompt."""
         if len(examples) == 0:
             return []
-        prompts = encode_prompts(self.tokenizer, [e.prompt for e in examples])
-        texts = [""] * len(prompts)
-        for adapter, idx in self._adapters.groups([e.task for e in examples], by_task=False):
+        inputs = sampling_inputs(self.tokenizer, examples, self._encode)
+        texts: dict[int, str] = {}
+        for adapter, group in self._adapters.groups([e.task for e in examples], by_task=False):
             with self._adapters.active(adapter):
-                outs = self._generate([prompts[i] for i in idx], max_tokens, temperature, ())
-            for i, out in zip(idx, outs, strict=True):
-                texts[i] = self.tokenizer.decode(out, skip_special_tokens=True)
-        return texts
+                for stop in dict.fromkeys(inputs[i][1] for i in group):  # one batch per turn end
+                    rows = [i for i in group if inputs[i][1] == stop]
+                    outs = self._generate([inputs[i][0] for i in rows], max_tokens, temperature,
+                                          self._stop_ids(stop))
+                    for i, o in zip(rows, outs, strict=True):
+                        text = self.tokenizer.decode(o, skip_special_tokens=True)
+                        texts[i] = text.split(stop, 1)[0] if stop else text
+        return [texts[i] for i in range(len(examples))]
+
+    def _stop_ids(self, stop: str | None) -> tuple[int, ...]:
+        """The token that ends a chat turn, when ``stop`` is one token (else the text is cut)."""
+        if not stop:
+            return ()
+        ids = self.tokenizer.encode(stop, add_special_tokens=False)
+        return tuple(ids) if len(ids) == 1 else ()
 
     def sample_tokens(
         self,
@@ -310,6 +331,19 @@ class LocalBackend:
         gen = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         return self._generate([list(prompt_tokens)], max_tokens, temperature, stop_tokens,
                               gen)[0]
+
+    def sample_tokens_batch(
+        self, prompts: Sequence[Sequence[int]], max_tokens: int, stop_tokens: Sequence[int] = ()
+    ) -> list[list[int]]:
+        """Greedy ``sample_tokens`` for many prompts in one batch; each row computes what it
+        would alone (left padding, positions from the attention mask).
+
+        Raises:
+            InputError: an empty prompt or a token outside the vocabulary.
+        """
+        check_datums([Datum(tuple(p), tuple(p), (0.0,) * len(p)) for p in prompts],
+                     self.vocab_size)
+        return self._generate([list(p) for p in prompts], max_tokens, 0.0, stop_tokens)
 
     def _generate(self, prompts: list[list[int]], max_tokens: int, temperature: float,
                   stop_tokens: Sequence[int], gen: Any = None) -> list[list[int]]:

@@ -2,7 +2,9 @@
 
 Rendering follows Tinker's convention: tokens = prompt tokens (with the tokenizer's special
 prefix, e.g. ``<bos>``) + completion tokens + EOS; each input token predicts the next one, and only
-targets that belong to the completion (and the EOS) carry weight.
+targets that belong to the completion (and the EOS) carry weight. A chat example
+(``Example.messages``) is laid out by ``ulora_remote.chat`` (the tokenizer's chat template, else
+the plain template) with weight on every assistant turn.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ulora_remote.backend import Datum, Example
+from ulora_remote.chat import ChatTokens, Segment, chat_layout, encode_layout
 from ulora_remote.errors import InputError
 
 __all__ = [
@@ -20,6 +23,7 @@ __all__ = [
     "encode_prompts",
     "pad_datums",
     "render_examples",
+    "sampling_inputs",
 ]
 
 Encoder = Callable[[list[str], bool], list[list[int]]]
@@ -34,10 +38,12 @@ def _unencodable(tokenizer: Any, text: str, unk_id: int) -> tuple[int, str] | No
     return None
 
 
-def _check_encoded(tokenizer: Any, ids: list[int], text: str, where: str, index: int) -> None:
+def _check_encoded(tokenizer: Any, ids: list[int], text: str, where: str, index: int,
+                   offset: int = 0) -> None:
     """Raise an InputError naming the character and its position when ``ids`` hold the unknown
     token. The message says "example ``index``" (its place in the batch); a caller that knows the
-    record and line can catch the error and prefix them."""
+    record and line can catch the error and prefix them. Positions count from ``offset`` in
+    ``text`` (where a chat message's content starts in its segment)."""
     unk_id = tokenizer.unk_token_id
     if unk_id is None or unk_id not in ids:
         return
@@ -48,7 +54,8 @@ def _check_encoded(tokenizer: Any, ids: list[int], text: str, where: str, index:
                          "characters")
     pos, ch = found
     raise InputError(
-        f"character {ch!r} (U+{ord(ch):04X}) at position {pos} of the {where} of example {index} "
+        f"character {ch!r} (U+{ord(ch):04X}) at position {pos - offset} of the {where} of "
+        f"example {index} "
         f"({_excerpt(text, pos)}) cannot be encoded by this model's tokenizer; remove or replace it"
     )
 
@@ -117,10 +124,14 @@ def render_examples(
         return _encode_batch(tokenizer, texts, special)
 
     encode = encode or default
-    prompts = encode([e.prompt for e in examples], True)
-    completions = encode([e.completion for e in examples], False)
-    datums = []
-    for i, (ex, p, c) in enumerate(zip(examples, prompts, completions, strict=True)):
+    plain = [(i, e) for i, e in enumerate(examples) if not e.messages]
+    prompts = encode([e.prompt for _, e in plain], True) if plain else []
+    completions = encode([e.completion for _, e in plain], False) if plain else []
+    datums: dict[int, Datum] = {}
+    for i, ex in enumerate(examples):
+        if ex.messages:
+            datums[i] = chat_tokens(tokenizer, ex, encode, i)[0].datum()
+    for (i, ex), p, c in zip(plain, prompts, completions, strict=True):
         _check_encoded(tokenizer, p, ex.prompt, "prompt", i)
         _check_encoded(tokenizer, c, ex.completion, "completion", i)
         if not c:
@@ -135,8 +146,60 @@ def render_examples(
             )
         tokens = [*p, *c, eos_id]
         weights = (0.0,) * (len(p) - 1) + (1.0,) * (len(c) + 1)
-        datums.append(Datum(tuple(tokens[:-1]), tuple(tokens[1:]), weights))
-    return datums
+        datums[i] = Datum(tuple(tokens[:-1]), tuple(tokens[1:]), weights)
+    return [datums[i] for i in range(len(examples))]
+
+
+def chat_tokens(tokenizer: Any, example: Example, encode: Encoder,
+                index: int) -> tuple[ChatTokens, str | None]:
+    """Encode a chat example (``ulora_remote.chat``); return it and the text that ends a turn.
+
+    Raises:
+        InputError: a bad conversation, or a character the tokenizer cannot encode (the
+            message names the example's place in the batch and the message).
+    """
+    try:
+        layout = chat_layout(example.messages, tokenizer)
+    except InputError as exc:
+        raise InputError(f"example {index}: {exc}") from None
+
+    def one(segment: Segment, special: bool) -> list[int]:
+        ids = encode([segment.text], special)[0]
+        role = example.messages[segment.message].role if segment.message >= 0 else "template"
+        where = (f"message {segment.message} ({role})" if segment.message >= 0
+                 else "chat template text")
+        _check_encoded(tokenizer, ids, segment.text, where, index, max(0, segment.offset))
+        return ids
+
+    return encode_layout(layout, one), layout.stop_text
+
+
+def sampling_inputs(tokenizer: Any, examples: Sequence[Example],
+                    encode: Encoder | None = None) -> list[tuple[list[int], str | None]]:
+    """Each example's sampling prompt tokens and the text that ends its answer (None: EOS).
+
+    A plain example's prompt is encoded as ``encode_prompts`` does; a chat example's is the
+    conversation before its last assistant turn, with that turn's header.
+
+    Raises:
+        InputError: as ``encode_prompts`` and ``chat_tokens``.
+    """
+    def default(texts: list[str], special: bool) -> list[list[int]]:
+        return _encode_batch(tokenizer, texts, special)
+
+    plain = [e.prompt for e in examples if not e.messages]
+    encoded = iter(encode_prompts(tokenizer, plain) if plain else [])
+    out: list[tuple[list[int], str | None]] = []
+    for i, ex in enumerate(examples):
+        if not ex.messages:
+            out.append((next(encoded), None))
+            continue
+        tokens, stop = chat_tokens(tokenizer, ex, encode or default, i)
+        if tokens.prompt_len == 0:
+            raise InputError(f"example {i}: nothing comes before its last assistant turn, so "
+                             "there is no prompt to sample from; begin with a user message")
+        out.append((list(tokens.tokens[: tokens.prompt_len]), stop))
+    return out
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:

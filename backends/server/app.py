@@ -63,6 +63,26 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"detail": message, "error": message}, status_code=status, headers=headers)
 
 
+# What the hosted service reports while a model creation waits for a free slot (the SDK's
+# QueueStateLogger says "concurrent training clients rate limit hit" for this state).
+PAUSED_REASON = "concurrent training clients rate limit hit"
+
+
+def _try_again(request_id: str, queue_state: str) -> JSONResponse:
+    body = {"type": "try_again", "request_id": request_id, "queue_state": queue_state}
+    if queue_state == "paused_rate_limit":
+        body["queue_state_reason"] = f"{PAUSED_REASON} (ulora serve --max-live-models)"
+    return JSONResponse(body, status_code=408)
+
+
+def _create_refused() -> JSONResponse:
+    """HTTP 429, which the SDK retries with backoff (it honours retry-after-ms) 10 times."""
+    message = "model creation rate limit hit (ulora serve --refuse-creates); retry later"
+    return JSONResponse(
+        {"detail": message, "error": message}, status_code=429, headers={"retry-after-ms": "100"}
+    )
+
+
 def fault_response(kind: str) -> Response:
     """The answer for an injected fault of ``kind`` (see ``FAULT_KINDS``)."""
     if kind == "drop":
@@ -207,6 +227,9 @@ class Api:
                 "cycles": self.service.scheduler.cycles,
                 "long_poll_timeouts": self.service.scheduler.wait_timeouts,
                 "client_disconnects": self.client_disconnects,
+                "cycle_stats": self.service.scheduler.cycle_stats(),
+                "creates_refused": self.service.creates_refused,
+                "peak_live_models": self.service.peak_live_models,
             }
         )
 
@@ -218,6 +241,8 @@ class Api:
 
     async def create_model(self, request: Request, body: bytes) -> Response:
         req = types.CreateModelRequest.model_validate(parse_json_object(body))
+        if self.service.refuse_create():
+            return _create_refused()
         return self._submitted(self.service.create_model(req))
 
     async def get_info(self, request: Request, body: bytes) -> Response:
@@ -263,6 +288,8 @@ class Api:
 
     async def load_weights(self, request: Request, body: bytes) -> Response:
         req = types.LoadWeightsRequest.model_validate(parse_json_object(body))
+        if req.session_id is not None and self.service.refuse_create():  # a model creation
+            return _create_refused()
         return self._submitted(self.service.load_weights(req), req.model_id)
 
     async def create_sampling_session(self, request: Request, body: bytes) -> Response:
@@ -294,7 +321,7 @@ class Api:
         if kind is not None:
             return fault_response(kind)
         if not await scheduler.wait(record, self.config.long_poll_s):
-            return JSONResponse({"type": "try_again", "queue_state": "active"}, status_code=408)
+            return _try_again(record.request_id, record.queue_state)
         if record.error is not None:
             if model_id is not None and scheduler.is_lost(model_id):
                 return _error(410, record.error[0])

@@ -4,6 +4,7 @@ Example::
 
     ulora serve --port 8000 --base-model small --checkpoint-dir ./ckpt
     ulora serve --cycle-s 0.5 --fault-rate 0.1 --fault-seed 7     # a storm for tests
+    ulora serve --max-live-models 4 --refuse-creates 12          # the service's LoRA limits
 
 The API key defaults to ``$ULORA_SERVE_API_KEY`` so that it need not appear in the process list.
 An empty key (``--api-key ""``, or the variable set to nothing) is refused rather than read as
@@ -67,6 +68,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="its body must arrive within this many seconds more, else 408 (default 30)",
     )
     parser.add_argument(
+        "--max-live-models",
+        type=int,
+        default=None,
+        help="at most K training models live at once; a further creation queues "
+        "(try_again, paused_rate_limit) until a session ends",
+    )
+    parser.add_argument(
+        "--refuse-creates",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer the first N model creations with HTTP 429 (rate limit)",
+    )
+    parser.add_argument(
         "--pyqwest", action="store_true", help="let clients use the SDK's pyqwest transport"
     )
 
@@ -111,6 +126,8 @@ def serve_main(args: argparse.Namespace) -> int:
             body_timeout_s=args.body_timeout_s,
             threads=args.threads,
             use_pyqwest=args.pyqwest,
+            max_live_models=args.max_live_models,
+            refuse_creates=args.refuse_creates,
         )
         serve_forever(config)
     except KeyboardInterrupt:

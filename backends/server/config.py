@@ -162,6 +162,13 @@ class ServerConfig:
         use_pyqwest: tell clients to use the SDK's pyqwest transport (off: plain httpx, which
             respx and proxies can see).
         engine_factory: builds an engine; None uses the local backend (the default).
+        max_live_models: at most this many training models are live at once (None: no cap);
+            a further model creation waits, and its future answers ``try_again`` with
+            ``queue_state = "paused_rate_limit"``, as the hosted service does at its cap of
+            concurrent LoRAs, until a session with a live model finishes.
+        refuse_creates: the first N model creations (``create_model``, or a client created
+            from a checkpoint) are refused with HTTP 429, the hosted service's rate-limit answer,
+            before anything is enqueued.
     """
 
     host: str = "127.0.0.1"
@@ -180,6 +187,8 @@ class ServerConfig:
     threads: int | None = 1
     use_pyqwest: bool = False
     engine_factory: Callable[[EngineSpec], Engine] | None = None
+    max_live_models: int | None = None
+    refuse_creates: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -198,6 +207,12 @@ class ServerConfig:
             raise ConfigurationError(f"threads={self.threads} must be in [1, 1024] (or None)")
         if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ConfigurationError(f"lora_alpha={self.lora_alpha!r} must be finite and > 0")
+        if self.max_live_models is not None and self.max_live_models < 1:
+            raise ConfigurationError(
+                f"max_live_models={self.max_live_models} must be ≥ 1 (omit it for no cap)"
+            )
+        if self.refuse_creates < 0:
+            raise ConfigurationError(f"refuse_creates={self.refuse_creates} must be ≥ 0")
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigurationError("api_key is empty; omit it to serve without a key")
         if self.api_key is None and not is_loopback(self.host):

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ulora_remote.backend import AdamParams, Datum, Future, OptimStepResult
 from ulora_remote.errors import MissingExtraError
 
 __all__ = [
+    "BatchSampling",
     "DatumsResultLike",
     "Engine",
     "EngineSpec",
@@ -80,6 +81,18 @@ class Engine(Protocol):
         stop_tokens: Sequence[int] = (),
         seed: int | None = None,
     ) -> list[int]: ...
+
+
+@runtime_checkable
+class BatchSampling(Protocol):
+    """An engine that samples many prompts greedily in one batch (the local backend does); the
+    server then runs a clock cycle's greedy sample requests of one sampler as one batch."""
+
+    def sample_tokens_batch(
+        self, prompts: Sequence[Sequence[int]], max_tokens: int, stop_tokens: Sequence[int] = ()
+    ) -> list[list[int]]:
+        """``sample_tokens`` at temperature 0 for each prompt, in order."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ from tinker import types
 from ulora_remote.backend import Datum
 from ulora_remote.errors import InputError
 
-from .engine import Engine
+from .engine import BatchSampling, Engine
 from .wire import encode_sample_response
 
-__all__ = ["check_supported", "max_tokens_of", "run_sample", "stop_sequences"]
+__all__ = ["batch_key", "check_supported", "max_tokens_of", "run_sample", "run_sample_batch",
+           "stop_sequences"]
 
 DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 4096
@@ -115,3 +116,34 @@ def run_sample(engine: Engine, req: types.SampleRequest) -> bytes:
         sequences.append(_cut(list(tokens), stops))
     logprobs = _prompt_logprobs(engine, prompt) if req.prompt_logprobs else None
     return encode_sample_response(sequences, logprobs)
+
+
+def batch_key(req: types.SampleRequest) -> tuple[object, ...] | None:
+    """What a request shares with the others that may run in one batch with it, or None when
+    it must run alone: only greedy single samples without prompt logprobs are batched (greedy
+    rows of a batch compute what they would alone; a sampled row would draw other numbers)."""
+    params = req.sampling_params
+    if params.temperature != 0 or req.num_samples != 1 or req.prompt_logprobs:
+        return None
+    stop = params.stop
+    stop_key = stop if stop is None or isinstance(stop, str) else tuple(stop)
+    return (params.max_tokens, stop_key)
+
+
+def run_sample_batch(engine: Engine, reqs: Sequence[types.SampleRequest]) -> list[bytes]:
+    """``run_sample`` for requests with one ``batch_key``, in one batch when the engine can
+    (``BatchSampling``); one ``SampleResponse`` per request, in order."""
+    for req in reqs:
+        check_supported(req)
+    prompts = [req.prompt.to_ints() for req in reqs]
+    if not all(prompts):
+        raise InputError("the prompt is empty")
+    params = reqs[0].sampling_params
+    max_tokens = params.max_tokens if params.max_tokens is not None else DEFAULT_MAX_TOKENS
+    stops = stop_sequences(engine, params.stop)
+    single = tuple(s[0] for s in stops if len(s) == 1)
+    if isinstance(engine, BatchSampling):
+        outputs = engine.sample_tokens_batch(prompts, max_tokens, stop_tokens=single)
+    else:
+        outputs = [engine.sample_tokens(p, max_tokens, stop_tokens=single) for p in prompts]
+    return [encode_sample_response([_cut(list(o), stops)], None) for o in outputs]

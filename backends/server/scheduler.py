@@ -3,8 +3,12 @@
 Every submit becomes a job with a request id. Jobs of a training model run strictly in
 ``seq_id`` order (a chunked batch may arrive first chunk last; a gap waits); other jobs
 (model creation, sampling) run in arrival order. With a clock cycle, work waits for the next
-cycle boundary and one cycle runs all the work that is ready then; work that arrives during a
-cycle waits for the next one, which is what makes pipelining pay off on the hosted service.
+cycle boundary and one cycle runs all the work that is ready then, of every client and model
+alike; work that arrives during a cycle waits for the next one, which is what makes pipelining
+pay off on the hosted service. A job may carry a gate (model creation under a cap of live
+models): it stays queued, its future reporting ``paused_rate_limit``, until its gate opens at a
+boundary; ``wake()`` asks for a new look after something that may open a gate. Jobs with the
+same batch key that one cycle collects (the greedy samples of one sampler) run as one batch.
 
 All jobs run on one worker thread, so engines are never called concurrently; the scheduler's
 own state lives on the event loop and is touched only there.
@@ -17,14 +21,14 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ulora_remote.errors import BackendError, InputError
 
-__all__ = ["FutureRecord", "JobError", "ModelGone", "Outcome", "Scheduler"]
+__all__ = ["Batch", "FutureRecord", "JobError", "ModelGone", "Outcome", "Scheduler"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +71,26 @@ class FutureRecord:
     outcome: Outcome | None = None
     error: tuple[str, str] | None = None  # (message, category)
     cycle: int | None = None  # the clock cycle that ran it
+    queue_state: str = "active"  # what a try_again answer reports while it waits
+
+
+@dataclass(frozen=True)
+class Batch:
+    """How a job joins others of its cycle: jobs with equal ``key`` run as one call of
+    ``run_many`` (any of theirs: equal keys mean the same work) on their ``item``s, which returns
+    one outcome per item, in order. If that call fails, each job runs alone."""
+
+    key: Hashable
+    item: Any
+    run_many: Callable[[list[Any]], list[Outcome]]
 
 
 @dataclass
 class _Job:
     record: FutureRecord
     run: Callable[[], Outcome]
+    gate: Callable[[], bool] | None = None  # None: ready; else runs once it returns True
+    batch: Batch | None = None
 
 
 @dataclass
@@ -99,6 +117,10 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self.cycles = 0  # cycles that ran work; benchmarks read it to count round trips
         self.wait_timeouts = 0  # long polls that ended unfinished (answered 408)
+        # Compute per cycle (seconds of work a cycle ran): does the server's work fit its clock?
+        self.busy_s_total = 0.0
+        self.busy_s_max = 0.0
+        self.cycles_overrun = 0  # cycles whose work took longer than cycle_s
 
     def start(self) -> None:
         """Start the dispatch loop (call on the server's event loop)."""
@@ -123,12 +145,24 @@ class Scheduler:
         self._futures[record.request_id] = record
         return record
 
-    def submit(self, run: Callable[[], Outcome]) -> str:
-        """Queue a job that is not ordered by a model's ``seq_id``; return its request id."""
+    def submit(self, run: Callable[[], Outcome], *, gate: Callable[[], bool] | None = None,
+               batch: Batch | None = None) -> str:
+        """Queue a job that is not ordered by a model's ``seq_id``; return its request id.
+
+        Args:
+            run: the job (called on the worker thread).
+            gate: called on the event loop at each cycle boundary until it returns True; until
+                then the job waits and its future reports ``paused_rate_limit``.
+            batch: run it with the jobs of its cycle that share ``batch.key``.
+        """
         record = self._new_record(None)
-        self._unordered.append(_Job(record, run))
+        self._unordered.append(_Job(record, run, gate, batch))
         self._wake.set()
         return record.request_id
+
+    def wake(self) -> None:
+        """Look at the queued work again at the next boundary (a gate may have opened)."""
+        self._wake.set()
 
     def submit_ordered(self, model_id: str, seq_id: int | None, run: Callable[[], Outcome]) -> str:
         """Queue a model's job at ``seq_id``; a repeated ``seq_id`` returns the first request id
@@ -205,7 +239,16 @@ class Scheduler:
                 del self._futures[rid]
 
     def _collect(self) -> list[_Job]:
-        jobs, self._unordered = self._unordered, []
+        jobs: list[_Job] = []
+        held: list[_Job] = []
+        for job in self._unordered:  # in arrival order, so a gate admits the oldest first
+            if job.gate is None or job.gate():
+                job.record.queue_state = "active"
+                jobs.append(job)
+            else:
+                job.record.queue_state = "paused_rate_limit"
+                held.append(job)
+        self._unordered = held
         for queue in self._queues.values():
             while not queue.lost and queue.next_seq in queue.pending:
                 jobs.append(queue.pending.pop(queue.next_seq))
@@ -222,14 +265,51 @@ class Scheduler:
                 boundary = (math.floor(elapsed / self.cycle_s) + 1) * self.cycle_s
                 await asyncio.sleep(boundary - elapsed)
             jobs = self._collect()
-            if jobs:
-                self.cycles += 1
-            for job in jobs:
-                job.record.cycle = self.cycles
+            if not jobs:
+                continue
+            self.cycles += 1
+            start = time.monotonic()
+            for group in _batches(jobs):
+                for job in group:
+                    job.record.cycle = self.cycles
+                if len(group) > 1:
+                    await self._execute_batch(loop, group)
+                    continue
+                job = group[0]
                 if job.record.model_id is not None and self.is_lost(job.record.model_id):
                     self._finish(job.record, None, ("model state lost (410)", "server"))
                     continue
                 await self._execute(loop, job)
+            self._account(time.monotonic() - start)
+
+    def _account(self, busy_s: float) -> None:
+        self.busy_s_total += busy_s
+        self.busy_s_max = max(self.busy_s_max, busy_s)
+        self.cycles_overrun += self.cycle_s > 0 and busy_s > self.cycle_s
+
+    def cycle_stats(self) -> dict[str, float]:
+        """Cycles that ran work, their compute (total, mean, max, in seconds) and how many took
+        longer than the clock cycle."""
+        return {"cycles": self.cycles, "cycle_s": self.cycle_s,
+                "busy_s_total": round(self.busy_s_total, 4),
+                "busy_s_mean": round(self.busy_s_total / max(1, self.cycles), 4),
+                "busy_s_max": round(self.busy_s_max, 4), "overrun": self.cycles_overrun}
+
+    async def _execute_batch(self, loop: asyncio.AbstractEventLoop, group: list[_Job]) -> None:
+        batch = group[0].batch
+        assert batch is not None
+        items = [job.batch.item for job in group if job.batch is not None]
+        try:
+            outcomes = await loop.run_in_executor(self._executor, batch.run_many, items)
+            if len(outcomes) != len(group):
+                raise BackendError(f"a batch of {len(group)} returned {len(outcomes)} outcomes")
+        except Exception:  # noqa: BLE001 - one bad request must not fail its batch-mates
+            logger.info("a batch of %d failed; running its jobs one by one", len(group))
+            for job in group:
+                await self._execute(loop, job)
+            return
+        for job, outcome in zip(group, outcomes, strict=True):
+            self._finish(job.record, outcome, None)
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
         try:
@@ -241,3 +321,18 @@ class Scheduler:
             self._finish(job.record, None, (f"{type(exc).__name__}: {exc}", "server"))
         else:
             self._finish(job.record, outcome, None)
+
+
+def _batches(jobs: list[_Job]) -> list[list[_Job]]:
+    """The cycle's jobs in order, those sharing a batch key gathered at the first one's place."""
+    groups: list[list[_Job]] = []
+    by_key: dict[Hashable, list[_Job]] = {}
+    for job in jobs:
+        if job.batch is None:
+            groups.append([job])
+        elif job.batch.key in by_key:
+            by_key[job.batch.key].append(job)
+        else:
+            by_key[job.batch.key] = [job]
+            groups.append(by_key[job.batch.key])
+    return groups

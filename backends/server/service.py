@@ -29,8 +29,8 @@ from .engine import (
 from .limits import adam_params
 from .runs import checkpoint_json, training_run_json, weights_info_json
 from .samplers import SamplerPool
-from .sampling import check_supported, max_tokens_of, run_sample
-from .scheduler import JobError, ModelGone, Outcome, Scheduler
+from .sampling import batch_key, check_supported, max_tokens_of, run_sample, run_sample_batch
+from .scheduler import Batch, JobError, ModelGone, Outcome, Scheduler
 from .served import ServedModel
 from .wire import FwdBwdCall, encode_forward_backward_output
 
@@ -70,6 +70,10 @@ class Service:
         self._models: dict[str, _Model] = {}
         self.samplers = SamplerPool(self.index, self._build)
         self._served: ServedModel | None = None
+        # Model creation limits (ServerConfig.max_live_models / refuse_creates).
+        self._live: set[str] = set()  # admitted models whose session is not finished
+        self.peak_live_models = 0
+        self.creates_refused = 0
 
     # ---- model construction (worker thread) -------------------------------------------
 
@@ -125,6 +129,33 @@ class Service:
             model = self._models.get(model_id)
             if model is not None:
                 model.engine = None
+            self._live.discard(model_id)
+        self.scheduler.wake()  # a creation waiting for a free slot may start now
+
+    # ---- model creation limits ---------------------------------------------------------
+
+    def refuse_create(self) -> bool:
+        """True while the first ``refuse_creates`` model creations are still to be refused."""
+        if self.creates_refused >= self.config.refuse_creates:
+            return False
+        self.creates_refused += 1
+        return True
+
+    def _admit(self, model: _Model) -> bool:
+        """The gate of a model creation: admit it while fewer than ``max_live_models`` are live
+        (event loop). A model whose session already finished passes, to fail at once."""
+        if self._sessions[model.session_id].finished:
+            return True
+        limit = self.config.max_live_models
+        if limit is not None and len(self._live) >= limit:
+            return False
+        self._live.add(model.model_id)
+        self.peak_live_models = max(self.peak_live_models, len(self._live))
+        return True
+
+    def _check_open(self, model: _Model) -> None:
+        if self._sessions[model.session_id].finished:
+            raise JobError(f"session {model.session_id} finished before {model.model_id} started")
 
     # ---- training models ---------------------------------------------------------------
 
@@ -157,11 +188,12 @@ class Service:
         self._record_run(model, req.base_model, req.user_metadata)
 
         def run() -> Outcome:
+            self._check_open(model)
             model.engine = self._build(model.model_id, model.rank, model.seed)
             self.counters.add_model(model.model_id)
             return Outcome({"model_id": model.model_id, "type": "create_model"})
 
-        return self.scheduler.submit(run)
+        return self.scheduler.submit(run, gate=lambda: self._admit(model))
 
     def _record_run(
         self, model: _Model, base_model: str, user_metadata: dict[str, Any] | None
@@ -344,6 +376,7 @@ class Service:
             self._record_run(model, req.base_model or self.base_model_name, req.user_metadata)
 
             def create() -> Outcome:
+                self._check_open(model)
                 model.engine = self._build(model.model_id, model.rank, model.seed)
                 model.engine.load_state(record.local_dir, optimizer=req.optimizer)
                 inherited = (record.forward_backward, record.optim_step)
@@ -352,7 +385,7 @@ class Service:
                     {"path": req.path, "model_id": model.model_id, "type": "load_weights"}
                 )
 
-            return self.scheduler.submit(create)
+            return self.scheduler.submit(create, gate=lambda: self._admit(model))
         if req.model_id is None:
             raise InputError("load_weights needs model_id or session_id")
         model = self.model(req.model_id)
@@ -406,5 +439,11 @@ class Service:
         def run() -> Outcome:
             return Outcome(run_sample(self.samplers.engine_for(path), req))
 
-        request_id = self.scheduler.submit(run)
+        def run_many(reqs: list[types.SampleRequest]) -> list[Outcome]:
+            engine = self.samplers.engine_for(path)  # one weight load for the whole batch
+            return [Outcome(body) for body in run_sample_batch(engine, reqs)]
+
+        key = batch_key(req)
+        batch = None if key is None else Batch(("sample", path, key), req, run_many)
+        request_id = self.scheduler.submit(run, batch=batch)
         return request_id, [f"{request_id}:{i}" for i in range(req.num_samples)]

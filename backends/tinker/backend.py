@@ -53,9 +53,9 @@ from .futures import SdkFuture, call_with_deadline, map_sdk_error, scrub
 from .render import (
     clean_completion,
     load_tokenizer,
-    prompt_tokens,
     render_example,
     result_from_output,
+    sampling_prompt,
     to_tinker_datum,
 )
 from .session import (
@@ -66,6 +66,7 @@ from .session import (
     resolve_base_url,
     rest_client,
 )
+from .start import StartPolicy, start_client
 
 __all__ = ["TinkerBackend"]
 
@@ -102,6 +103,10 @@ class TinkerBackend:
             the session, so that an unreachable service fails fast; the SDK alone would retry
             for about 5 minutes. A refused local port (an IP address or ``localhost``) fails
             at once, before any session (``session.probe_service``).
+        start_timeout_s: the longest the start of a training client (fresh, or from a
+            checkpoint) may take; None (the default) waits as long as the service queues it at
+            its limit of live LoRAs or refuses it with 429, retrying refusals with backoff
+            (``start.py``). ``close()`` from another thread ends a waiting start.
 
     The key and the base model are checked here, before any step. The LoRA training client is
     created on first use (the first request, ``model_id`` or the tokenizer), or restored by a
@@ -129,11 +134,17 @@ class TinkerBackend:
         run_name: str | None = None,
         save_check_s: float = 30.0,
         connect_timeout_s: float = 60.0,
+        start_timeout_s: float | None = None,
     ) -> None:
         self._tinker = import_tinker()
         self._key = resolve_api_key(api_key)
         if timeout_s <= 0:
             raise ConfigurationError(f"timeout_s={timeout_s!r} must be > 0 (seconds)")
+        if start_timeout_s is not None and start_timeout_s <= 0:
+            raise ConfigurationError(
+                f"start_timeout_s={start_timeout_s!r} must be > 0 (seconds) or None (no limit)"
+            )
+        self._start_policy = StartPolicy(deadline_s=start_timeout_s)
         self.base_model = base_model
         self.rank = rank
         self.timeout_s = float(timeout_s)
@@ -148,8 +159,10 @@ class TinkerBackend:
         probe_service(resolve_base_url(base_url), self.connect_timeout_s)
         self._service = self._tinker.ServiceClient(base_url=base_url, api_key=self._key)
         _open_backends.add(self)
+        #: Tokens per sequence the service allows for ``base_model`` (None: it does not say).
+        self.max_context_length: int | None = None
         try:
-            check_base_model(
+            self.max_context_length = check_base_model(
                 self._service,
                 base_model,
                 api_key=self._key,
@@ -171,7 +184,20 @@ class TinkerBackend:
 
     def _ensure_client(self) -> Any:
         if self._client is None:
-            self._client = self._wait(self._new_client, "create_lora_training_client")
+            name = "create_lora_training_client"
+            try:
+                self._client = start_client(
+                    self._new_client,
+                    name,
+                    policy=self._start_policy,
+                    is_closed=lambda: self._closed,
+                    submit_timeout_s=self.timeout_s,
+                    secret=self._key,
+                )
+            except UloraError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the SDK's failure, translated
+                raise self._translate(exc, name, training=False) from None
         return self._client
 
     @property
@@ -305,6 +331,9 @@ class TinkerBackend:
         """The tasks with their own training client, in fork order."""
         return tuple(self._tasks)
 
+    def measure_gradient_variance(self, on: bool) -> None:
+        """Ignored: the gradients stay on the service, so ``gradient_variance`` is None."""
+
     def _wrap(self, sdk_future: Any, name: str, convert: Any, *, training: bool) -> SdkFuture[Any]:
         generation = self._generation
         return SdkFuture(
@@ -403,6 +432,8 @@ class TinkerBackend:
             attempts=self.rebuild_attempts,
             timeout_s=self.timeout_s,
             api_key=self._key,
+            policy=self._start_policy,
+            is_closed=lambda: self._closed,
         )
 
     # -- evaluation ------------------------------------------------------------------------
@@ -419,6 +450,7 @@ class TinkerBackend:
         """
         if not examples:
             return []
+        prompts = [sampling_prompt(self._tokenizer, e) for e in examples]
         self._live_client()
         types = self._tinker.types
         params = types.SamplingParams(max_tokens=max_tokens, temperature=temperature)
@@ -427,8 +459,7 @@ class TinkerBackend:
             sampler = self._wait(self._client_of(key).save_weights_and_get_sampling_client,
                                  "save_weights_for_sampler")
             for i in idx:
-                tokens = prompt_tokens(self._tokenizer, examples[i].prompt)
-                model_input = types.ModelInput.from_ints(tokens)
+                model_input = types.ModelInput.from_ints(prompts[i][0])
                 try:
                     pending.append((i, sampler.sample(prompt=model_input, num_samples=1,
                                                       sampling_params=params)))
@@ -439,7 +470,7 @@ class TinkerBackend:
             response = self._wrap(sdk_future, "sample", lambda r: r, training=False).result()
             text = self._tokenizer.decode(list(response.sequences[0].tokens),
                                           skip_special_tokens=False)
-            texts[i] = clean_completion(text, self._eos_text)
+            texts[i] = clean_completion(text, self._eos_text, prompts[i][1])
         return texts
 
     # -- lifetime --------------------------------------------------------------------------

@@ -11,8 +11,9 @@ whether the checkpoint exists (``RestClient.list_checkpoints(model_id)``: ``chec
 
 Restoring. Loading is allowed only as a model's first request, so a rollback is a NEW training
 client: ``ServiceClient.create_training_client_from_state_with_optimizer(path)`` (weights and Adam
-moments). This is the only place with a retry layer of our own (tenacity, bounded attempts):
-building a client changes no training state, so trying again is safe.
+moments). Building a client changes no training state, so trying again is safe: a start the
+service queues or refuses at its limit of live LoRAs is waited for and retried with backoff
+(``start.py``), and other transient failures get bounded attempts here (tenacity).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ulora_remote.errors import (
 )
 
 from .futures import SdkFuture, map_sdk_error
+from .start import StartPolicy, start_client
 
 __all__ = ["find_checkpoint", "load_training_client", "save_checkpoint"]
 
@@ -135,14 +137,27 @@ def save_checkpoint(
 
 
 def load_training_client(
-    service: Any, path: str, *, attempts: int, timeout_s: float, api_key: str
+    service: Any,
+    path: str,
+    *,
+    attempts: int,
+    timeout_s: float,
+    api_key: str,
+    policy: StartPolicy | None = None,
+    is_closed: Any = lambda: False,
 ) -> Any:
     """A new training client from checkpoint ``path``, with its optimizer state.
+
+    Args:
+        policy: how a start the service queues or refuses is waited for (``start.py``).
+        is_closed: returns True once the backend is closed, which ends a waiting start.
 
     Raises:
         CheckpointError: the service cannot load ``path`` (not retried).
         RemoteError: all ``attempts`` failed on transient errors.
+        BackendError: the backend was closed while the start waited.
     """
+    start_policy = policy or StartPolicy()
 
     @retry(
         stop=stop_after_attempt(max(1, attempts)),
@@ -153,21 +168,21 @@ def load_training_client(
     def build() -> Any:
         request = f"create_training_client_from_state_with_optimizer({path!r})"
         try:
-            sdk_future = service.create_training_client_from_state_with_optimizer(path)
-        except Exception as exc:  # noqa: BLE001
-            raise _load_error(exc, request, api_key) from None
-        try:
-            return SdkFuture(
-                sdk_future,
+            return start_client(
+                lambda: service.create_training_client_from_state_with_optimizer(path),
                 request,
-                lambda c: c,
-                deadline_s=timeout_s,
-                training=False,
+                policy=start_policy,
+                is_closed=is_closed,
+                submit_timeout_s=timeout_s,
                 secret=api_key,
-            ).result()
+            )
         except (CheckpointError, ConfigurationError):
             raise
         except UloraError as exc:
+            if is_closed():
+                raise
+            raise _load_error(exc, request, api_key) from None
+        except Exception as exc:  # noqa: BLE001 - the SDK's failure, translated
             raise _load_error(exc, request, api_key) from None
 
     try:

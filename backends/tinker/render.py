@@ -8,7 +8,9 @@ Rendering (the same convention as Tinker's cookbook for supervised examples): th
 encoded with the tokenizer's special tokens (a BOS where the tokenizer adds one), the completion
 without them and followed by EOS, so that the model learns where an answer ends. Inputs are
 tokens ``[0, n-1)``, targets tokens ``[1, n)``; weights are 1.0 exactly on targets that belong
-to the completion (EOS included), 0.0 on the prompt.
+to the completion (EOS included), 0.0 on the prompt. A chat example (``Example.messages``) is laid
+out by ``ulora_remote.chat`` (the tokenizer's chat template, else the plain template), with
+weight on every assistant turn.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from ulora_remote.backend import Datum, Example, ForwardBackwardResult
+from ulora_remote.chat import ChatTokens, Segment, chat_layout, encode_layout
 from ulora_remote.errors import ConfigurationError, InputError, MissingExtraError
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "prompt_tokens",
     "render_example",
     "result_from_output",
+    "sampling_prompt",
     "to_tinker_datum",
 ]
 
@@ -68,13 +72,46 @@ def prompt_tokens(tokenizer: Any, prompt: str) -> list[int]:
     return list(tokenizer.encode(prompt, add_special_tokens=True))
 
 
+def chat_tokens(tokenizer: Any, example: Example) -> tuple[ChatTokens, str | None]:
+    """Encode a chat example; return it and the text that ends a turn (None: EOS alone).
+
+    Raises:
+        InputError: a conversation ``ulora_remote.chat`` refuses.
+    """
+    layout = chat_layout(example.messages, tokenizer)
+
+    def one(segment: Segment, special: bool) -> list[int]:
+        return list(tokenizer.encode(segment.text, add_special_tokens=special))
+
+    return encode_layout(layout, one), layout.stop_text
+
+
+def sampling_prompt(tokenizer: Any, example: Example) -> tuple[list[int], str | None]:
+    """The tokens sampling continues and the text that ends the answer (None: EOS or newline):
+    the prompt for a plain example, the turns before the last assistant turn for a chat one.
+
+    Raises:
+        InputError: as ``chat_tokens``, or a chat example with nothing before its answer.
+    """
+    if not example.messages:
+        return prompt_tokens(tokenizer, example.prompt), None
+    tokens, stop = chat_tokens(tokenizer, example)
+    if tokens.prompt_len == 0:
+        raise InputError("nothing comes before the last assistant turn, so there is no prompt "
+                         "to sample from; begin the conversation with a user message")
+    return list(tokens.tokens[: tokens.prompt_len]), stop
+
+
 def render_example(tokenizer: Any, example: Example) -> Datum:
-    """Render one example; the loss falls on the completion tokens and EOS only.
+    """Render one example; the loss falls on the completion tokens and EOS only (on every
+    assistant turn of a chat example).
 
     Raises:
         InputError: the completion renders to no tokens, or the prompt renders to none and the
             tokenizer has no BOS (the first completion token would have nothing to condition on).
     """
+    if example.messages:
+        return chat_tokens(tokenizer, example)[0].datum()
     prompt_ids = prompt_tokens(tokenizer, example.prompt)
     completion_ids = list(tokenizer.encode(example.completion, add_special_tokens=False))
     if not completion_ids:
@@ -137,8 +174,10 @@ def result_from_output(output: Any, data: Sequence[Datum]) -> ForwardBackwardRes
     )
 
 
-def clean_completion(text: str, eos_text: str | None = None) -> str:
-    """Cut a generation at the first EOS text or newline and strip surrounding spaces."""
-    if eos_text:
-        text = text.split(eos_text, 1)[0]
+def clean_completion(text: str, eos_text: str | None = None, stop_text: str | None = None) -> str:
+    """Cut a generation at the first EOS text, ``stop_text`` (a chat turn's end) or newline and
+    strip surrounding spaces."""
+    for end in (eos_text, stop_text):
+        if end:
+            text = text.split(end, 1)[0]
     return text.split("\n", 1)[0].strip()

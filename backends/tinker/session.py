@@ -143,8 +143,10 @@ def rest_client(service: Any) -> Any:
         return service.create_rest_client()
 
 
-def check_base_model(service: Any, base_model: str, *, api_key: str, timeout_s: float) -> None:
-    """Fail unless the service offers ``base_model`` for training.
+def check_base_model(service: Any, base_model: str, *, api_key: str,
+                     timeout_s: float) -> int | None:
+    """Fail unless the service offers ``base_model`` for training; return its
+    ``max_context_length`` (None when the service does not say).
 
     Uses ``get_server_capabilities`` (no session is opened). A service that does not implement
     the endpoint (HTTP 404) is not checked: model creation then reports the problem.
@@ -166,7 +168,7 @@ def check_base_model(service: Any, base_model: str, *, api_key: str, timeout_s: 
     except Exception as exc:  # noqa: BLE001 - translated below
         if getattr(exc, "status_code", None) == 404:
             logger.warning("the service does not list its models; %r is not checked", base_model)
-            return
+            return None
         error = map_sdk_error(exc, "get_server_capabilities", training=False, secret=api_key)
         raise error from (exc if scrub(str(exc), api_key) == str(exc) else None)
     offered = sorted(
@@ -179,3 +181,6 @@ def check_base_model(service: Any, base_model: str, *, api_key: str, timeout_s: 
             f"base model {base_model!r} is not offered for training by this Tinker service; "
             f"offered: {', '.join(offered) or '(none)'}"
         )
+    limits = [m.max_context_length for m in capabilities.supported_models
+              if m.model_name == base_model and isinstance(m.max_context_length, int)]
+    return limits[0] if limits else None

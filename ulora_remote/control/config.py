@@ -52,9 +52,10 @@ class ControllerConfig:
             )
         for name in ("lr_single", "lr_multi", "lr_mirror"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 1):
                 raise ConfigurationError(
-                    f"{name}={value!r}: a learning rate must be finite and ≥ 0"
+                    f"{name}={value!r}: a learning rate must be finite and in [0, 1] (a LoRA "
+                    "adapter learns nothing useful above 1)"
                 )
         for name in ("cooldown", "lock_patience"):
             value = getattr(self, name)

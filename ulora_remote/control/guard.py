@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -86,8 +87,10 @@ class Guard(Protocol):
     after a resume.
     """
 
-    def judge(self, step: int, screened: ForwardBackwardResult) -> Verdict:
-        """Judge the batch of training step ``step``."""
+    def judge(self, step: int, screened: ForwardBackwardResult,
+              tasks: Sequence[str] | None = None) -> Verdict:
+        """Judge the batch of training step ``step``; ``tasks`` names each example's task
+        (``Example.task``) in a multi-task stream, None for a single task."""
         ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -134,7 +137,9 @@ class ZScoreGuard:
         sd = math.sqrt(sum((x - mean) ** 2 for x in self._accepted) / (n - 1))
         return mean + self.z * sd
 
-    def judge(self, step: int, screened: ForwardBackwardResult) -> Verdict:
+    def judge(self, step: int, screened: ForwardBackwardResult,
+              tasks: Sequence[str] | None = None) -> Verdict:
+        """The batch as a whole (``tasks`` are not used: one reference for every example)."""
         n = len(screened.nll_sums)
         loss = screened.mean_loss
         if not math.isfinite(loss) or loss > self.threshold():

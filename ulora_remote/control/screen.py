@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -90,102 +91,148 @@ class ScreenConfig:
 
 
 @dataclass
-class _State:
-    accepted: deque[float] = field(default_factory=deque)
-    phase: Phase = "normal"
+class _TaskState:
+    """One task's reference: its recently accepted example losses, and how many steps in a row
+    most of its examples were rejected."""
+
+    accepted: deque[float]
     streak: int = 0
+
+
+@dataclass
+class _State:
+    tasks: dict[str, _TaskState] = field(default_factory=dict)
+    phase: Phase = "normal"
+    task: str = ""  # the task on probation
     since: int = -1  # the step the probation started, or the step the backoff ends
-    threshold: float = math.inf  # τ frozen at the start of a probation
+    threshold: float = math.inf  # its τ, frozen at the start of the probation
     recent: deque[tuple[int, int]] = field(default_factory=deque)  # (examples, passed) per step
     failures: int = 0
     rejected: int = 0
 
 
 class ScreenGuard:
-    """Per-example screening with a probation for sustained rejection (module docstring)."""
+    """Per-example screening with a probation for sustained rejection (module docstring).
+
+    Each task of a multi-task stream (``Example.task``) has its own reference, trigger and
+    probation, so a task that is still learning is never judged against another task's losses;
+    a single-task stream is the task ``""``.
+    """
 
     def __init__(self, config: ScreenConfig | None = None) -> None:
         self.config = config or ScreenConfig()
-        self._s = _State(accepted=deque(maxlen=self.config.window))
+        self._s = _State()
 
     @property
     def phase(self) -> Phase:
         return self._s.phase
 
-    def threshold(self) -> float:
-        """τ for the next batch: inf while fewer than ``min_history`` examples were accepted."""
-        cfg, window = self.config, self._s.accepted
+    def threshold(self, task: str = "") -> float:
+        """τ of ``task`` for the next batch: inf while fewer than ``min_history`` of its
+        examples were accepted."""
+        cfg, window = self.config, self._task(task).accepted
         if len(window) < cfg.min_history:
             return math.inf
         median = statistics.median(window)
         mad = statistics.median(abs(x - median) for x in window)
         return max(median + cfg.z * 1.4826 * mad, cfg.min_loss)
 
-    def judge(self, step: int, screened: ForwardBackwardResult) -> Verdict:
+    def judge(self, step: int, screened: ForwardBackwardResult,
+              tasks: Sequence[str] | None = None) -> Verdict:
         losses = example_losses(screened)
+        names = tuple(tasks) if tasks is not None else ("",) * len(losses)
         if self._s.phase == "probation":
-            return self._probation(step, losses)
+            return self._probation(step, losses, names)
         if self._s.phase == "backoff" and step >= self._s.since:
             self._s.phase = "normal"
-        return self._screen(step, losses)
+        return self._screen(step, losses, names)
+
+    def _task(self, task: str) -> _TaskState:
+        if task not in self._s.tasks:
+            self._s.tasks[task] = _TaskState(deque(maxlen=self.config.window))
+        return self._s.tasks[task]
 
     # -- normal screening -------------------------------------------------------------------------
-    def _screen(self, step: int, losses: tuple[float, ...]) -> Verdict:
+    def _keep(self, losses: tuple[float, ...], names: tuple[str, ...],
+              skip: str | None = None) -> tuple[tuple[bool, ...], dict[str, float]]:
+        """Screen every example (those of task ``skip`` aside: kept if finite) against its
+        task's τ, and add the kept losses to their task's reference."""
+        taus = {t: self.threshold(t) for t in dict.fromkeys(names)}
+        keep = tuple(math.isfinite(x) and (t == skip or x <= taus[t])
+                     for x, t in zip(losses, names, strict=True))
+        for x, t, k in zip(losses, names, keep, strict=True):
+            if k and t != skip:
+                self._task(t).accepted.append(x)
+        return keep, taus
+
+    def _screen(self, step: int, losses: tuple[float, ...], names: tuple[str, ...]) -> Verdict:
         s, cfg = self._s, self.config
-        tau = self.threshold()
-        keep = tuple(math.isfinite(x) and x <= tau for x in losses)
-        s.accepted.extend(x for x, k in zip(losses, keep, strict=True) if k)
+        keep, taus = self._keep(losses, names)
         rejected = len(keep) - sum(keep)
         s.rejected += rejected
-        share = rejected / len(keep) if keep else 0.0
-        s.streak = s.streak + 1 if share >= cfg.trigger_share else 0
-        note = f"screen: {rejected}/{len(keep)} above {tau:.3f}" if rejected else ""
-        if s.phase == "normal" and s.streak >= cfg.trigger_steps and math.isfinite(tau):
-            return self._start_probation(step, losses, tau)
+        for task in taus:  # the tasks present in this batch
+            flags = [k for k, t in zip(keep, names, strict=True) if t == task]
+            share = 1.0 - sum(flags) / len(flags)
+            state = self._task(task)
+            state.streak = state.streak + 1 if share >= cfg.trigger_share else 0
+        note = f"screen: {rejected}/{len(keep)} rejected" if rejected else ""
+        if s.phase == "normal":
+            for task, tau in taus.items():
+                if self._task(task).streak >= cfg.trigger_steps and math.isfinite(tau):
+                    return self._start_probation(step, losses, names, keep, task, tau)
         return Verdict(keep=keep, note=note)
 
     # -- probation --------------------------------------------------------------------------------
-    def _start_probation(self, step: int, losses: tuple[float, ...], tau: float) -> Verdict:
+    def _start_probation(self, step: int, losses: tuple[float, ...], names: tuple[str, ...],
+                         keep: tuple[bool, ...], task: str, tau: float) -> Verdict:
         s = self._s
-        s.phase, s.since, s.threshold, s.streak = "probation", step, tau, 0
+        s.phase, s.task, s.since, s.threshold = "probation", task, step, tau
+        self._task(task).streak = 0
         s.recent = deque(maxlen=self.config.judge_steps)
-        return Verdict(keep=_finite(losses), action="probation", lr=self.config.probation_lr,
-                       note=f"screen: {self.config.trigger_steps} steps mostly rejected; "
+        admitted = tuple(k or (t == task and math.isfinite(x))
+                         for x, t, k in zip(losses, names, keep, strict=True))
+        on = f" of task {task!r}" if task else ""
+        return Verdict(keep=admitted, action="probation", lr=self.config.probation_lr,
+                       note=f"screen: {self.config.trigger_steps} steps mostly rejected{on}; "
                             f"probation at lr {self.config.probation_lr:g}")
 
-    def _probation(self, step: int, losses: tuple[float, ...]) -> Verdict:
+    def _probation(self, step: int, losses: tuple[float, ...], names: tuple[str, ...]) -> Verdict:
         s, cfg = self._s, self.config
-        finite = [x for x in losses if math.isfinite(x)]
-        passed = sum(x <= s.threshold for x in finite)
-        before = _share(deque(list(s.recent)[-(cfg.judge_steps - 1):], maxlen=cfg.judge_steps))
-        s.recent.append((len(finite), passed))
-        now = passed / len(finite) if finite else 0.0
-        share = _share(s.recent)
+        keep, _ = self._keep(losses, names, skip=s.task)
+        mine = [x for x, t in zip(losses, names, strict=True) if t == s.task and math.isfinite(x)]
         elapsed = step - s.since
-        if before <= _BACK_LOW and now >= _BACK_HIGH:
-            return self._back_to_normal(now)
-        if len(s.recent) == cfg.judge_steps and share >= cfg.pass_share:
-            return self._declare_shift(losses, share)
+        if mine:  # a step without examples of the task on probation tells nothing
+            passed = sum(x <= s.threshold for x in mine)
+            before = _share(deque(list(s.recent)[-(cfg.judge_steps - 1):]))
+            s.recent.append((len(mine), passed))
+            now, share = passed / len(mine), _share(s.recent)
+            if before <= _BACK_LOW and now >= _BACK_HIGH:
+                return self._back_to_normal(now)
+            if len(s.recent) == cfg.judge_steps and share >= cfg.pass_share:
+                return self._declare_shift(keep, mine, share)
+        share = _share(s.recent)
         if elapsed >= cfg.probation_steps:
             return self._fail(step, share)
-        return Verdict(keep=_finite(losses), lr=cfg.probation_lr,
-                       note=f"screen: probation step {elapsed}, {share:.0%} of the batch passes")
+        return Verdict(keep=keep, lr=cfg.probation_lr,
+                       note=f"screen: probation step {elapsed}, {share:.0%} of the new examples "
+                            "pass")
 
-    def _declare_shift(self, losses: tuple[float, ...], share: float) -> Verdict:
+    def _declare_shift(self, keep: tuple[bool, ...], mine: list[float], share: float) -> Verdict:
         s = self._s
         s.phase, s.failures = "normal", 0
-        s.accepted.clear()  # the new data is the new normal: restart the reference from it
-        s.accepted.extend(x for x in losses if math.isfinite(x))
-        return Verdict(keep=_finite(losses), action="shift",
+        window = self._task(s.task).accepted
+        window.clear()  # the new data is the new normal: restart the reference from it
+        window.extend(mine)
+        return Verdict(keep=keep, action="shift",
                        note=f"screen: {share:.0%} of the new examples pass; shift declared")
 
     def _back_to_normal(self, now: float) -> Verdict:
-        # Most of the batch passes τ at once: the old data is back (a learned rule rises over
-        # many steps). Undo the probation's updates, which were made on the burst.
+        # Most of the task's examples pass τ at once: the old data is back (a learned rule rises
+        # over many steps). Undo the probation's updates, which were made on the burst.
         self._s.phase = "normal"
         return Verdict(keep=(), action="rollback",
-                       note=f"screen: {now:.0%} of the batch passes again at once; the burst "
-                            "ended, rolled back")
+                       note=f"screen: {now:.0%} of the new examples pass again at once; the "
+                            "burst ended, rolled back")
 
     def _fail(self, step: int, share: float) -> Verdict:
         s, cfg = self._s, self.config
@@ -198,9 +245,11 @@ class ScreenGuard:
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        state = asdict(self._s)
-        state["accepted"] = list(self._s.accepted)
-        state["recent"] = [list(r) for r in self._s.recent]
+        s = self._s
+        state = {k: v for k, v in asdict(s).items() if k not in ("tasks", "recent")}
+        state["tasks"] = {t: {"accepted": list(v.accepted), "streak": v.streak}
+                          for t, v in s.tasks.items()}
+        state["recent"] = [list(r) for r in s.recent]
         return {"config": asdict(self.config), "state": state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -208,7 +257,8 @@ class ScreenGuard:
             raise ConfigurationError("screen guard state was saved with other parameters; "
                                      "build the guard the way the run was built")
         raw = dict(state["state"])
-        raw["accepted"] = deque(raw["accepted"], maxlen=self.config.window)
+        raw["tasks"] = {t: _TaskState(deque(v["accepted"], maxlen=self.config.window),
+                                      int(v["streak"])) for t, v in raw["tasks"].items()}
         raw["recent"] = deque((tuple(r) for r in raw["recent"]), maxlen=self.config.judge_steps)
         self._s = _State(**raw)
 

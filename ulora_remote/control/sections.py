@@ -233,11 +233,20 @@ class ControllerPolicySection(_PolicySectionBase):
     stress: Annotated[StressSection, Field(default_factory=EmaStressSection)]
     snapshots: SnapshotSection = Field(default_factory=SnapshotSection)
 
+    #: The kinds a ``[controller.stress]`` / ``[controller.guard]`` table without ``kind`` has.
+    default_kinds: ClassVar[dict[str, str]] = {"stress": "ema", "guard": "none"}
+
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "stress" in data:
-            data = {**data, "stress": _stress_shorthand(data["stress"])}
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "stress" in data:
+            data["stress"] = _stress_shorthand(data["stress"])
+        for key, kind in cls.default_kinds.items():  # `--set controller.stress.gain=2` alone
+            if isinstance(data.get(key), dict) and "kind" not in data[key]:
+                data[key] = {"kind": kind, **data[key]}
         return data
 
     def build(self) -> LrPolicy:
@@ -259,6 +268,7 @@ class GuardedPolicySection(ControllerPolicySection):
         kind="ratio"))]
     guard: GuardSection = Field(default_factory=lambda: ScreenGuardSection(kind="screen"))
     config_defaults: ClassVar[dict[str, Any]] = {"alpha_e": 0.8, "cooldown": 0}
+    default_kinds: ClassVar[dict[str, str]] = {"stress": "ratio", "guard": "screen"}
 
     def run_label(self) -> str:
         return self._label("guarded")

@@ -197,6 +197,13 @@ class UloraCallback(TrainerCallback):
             return torch.ones(n, dtype=torch.bool, device=losses.nll_sums.device)
         assert self._tally is not None
         verdict = self.guard.judge(self._tally.step, losses.screened())
+        if verdict.action != "none":
+            raise ConfigurationError(
+                f"{type(self.guard).__name__} asked for a {verdict.action!r} at step "
+                f"{self._tally.step}: its stability snapshots and rollbacks need ulora's own "
+                "runner; in a Trainer use a guard that only keeps examples (ZScoreGuard, or "
+                "ScreenGuard(ScreenConfig(trigger_steps=10**9)) for per-example screening alone)"
+            )
         if len(verdict.keep) != n:
             raise ConfigurationError(
                 f"{type(self.guard).__name__}.judge returned {len(verdict.keep)} flags for a "

@@ -19,8 +19,10 @@ from ulora_remote.control.policy import LrPolicy
 from ulora_remote.control.sections import ControllerPolicySection
 from ulora_remote.control.tasks import TaskSignals
 from ulora_remote.errors import ConfigurationError
+from ulora_remote.run.datacheck import check_records
 from ulora_remote.run.multitask import TaskParts, check_routing, stream_tasks
 from ulora_remote.run.steps import RunSettings
+from ulora_remote.scenarios.records import read_shock_records
 from ulora_remote.scenarios.schema import Scenario
 from ulora_remote.scenarios.shocks import ShockStream
 
@@ -60,14 +62,17 @@ def build_parts(scenario: Scenario, run_name: str, checkpoint_dir: Path, *,
     guards = scenario.controller.build_guards()
     source = build_source(scenario)
     tasks = build_tasks(scenario, source)
+    built = backend is None
     if backend is None:
         backend = build_backend(scenario, checkpoint_dir)
-    if tasks is not None:
-        try:
+    try:  # records from data files must render and fit the model before anything is written
+        check_records(source.records(), backend, scenario.eval.max_tokens)
+        if tasks is not None:  # per-task adapters need a backend that holds them
             check_routing(tasks.switch.mode, stream_tasks(source), backend)
-        except ConfigurationError:
+    except BaseException:
+        if built:
             backend.close()
-            raise
+        raise
     return RunParts(settings, policy, guards, source, backend, tasks)
 
 
@@ -87,7 +92,8 @@ def build_tasks(scenario: Scenario, source: ShockStream) -> TaskParts | None:
 
 
 def build_source(scenario: Scenario) -> ShockStream:
-    """The scenario's task with its shock schedule (loads or generates the task's data)."""
+    """The scenario's task with its shock schedule (loads or generates the task's data, and
+    reads the file of a ``from-file`` shock)."""
     task = scenario.task.build(seed=scenario.seed, eval_size=scenario.eval.size)
     shocks, shift = scenario.shocks, scenario.shift
     shifted = None
@@ -95,9 +101,11 @@ def build_source(scenario: Scenario) -> ShockStream:
         shifted = (shift.start, scenario.task.build(seed=scenario.seed,
                                                     eval_size=scenario.eval.size,
                                                     rule=shift.rule))
+    noisy = read_shock_records(shocks.source) if shocks is not None and shocks.source else ()
     return ShockStream(task, batch_size=scenario.batch_size, schedule=scenario.schedule,
                        kind=shocks.kind if shocks is not None else None,
-                       fraction=shocks.fraction if shocks is not None else 1.0, shift=shifted)
+                       fraction=shocks.fraction if shocks is not None else 1.0, shift=shifted,
+                       noisy=noisy, seed=scenario.seed)
 
 
 def build_backend(scenario: Scenario, checkpoint_dir: Path) -> TrainingBackend:

@@ -21,7 +21,7 @@ __all__ = ["check_location", "checkpoint_prefix", "safe_folder_name"]
 NAME_MAX = 255  # bytes in one path component (Linux, macOS)
 PATH_MAX = 4096
 # The longest path ulora writes inside a run directory, beyond the checkpoint prefix:
-# "/checkpoints/.<prefix>-step000000.tmp-XXXXXXXX/optimizer.safetensors" and the like.
+# "/checkpoints/.<prefix>-step000000.tmp-<8 random characters>/optimizer.safetensors" and the like.
 _LONGEST_INSIDE = 160
 _PREFIX_MAX = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")

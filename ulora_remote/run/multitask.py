@@ -91,6 +91,8 @@ class TaskRouting:
         self.console, self.steps, self.timeout_s = console, steps, timeout_s
         self.tasks = stream_tasks(source)
         check_routing(switch.mode, self.tasks, backend)
+        if isinstance(backend, AdapterBackend):  # C_w: each task's gradient (local backends)
+            backend.measure_gradient_variance(True)
         self._probes: dict[int, Probe | Sums] = {}
         self._rows: dict[int, dict[str, Any]] = {}  # step → its row's adapters and event
         self._event = ""
@@ -106,10 +108,15 @@ class TaskRouting:
             self._event = f"fork: {self.switch.reason}"
             self.console.line(f"[{t}] adapters: one per task ({', '.join(missing)}) forked from "
                               f"the shared adapter; {self.switch.reason}")
-        routes = self._adapter_tasks()
-        self._rows[t] = {"adapters": len({task if task in routes else "" for task in self.tasks}),
-                         "adapter_event": self._event}
+        self._rows[t] = {"adapters": self._adapter_count(), "adapter_event": self._event}
         self._event = ""
+
+    def after_submit(self, t: int) -> None:
+        """Once step t's training is submitted: the adapters it trained, counted again in case
+        a guard's rollback restored a snapshot made before the fork (the fork is then made again
+        at the next step)."""
+        if t in self._rows:
+            self._rows[t]["adapters"] = self._adapter_count()
 
     def probe(self, t: int) -> None:
         """Before ``optim_step(t − 1)``: score batch t on the weights that update is about to
@@ -159,6 +166,22 @@ class TaskRouting:
         return {"task_exact_match": em, "task_eval_loss": _loss(task_sums(tasks, result)),
                 "stability": self.signals.stability.value}
 
+    def eval_details(self, details: Mapping[str, Any] | None, examples: Sequence[Example],
+                     result: ForwardBackwardResult, outputs: Sequence[str]) -> dict[str, Any]:
+        """An evaluation's ``eval_scores.jsonl`` details: the task's own (with each task's
+        clean loss under ``"tasks"``, ``run/pertask.py``) plus ``observe_eval``'s. Each task's
+        exact match also joins its entry under ``"tasks"`` where the task's scores have none, so
+        that the console line and the summary's per-task metrics show it."""
+        signals = self.observe_eval(examples, result, outputs)
+        merged = dict(details or {})
+        if "tasks" in merged:
+            tasks = {name: dict(scores) for name, scores in merged["tasks"].items()}
+            for name, em in signals["task_exact_match"].items():
+                if name in tasks:
+                    tasks[name].setdefault("exact_match", em)
+            merged["tasks"] = tasks
+        return {**merged, **signals}
+
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """What a checkpoint at a boundary carries (the probe of the next step, read)."""
@@ -182,6 +205,10 @@ class TaskRouting:
     # -- internals --------------------------------------------------------------------------------
     def _adapter_tasks(self) -> tuple[str, ...]:
         return self.backend.adapter_tasks() if isinstance(self.backend, AdapterBackend) else ()
+
+    def _adapter_count(self) -> int:
+        routes = self._adapter_tasks()
+        return len({task if task in routes else "" for task in self.tasks})
 
     def read_probes(self) -> None:
         """Read every submitted probe: before a checkpoint, and before the runner changes the

@@ -1,11 +1,15 @@
 """The run's picture: train and eval loss, φ with θ0/θ1, mode, learning rate; shocks shaded.
 
-Needs the ``plot`` extra (matplotlib); drawn with the Agg backend, so no display is needed.
+Needs the ``plot`` extra (matplotlib); drawn on a bare ``Figure`` (Agg), without pyplot's global
+figure registry, so no display is needed. matplotlib is not thread-safe (its mathtext parser,
+used for the log-scale tick labels, is shared), so one lock serializes drawing for the runs of a
+sweep that finish in several threads at once.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ from ulora_remote.run.storage import write_atomic
 __all__ = ["plot_run"]
 
 _SHADE = {"color": "tab:red", "alpha": 0.12, "lw": 0}
+_DRAWING = threading.Lock()
 
 
 def plot_run(
@@ -47,9 +52,14 @@ def plot_run(
         MissingExtraError: matplotlib is not installed.
         StorageError: the PNG could not be written (an older one at ``path`` is unchanged).
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(4, 1, figsize=(10, 9), sharex=True,
-                             gridspec_kw={"height_ratios": [3, 2, 1.2, 1.5]})
+    with _DRAWING:
+        return _draw(steps, evals, Path(path), windows, theta, title)
+
+
+def _draw(steps: pd.DataFrame, evals: pd.DataFrame, out: Path, windows: Sequence[Sequence[int]],
+          theta: tuple[float, float], title: str) -> Path:
+    fig = _figure(figsize=(10, 9))
+    axes = fig.subplots(4, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2, 1.2, 1.5]})
     _loss_panel(axes[0], steps, evals)
     _phi_panel(axes[1], steps, theta)
     _mode_panel(axes[2], steps)
@@ -65,25 +75,18 @@ def plot_run(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = Path(path)
     png = io.BytesIO()
-    try:
-        fig.savefig(png, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+    fig.savefig(png, format="png", dpi=110)
     write_atomic(out, png.getvalue())  # a full disk leaves the old picture, not half a new one
     return out
 
 
-def _pyplot() -> Any:
+def _figure(**kwargs: Any) -> Any:
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ModuleNotFoundError as exc:
         raise MissingExtraError("plot", "matplotlib") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)  # savefig draws it with the Agg canvas; nothing global is touched
 
 
 def _loss_panel(ax: Any, steps: pd.DataFrame, evals: pd.DataFrame) -> None:
@@ -93,8 +96,25 @@ def _loss_panel(ax: Any, steps: pd.DataFrame, evals: pd.DataFrame) -> None:
     if len(evals):
         ax.plot(evals["step"], evals["eval_loss"], "o-", ms=3, lw=1.5, color="tab:orange",
                 label="clean eval loss")
+    _guard_events(ax, steps)
     ax.set_ylabel("loss (nats/token)")
     ax.legend(loc="upper right", fontsize=8)
+
+
+_EVENT_STYLE = {"probation": ("tab:olive", "--"), "rollback": ("tab:red", ":"),
+                "shift": ("tab:green", "-")}
+
+
+def _guard_events(ax: Any, steps: pd.DataFrame) -> None:
+    """A vertical line at each probation, rollback and declared shift of a guard."""
+    if "event" not in steps:
+        return
+    events = steps[steps["event"].fillna("").astype(str) != ""]
+    for name, (color, style) in _EVENT_STYLE.items():
+        at = events.loc[events["event"] == name, "step"]
+        for i, step in enumerate(at):
+            ax.axvline(step, color=color, ls=style, lw=1.0, label=f"guard: {name}" if i == 0
+                       else None)
 
 
 def _phi_panel(ax: Any, steps: pd.DataFrame, theta: tuple[float, float]) -> None:

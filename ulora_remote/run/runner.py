@@ -41,6 +41,7 @@ from ulora_remote.control.snapshots import SnapshotKeeper
 from ulora_remote.errors import BackendError, CheckpointError, StateLostError
 from ulora_remote.run.console import Console
 from ulora_remote.run.multitask import TaskParts, TaskRouting
+from ulora_remote.run.pertask import task_line, with_task_losses
 from ulora_remote.run.rundir import CsvAppender, RunDir
 from ulora_remote.run.screening import Screening
 from ulora_remote.run.steps import RunSettings, StepRow, SubmittedStep, warmup_decision
@@ -76,7 +77,7 @@ class Runner:
         self._unconfirmed: deque[SubmittedStep] = deque()  # optim_step not awaited yet
         self.screening = Screening(backend, policy, guards, source, self.console,
                                    run_name=settings.run_name, steps=settings.steps,
-                                   timeout_s=settings.result_timeout_s)
+                                   timeout_s=settings.result_timeout_s, lag=settings.lag)
         self._wall_offset_s = 0.0
         self._t0 = time.monotonic()
         self._rows_written = 0
@@ -175,6 +176,8 @@ class Runner:
             self._boundary(t, skip_checkpoint=(t == start and t > 0))
             self._snapshot_or_rollback(t)
             submitted = self.screening.submit(t, self._settle)
+            if self.routing is not None:
+                self.routing.after_submit(t)
             self._unread.append(submitted)
             self._drain(t - self.s.lag)
             if not submitted.skipped:
@@ -326,16 +329,17 @@ class Runner:
         assert self._evals_csv is not None
         self._evals_csv.write(row)
         self.console.eval(row)
-        details = dict(scores.details or {})
+        # A multi-task stream: each task's clean loss joins its scores (run/pertask.py); with
+        # [adapters], the task signals' per-task exact match and loss and S join them too.
+        details = with_task_losses(scores.details, examples, result)
         if self.routing is not None:
-            per_task = self.routing.observe_eval(examples, result, outputs)
-            details.update(per_task)
-            self.console.line(f"[{k}] per task: " + ", ".join(
-                f"{t} {em:.3f}" for t, em in per_task["task_exact_match"].items()))
-        if details:
+            details = self.routing.eval_details(details, examples, result, outputs)
+        if details is not None:
             self.rundir.append_eval_scores({"step": k, **details})
-        if scores.details is not None:
-            self.console.line(f"[{k}] {scores.summary}")
+            line = task_line(details) if "tasks" in details else scores.summary
+            if self.routing is not None:
+                line = " | ".join(p for p in (line, f"S {details['stability']:.3f}") if p)
+            self.console.line(f"[{k}] {line}")
 
     def _checkpoint(self, k: int) -> None:
         assert self._steps_csv is not None and self._evals_csv is not None
@@ -356,7 +360,7 @@ class Runner:
 
     def _open_tables(self) -> None:
         self._close_tables()
-        self._steps_csv = self.rundir.steps_appender()
+        self._steps_csv = self.rundir.steps_appender(multitask=self.routing is not None)
         self._evals_csv = self.rundir.evals_appender()
 
     def _close_tables(self) -> None:

@@ -3,27 +3,42 @@ every guard, and the probation a guard opens (snapshot, rollback, shift); docs/d
 "Guards".
 
 The runner owns the loop and its files; this object owns what the guards need from the backend.
-It never changes the order of requests the runner relies on: the screen of step u goes out right
-after ``optim_step(u−1)``, so it runs on the weights step u trains, in the same Tinker clock cycle
-as step u−1's requests.
+The screen of step u goes out with step u−1's requests, so that it costs no clock cycle of its
+own on Tinker:
+
+- at lag 0 (local): right after ``optim_step(u−1)``, so it runs on the weights step u trains;
+- at lag ≥ 1 (pipelined): before step t's own requests, and ``BLOCK`` = 3 steps in one
+  ``forward``: when the screen of step t+1 is not out yet, one request screens the batches of
+  steps t+1 .. t+3. A Tinker client sends its requests one after another, each answered after
+  the network latency, so a step's requests cost their number times the latency; at a 0.3 s
+  cycle and 0.1 s latency (``benchmarks/guard_cycles.py``) a screen sent after the optimizer
+  step made every step take two cycles (0.59 s a step against 0.30 s), one screen a step sent
+  before the step's requests still 1.25x, and three requests a step (screen, forward_backward,
+  optim_step) could not fit one cycle. One screen for three steps averages 2.33 requests a step.
+  The screen of step u then runs on the weights of step u−2 to u−4 (two to four updates older
+  than those step u trains): the guard judges with weights a few steps old.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from ulora_remote.backend import Completed, ForwardBackwardResult, Future, TrainingBackend
-from ulora_remote.control.guard import Guard, Verdict
+from ulora_remote.control.guard import Action, Guard, Verdict
 from ulora_remote.control.policy import LrPolicy
 from ulora_remote.errors import CheckpointError
 from ulora_remote.run.console import Console
 from ulora_remote.run.steps import Probation, SubmittedStep
 from ulora_remote.task import Batch, BatchSource
 
-__all__ = ["Screening"]
+__all__ = ["BLOCK", "Screening"]
+
+#: Steps screened by one forward at lag ≥ 1 (module docstring).
+BLOCK = 3
 
 
 class Screening:
@@ -39,15 +54,20 @@ class Screening:
 
     def __init__(self, backend: TrainingBackend, policy: LrPolicy, guards: Sequence[Guard],
                  source: BatchSource, console: Console, *, run_name: str, steps: int,
-                 timeout_s: float | None) -> None:
+                 timeout_s: float | None, lag: int = 0) -> None:
         self.backend, self.policy, self.guards = backend, policy, list(guards)
         self.source, self.console = source, console
         self.run_name, self.steps, self.timeout_s = run_name, steps, timeout_s
+        #: At lag ≥ 1 the screens go out before a step's own requests, ``BLOCK`` steps in one
+        #: forward (module docstring); at lag 0 the screen of step t+1 goes out after them.
+        self.screens_first = lag >= 1
+        self.block = BLOCK if self.screens_first else 1
         self.probation: Probation | None = None
         # What the policy observes for a step whose examples were all rejected: the loss of the
         # last examples trained on (rejected data never reaches the policy; E_t says it was).
         self.last_trained_loss = math.nan
-        self._next: tuple[int, Batch, Future[ForwardBackwardResult]] | None = None
+        # Screens submitted ahead, oldest first: (step, batch, forward future).
+        self._ahead: deque[tuple[int, Batch, Future[ForwardBackwardResult]]] = deque()
 
     # -- state carried in checkpoints -------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -63,7 +83,7 @@ class Screening:
         probation = record.get("probation")
         self.probation = Probation(**probation) if probation else None
         self.last_trained_loss = float(record.get("last_trained_loss", math.nan))
-        self._next = None
+        self._ahead.clear()
 
     # -- submission -------------------------------------------------------------------------------
     def submit(self, t: int, settle: Callable[[int], None]) -> SubmittedStep:
@@ -78,13 +98,14 @@ class Screening:
                                  self.backend.forward_backward(examples),
                                  tasks=tuple(e.task for e in examples))
         screened = screen.result(self.timeout_s)
-        verdict = self._judge(t, screened)
+        tasks = [e.task for e in examples]
+        verdict = self._judge(t, screened, tasks)
         note, event, snapshot = verdict.note, "", ""
         if verdict.action == "rollback":
             settle(t)
             snapshot = self._roll_back(t)
             screened = self.backend.forward(examples).result(self.timeout_s)
-            verdict, event = self._judge(t, screened), "rollback"
+            verdict, event = self._judge(t, screened, tasks), "rollback"
         if verdict.action == "probation":
             settle(t)
             snapshot = self.backend.save_state(f"{self.run_name}-probation{t:06d}")
@@ -97,6 +118,8 @@ class Screening:
         if event:
             self.console.line(f"[{t}] {note or event}" + (f" ({snapshot})" if snapshot else ""))
         kept = [e for e, k in zip(examples, verdict.keep, strict=True) if k]
+        if self.screens_first:
+            self._submit_screens(t)
         result = (self.backend.forward_backward(kept) if kept
                   else Completed[ForwardBackwardResult](screened))
         return SubmittedStep(t, batch.shock, size, len(kept), result, guard_lr=verdict.lr,
@@ -111,18 +134,33 @@ class Screening:
         return self.last_trained_loss if math.isfinite(self.last_trained_loss) else loss
 
     def screen_ahead(self, u: int) -> None:
-        """Submit step u's screening forward now, with step u−1's requests, so that screening
-        costs no clock cycle of its own on Tinker."""
-        if self.guards and u < self.steps:
-            batch = self.source.batch(u)
-            self._next = (u, batch, self.backend.forward(batch.examples))
+        """After step u−1's optimizer step: submit step u's screening forward (at lag 0; at
+        lag ≥ 1 ``submit`` sent the screens before step u−1's requests)."""
+        if not self.screens_first:
+            self._submit_screens(u - 1)
+
+    def _submit_screens(self, t: int) -> None:
+        """Make sure the screen of step t+1 is out: when it is not, submit one forward for the
+        batches of the next ``block`` steps (each step reads its slice of the result)."""
+        if not self.guards or (self._ahead and self._ahead[-1][0] > t):
+            return
+        first = self._ahead[-1][0] + 1 if self._ahead else t + 1
+        steps = range(first, min(first + self.block, self.steps))
+        if not steps:
+            return
+        batches = [self.source.batch(u) for u in steps]
+        block = self.backend.forward([e for b in batches for e in b.examples])
+        start = 0
+        for u, batch in zip(steps, batches, strict=True):
+            end = start + len(batch.examples)
+            self._ahead.append((u, batch, _Slice(block, start, end)))
+            start = end
 
     def drop_screen_ahead(self) -> None:
         """Read and drop the submitted screen before the weights change under it (a Tinker
         client replaced by a load must leave no future unread)."""
-        if self._next is not None:
-            self._next[2].result(self.timeout_s)
-            self._next = None
+        while self._ahead:
+            self._ahead.popleft()[2].result(self.timeout_s)
 
     def undo_probation(self) -> Probation:
         """Restore what the open probation changed: the snapshot's weights, and the policy as
@@ -139,9 +177,11 @@ class Screening:
 
     # -- internals --------------------------------------------------------------------------------
     def _batch_and_screen(self, t: int) -> tuple[Batch, Future[ForwardBackwardResult] | None]:
-        pending, self._next = self._next, None
-        if pending is not None and pending[0] == t:
-            return pending[1], pending[2]
+        while self._ahead and self._ahead[0][0] < t:
+            self._ahead.popleft()  # a screen of a step that a restore made run again
+        if self._ahead and self._ahead[0][0] == t:
+            _, batch, screen = self._ahead.popleft()
+            return batch, screen
         batch = self.source.batch(t)
         return batch, self.backend.forward(batch.examples) if self.guards else None
 
@@ -151,15 +191,27 @@ class Screening:
         except CheckpointError as exc:
             raise CheckpointError(f"[{t}] {exc}") from None
 
-    def _judge(self, t: int, screened: ForwardBackwardResult) -> Verdict:
+    def _judge(self, t: int, screened: ForwardBackwardResult, tasks: list[str]) -> Verdict:
         """Every guard's verdict on step t: kept where all keep, the first action, the lowest
         learning rate a guard sets. Only one guard may ask for actions (a rollback is judged
         again by all)."""
-        verdicts = [g.judge(t, screened) for g in self.guards]
+        verdicts = [g.judge(t, screened, tasks) for g in self.guards]
         if any(v.action == "rollback" for v in verdicts):
             return next(v for v in verdicts if v.action == "rollback")
         keep = tuple(all(flags) for flags in zip(*(v.keep for v in verdicts), strict=True))
         lrs = [v.lr for v in verdicts if v.lr is not None]
-        action = next((v.action for v in verdicts if v.action != "none"), "none")
+        action: Action = next((v.action for v in verdicts if v.action != "none"), "none")
         note = "; ".join(v.note for v in verdicts if v.note)
         return Verdict(keep=keep, note=note, action=action, lr=min(lrs) if lrs else None)
+
+
+class _Slice:
+    """The part of a block screen that belongs to one step: examples ``start:end``."""
+
+    def __init__(self, block: Future[ForwardBackwardResult], start: int, end: int) -> None:
+        self.block, self.start, self.end = block, start, end
+
+    def result(self, timeout: float | None = None) -> ForwardBackwardResult:
+        whole = self.block.result(timeout)
+        return ForwardBackwardResult(whole.nll_sums[self.start:self.end],
+                                     whole.weight_sums[self.start:self.end])

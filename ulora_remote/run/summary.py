@@ -17,6 +17,8 @@ import pandas as pd
 from ulora_remote.control.controller import MODE_NAMES
 from ulora_remote.errors import MissingExtraError, RunDirError, StorageError
 from ulora_remote.run.metrics import recovery_metrics_from_frame
+from ulora_remote.run.metrics_log import write_metrics_log
+from ulora_remote.run.pertask import task_summary
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.run.storage import resume_command
 
@@ -73,6 +75,9 @@ def build_summary(rd: RunDir) -> dict[str, Any]:
         summary["all_one_class"] = bool(scores[-1]["one_class"])
     if scores and "retention" in scores[-1]:  # a shift: the old rule's exact match, last eval
         summary["retention"] = float(scores[-1]["retention"])
+    tasks = task_summary(scores, windows, run_end=int(scenario["steps"]))
+    if tasks:  # a multi-task stream: each task's recovery and final scores
+        summary["tasks"] = tasks
     summary["guard"] = _guard_summary(steps, scenario)
     return summary
 
@@ -179,7 +184,8 @@ def summary_warnings(summary: dict[str, Any]) -> list[str]:
 
 
 def write_report(rd: RunDir, *, out: Any = None) -> dict[str, Any]:
-    """Write summary.json (finished runs only, since it marks a run finished) and plot.png.
+    """Write metrics.jsonl (``ulora_remote.run.metrics_log``), summary.json (finished runs only,
+    since it marks a run finished) and plot.png.
 
     A missing ``plot`` extra is reported on ``out`` (stderr by default) and skips the picture.
 
@@ -192,6 +198,8 @@ def write_report(rd: RunDir, *, out: Any = None) -> dict[str, Any]:
     """
     summary = build_summary(rd)
     try:
+        _, scenario, steps, evals = _read_run(rd)
+        write_metrics_log(rd, steps, evals, int(scenario["steps"]))
         if summary["finished"]:
             rd.write_summary(summary)
         _plot(rd)

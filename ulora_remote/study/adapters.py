@@ -59,6 +59,10 @@ class RequestCounter:
         own = set(self.backend.adapter_tasks())
         return {e.task if e.task in own else SHARED_ADAPTER for e in examples}
 
+    @property
+    def max_context_length(self) -> int | None:
+        return self.backend.max_context_length
+
     def render(self, example: Example) -> Datum:
         return self.backend.render(example)
 
@@ -101,6 +105,9 @@ class RequestCounter:
 
     def adapter_tasks(self) -> tuple[str, ...]:
         return self.backend.adapter_tasks()
+
+    def measure_gradient_variance(self, on: bool) -> None:
+        self.backend.measure_gradient_variance(on)
 
     def close(self) -> None:
         self.backend.close()

@@ -1,14 +1,16 @@
 """``ulora compare``: the controller and each fixed-LR baseline over several seeds, one table.
 
-Every run is an ordinary run directory under ``out/<method>-s<seed>``. A finished run found
-there is reused (never overwritten without ``force``) and an unfinished one is resumed, so an
-interrupted comparison continues where it stopped. The table is computed from the runs' own files
+Every run is an ordinary run directory under ``out/<method>-s<seed>``, run as a sweep
+(``ulora_remote.study.sweep``): a finished run found there is reused (never overwritten without
+``force``) and an unfinished one is resumed, so an interrupted comparison continues where it
+stopped; ``concurrency`` runs go at once. The table is computed from the runs' own files
 (evals.csv, through ``ulora_remote.run.summary``), not from anything kept in memory.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +22,9 @@ import pandas as pd
 from ulora_remote.run.builders import method_label
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.run.summary import METRIC_NAMES, build_summary, run_metrics_rows
+from ulora_remote.study.sweep import RunSpec, run_sweep
 
-__all__ = ["CompareTable", "compare_runs", "compare_scenario"]
+__all__ = ["CompareTable", "compare_command", "compare_runs", "compare_scenario", "compare_specs"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,45 @@ class CompareTable:
     markdown_path: Path
 
 
+def compare_specs(
+    scenario: str | Path,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> tuple[Path, list[RunSpec]]:
+    """The runs of a comparison: ``(out, one RunSpec per method and seed)``.
+
+    Raises:
+        ConfigurationError: an invalid scenario or override.
+    """
+    from ulora_remote.scenarios import load_scenario
+
+    base = load_scenario(scenario, overrides)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    root = Path(out) if out is not None else Path("runs") / f"compare-{base.name}-{stamp}"
+    specs = []
+    for method_overrides in _methods(base):
+        for seed in seeds:
+            run_overrides = (*overrides, *method_overrides, f"seed={seed}")
+            label = method_label(load_scenario(scenario, run_overrides))
+            specs.append(RunSpec(str(scenario), label, seed, run_overrides,
+                                 root / f"{label}-s{seed}"))
+    return root, specs
+
+
+def compare_command(scenario: str | Path, seeds: Sequence[int], out: Path,
+                    overrides: Sequence[str] = (), concurrency: int = 1) -> str:
+    """The ``ulora compare`` command that continues this comparison (never with --force)."""
+    argv = ["ulora", "compare", str(scenario), "--seeds", ",".join(map(str, seeds)),
+            "--out", str(out)]
+    if concurrency != 1:
+        argv += ["--concurrency", str(concurrency)]
+    for override in overrides:
+        argv += ["--set", override]
+    return shlex.join(argv)
+
+
 def compare_scenario(
     scenario: str | Path,
     *,
@@ -43,42 +85,32 @@ def compare_scenario(
     overrides: Sequence[str] = (),
     force: bool = False,
     console: TextIO | None = None,
+    concurrency: int = 1,
 ) -> CompareTable:
-    """Run the guarded controller, the seed's controller and ``baselines.fixed_lrs`` × ``seeds``,
-    then tabulate.
+    """Run the guarded controller, the seed's controller and ``baselines.fixed_lrs`` × ``seeds``
+    as one sweep, then tabulate.
 
     Args:
         scenario: a shipped scenario name or a TOML path.
         seeds: the seeds; each run overrides the scenario's ``seed``.
         out: where the runs and compare.csv / compare.md go; default ``runs/compare-<name>-<time>``.
         overrides: ``key=value`` strings applied to every run.
-        force: run again over finished runs.
-        console: where the runs' log lines go.
+        force: run every run again from step 0.
+        console: the terminal (stdout by default): progress, or the runs' log lines when
+            ``concurrency`` is 1.
+        concurrency: runs at once (threads on Tinker, worker processes on the local backend).
 
     Raises:
         ConfigurationError: an invalid scenario or override.
+        BackendError: some runs failed (the others finished; the message says how to continue).
+        KeyboardInterrupt: Ctrl-C; every run stays resumable and the continue command is printed.
     """
-    from ulora_remote.run.api import resume_run, run_scenario
-    from ulora_remote.scenarios import load_scenario
-
-    base = load_scenario(scenario, overrides)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    root = Path(out) if out is not None else Path("runs") / f"compare-{base.name}-{stamp}"
-    run_dirs = []
-    for method_overrides in _methods(base):
-        for seed in seeds:
-            run_overrides = [*overrides, *method_overrides, f"seed={seed}"]
-            label = method_label(load_scenario(scenario, run_overrides))
-            rd = RunDir(root / f"{label}-s{seed}")
-            if rd.finished and not force:
-                pass  # reuse: computed from its files below
-            elif rd.started and not force:
-                resume_run(rd.path, console=console)
-            else:
-                run_scenario(scenario, out=rd.path, overrides=run_overrides, force=force,
-                             console=console)
-            run_dirs.append(rd.path)
-    return compare_runs(run_dirs, root)
+    root, specs = compare_specs(scenario, seeds=seeds, out=out, overrides=overrides)
+    again = compare_command(scenario, seeds, root, overrides, concurrency)
+    result = run_sweep(specs, concurrency=concurrency, force=force, out=console,
+                       continue_command=again, log_path=root / "sweep.log")
+    result.raise_for_failures(again)
+    return compare_runs([s.run_dir for s in specs], root)
 
 
 def _methods(base: Any) -> list[list[str]]:

@@ -1,4 +1,6 @@
-"""The multi-seed study of issue 7: every baseline and controller variant on the shock scenarios.
+"""The multi-seed studies: every baseline and controller variant on the shock scenarios (issue 7),
+and the guard's suite (issue 12: ``--scenarios guard-...``, methods seed, scale-free, zskip and
+guarded).
 
 One call runs (or reuses) every run directory, then ``ulora_remote.study.report`` builds the
 tables, tests and plot from those directories' own files. Layout::
@@ -7,25 +9,26 @@ tables, tests and plot from those directories' own files. Layout::
 
 Two phases, because the z-skip baseline runs at the best fixed learning rate, which is only known
 once the fixed runs exist: (1) the fixed LRs of ``baselines.fixed_lrs`` with shocks; the best is
-the one with the lowest mean final clean loss; (2) everything else. A finished run is reused and
-an unfinished one is run again from scratch (``force``), so an interrupted study continues.
+the one with the lowest mean final clean loss; (2) everything else. Each phase is a sweep
+(``ulora_remote.study.sweep``) with the same rule as ``ulora compare``: a finished run is reused
+and an unfinished one resumed from its last checkpoint, so an interrupted study continues.
 
-Runs go to a pool of ``jobs`` worker processes, one torch thread each.
+``concurrency`` runs go at once: worker processes (one torch thread each) on the local backend,
+threads in this process on Tinker.
 """
 
 from __future__ import annotations
 
-import io
+import shlex
 import sys
-import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from ulora_remote.errors import ConfigurationError
 from ulora_remote.run.rundir import RunDir
+from ulora_remote.study.sweep import RunSpec, run_sweep
 
 __all__ = [
     "METHODS",
@@ -35,6 +38,8 @@ __all__ = [
     "StudyRuns",
     "best_fixed_lr",
     "run_study",
+    "study_command",
+    "study_specs",
 ]
 
 # Named variants (scenario overrides). The fixed LRs come from the scenario's baselines.
@@ -44,26 +49,17 @@ METHODS: dict[str, tuple[str, ...]] = {
                 "controller.plateau.min_lr={low_lr}"),
     "zskip": ('controller.method="fixed"', "controller.lr={best_lr}",
               'controller.guard.kind="zskip"'),
-    "v1": ('controller.method="controller"', "controller.cooldown=0"),
-    "v2": ('controller.method="controller"', *V2),
-    "v2-snapshot": ('controller.method="controller"', *V2, "controller.snapshots.every=25"),
-    "scale-free": ('controller.method="controller"', 'controller.stress="ratio"',
+    "seed": ('controller.method="seed"',),
+    "guarded": ('controller.method="guarded"',),
+    "v1": ('controller.method="seed"', "controller.cooldown=0"),
+    "v2": ('controller.method="seed"', *V2),
+    "v2-snapshot": ('controller.method="seed"', *V2, "controller.snapshots.every=25"),
+    "scale-free": ('controller.method="seed"', 'controller.stress="ratio"',
                    "controller.cooldown=0"),
-    "v1-lag1": ('controller.method="controller"', "controller.cooldown=0", "lag=1"),
+    "v1-lag1": ('controller.method="seed"', "controller.cooldown=0", "lag=1"),
 }
 #: Methods also run without shocks, for the cost of control in normal training.
 NO_SHOCK_METHODS: tuple[str, ...] = ("fixed", "plateau", "zskip", "v1", "v2", "scale-free")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run: which scenario, with which overrides, into which directory."""
-
-    scenario: str
-    label: str
-    seed: int
-    overrides: tuple[str, ...]
-    run_dir: Path
 
 
 @dataclass(frozen=True)
@@ -155,22 +151,35 @@ class StudyRuns:
     best_lr: dict[str, float]
 
 
-def run_study(plan: StudyPlan, out: str | Path, *, jobs: int = 2,
-              console: TextIO | None = None) -> StudyRuns:
-    """Run (or reuse) every run of ``plan`` under ``out``.
+def run_study(plan: StudyPlan, out: str | Path, *, concurrency: int = 2,
+              console: TextIO | None = None, jobs: int | None = None) -> StudyRuns:
+    """Run (or reuse, or resume) every run of ``plan`` under ``out``.
+
+    Args:
+        concurrency: runs at once (worker processes locally, threads on Tinker).
+        console: the terminal (stdout by default).
+        jobs: the former name of ``concurrency`` (kept for scripts that pass it).
 
     Returns:
         The runs by scenario and condition, and each scenario's best fixed LR.
 
     Raises:
         ConfigurationError: a bad plan or scenario.
-        BackendError: a run failed (the others that finished are kept).
+        BackendError: some runs failed (the others finished; the message says how to continue).
+        KeyboardInterrupt: Ctrl-C; every run stays resumable and the continue command is printed.
     """
     root, log = Path(out), console or sys.stdout
-    pool = _Pool(jobs, log)
+    n = jobs if jobs is not None else concurrency
+    again = study_command(plan, root, n)
+
+    def sweep(specs: Sequence[RunSpec]) -> None:
+        result = run_sweep(specs, concurrency=n, out=log, continue_command=again,
+                           log_path=root / "sweep.log")
+        result.raise_for_failures(again)
+
     fixed = {s: {c: fixed_specs(plan, root, s, c) for c in _conditions(plan)}
              for s in plan.scenarios}
-    pool.run([spec for by_c in fixed.values() for specs in by_c.values() for spec in specs])
+    sweep([spec for by_c in fixed.values() for specs in by_c.values() for spec in specs])
     result: dict[str, dict[str, list[RunSpec]]] = {}
     best_lrs: dict[str, float] = {}
     later: list[RunSpec] = []
@@ -183,60 +192,34 @@ def run_study(plan: StudyPlan, out: str | Path, *, jobs: int = 2,
             later += extra
         print(f"study: {scenario}: best fixed LR {best!r} (lowest mean final clean loss)",
               file=log)
-    pool.run(later)
+    sweep(later)
     return StudyRuns(root, result, best_lrs)
+
+
+def study_specs(plan: StudyPlan, out: str | Path) -> list[RunSpec]:
+    """Every run of the study, for a dry run: z-skip at the largest fixed LR where the best one
+    is not known yet (the learning rate changes no request or token count)."""
+    root, specs = Path(out), []
+    for scenario in plan.scenarios:
+        top = max(_fixed_lrs(plan, scenario))
+        for condition in _conditions(plan):
+            specs += fixed_specs(plan, root, scenario, condition)
+            specs += method_specs(plan, root, scenario, condition, top)
+    return specs
+
+
+def study_command(plan: StudyPlan, out: Path, concurrency: int) -> str:
+    """The ``benchmarks/study.py`` command that continues this study."""
+    argv = ["python", "benchmarks/study.py", "--out", str(out), "--concurrency", str(concurrency),
+            "--scenarios", ",".join(plan.scenarios), "--seeds", ",".join(map(str, plan.seeds)),
+            "--methods", ",".join(plan.methods), "--no-shock", ",".join(plan.no_shock)]
+    for override in plan.overrides:
+        argv += ["--set", override]
+    return shlex.join(argv)
 
 
 def _conditions(plan: StudyPlan) -> tuple[str, ...]:
     return ("shock", "noshock") if plan.no_shock else ("shock",)
-
-
-class _Pool:
-    """Runs specs in worker processes (or inline for ``jobs == 1``); skips finished runs."""
-
-    def __init__(self, jobs: int, log: TextIO) -> None:
-        if jobs < 1:
-            raise ConfigurationError(f"--jobs {jobs}: give at least 1 worker")
-        self.jobs, self.log = jobs, log
-
-    def run(self, specs: Sequence[RunSpec]) -> None:
-        todo = [s for s in specs if not RunDir(s.run_dir).finished]
-        print(f"study: {len(specs) - len(todo)} runs reused, {len(todo)} to run", file=self.log)
-        if not todo:
-            return
-        t0 = time.monotonic()
-        if self.jobs == 1:
-            results = map(_run_one, todo)
-            self._report(todo, results, t0)
-            return
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")  # no torch state shared with a fork
-        with ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_init_worker) as ex:
-            self._report(todo, ex.map(_run_one, todo), t0)
-
-    def _report(self, todo: Sequence[RunSpec], results: Iterable[float], t0: float) -> None:
-        for i, (spec, wall_s) in enumerate(zip(todo, results, strict=True), 1):
-            print(f"study: [{i}/{len(todo)}] {spec.run_dir} {wall_s:.0f} s "
-                  f"(elapsed {time.monotonic() - t0:.0f} s)", file=self.log, flush=True)
-
-
-def _init_worker() -> None:
-    try:
-        import torch
-    except ModuleNotFoundError:
-        return
-    torch.set_num_threads(1)
-
-
-def _run_one(spec: RunSpec) -> float:
-    """Run one spec from scratch into its directory; return its wall time in seconds."""
-    from ulora_remote.run.api import run_scenario
-
-    t0 = time.monotonic()
-    run_scenario(spec.scenario, out=spec.run_dir, overrides=spec.overrides, force=True,
-                 log_every=10**9, console=io.StringIO())
-    return time.monotonic() - t0
 
 
 def _stem(scenario: str) -> str:
