@@ -28,7 +28,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ulora_remote.backend import Completed, ForwardBackwardResult, Future, TrainingBackend
-from ulora_remote.control.guard import Guard, Verdict
+from ulora_remote.control.guard import Action, Guard, Verdict
 from ulora_remote.control.policy import LrPolicy
 from ulora_remote.errors import CheckpointError
 from ulora_remote.run.console import Console
@@ -198,7 +198,7 @@ class Screening:
             return next(v for v in verdicts if v.action == "rollback")
         keep = tuple(all(flags) for flags in zip(*(v.keep for v in verdicts), strict=True))
         lrs = [v.lr for v in verdicts if v.lr is not None]
-        action = next((v.action for v in verdicts if v.action != "none"), "none")
+        action: Action = next((v.action for v in verdicts if v.action != "none"), "none")
         note = "; ".join(v.note for v in verdicts if v.note)
         return Verdict(keep=keep, note=note, action=action, lr=min(lrs) if lrs else None)
 

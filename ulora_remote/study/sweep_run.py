@@ -149,10 +149,10 @@ class StoppableBackend:
         self.inner.load_state(ref)
         self.started = True
 
-    def sample(self, prompts: Sequence[str], max_tokens: int,
+    def sample(self, examples: Sequence[Example], max_tokens: int,
                temperature: float = 0.0) -> list[str]:
         self._check()
-        return self.inner.sample(prompts, max_tokens, temperature)
+        return self.inner.sample(examples, max_tokens, temperature)
 
     def close(self) -> None:
         self.inner.close()
