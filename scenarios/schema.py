@@ -177,7 +177,8 @@ class Scenario(BaseModel):
     shift: ShiftSection | None = None
     eval: EvalSection = EvalSection()
     backend: BackendSection = Field(default_factory=LocalSection)
-    controller: ControllerSection = Field(default_factory=GuardedPolicySection)
+    controller: ControllerSection = Field(
+        default_factory=lambda: GuardedPolicySection.model_validate({}))
     optimizer: OptimizerSection = OptimizerSection()
     baselines: BaselinesSection = BaselinesSection()
     checkpoint: CheckpointSection = CheckpointSection()

@@ -1,11 +1,11 @@
 """tinker-cookbook's ``supervised.train`` against ``ulora serve``, by configuration only.
 
-The cookbook is an optional dependency (not on CI by default); the module is skipped, with the
-reason, when it cannot be imported. Minimal install (0.6.1 asks for a ``tml-renderers`` release
-the registry may not have, and ``supervised.train`` never imports it)::
+The cookbook is an optional dependency; the README's test command installs it, so CI runs this
+module, and elsewhere it is skipped, with the reason, when it cannot be imported. Install (0.6.1
+asks for a ``tml-renderers`` release the registry may not have, and ``supervised.train`` never
+imports it)::
 
-    pip install --no-deps tinker-cookbook==0.6.1 chz blobfile urllib3 lxml termcolor
-    pip install 'datasets>=2.14'
+    pip install -e '.[cookbook]' && pip install --no-deps tinker-cookbook==0.6.1
 
 What a user sets: ``base_url`` (the server), ``model_name`` (the path the server advertises as
 its second ``supported_models`` entry: the served tokenizer directory, which the cookbook's
@@ -28,9 +28,8 @@ from pathlib import Path
 import pytest
 
 INSTALL = (
-    "tinker-cookbook is not installed; minimal install: pip install --no-deps "
-    "tinker-cookbook==0.6.1 chz blobfile urllib3 lxml termcolor && "
-    "pip install 'datasets>=2.14'"
+    "tinker-cookbook is not installed; install: pip install -e '.[cookbook]' && "
+    "pip install --no-deps tinker-cookbook==0.6.1"
 )
 pytest.importorskip("torch")
 pytest.importorskip("uvicorn")

@@ -109,7 +109,7 @@ def _guard_events(ax: Any, steps: pd.DataFrame) -> None:
     """A vertical line at each probation, rollback and declared shift of a guard."""
     if "event" not in steps:
         return
-    events = steps[steps["event"].fillna("").astype(str) != ""]
+    events = steps[steps["event"].notna() & (steps["event"].astype(str) != "")]
     for name, (color, style) in _EVENT_STYLE.items():
         at = events.loc[events["event"] == name, "step"]
         for i, step in enumerate(at):

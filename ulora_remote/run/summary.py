@@ -89,7 +89,10 @@ def _guard_summary(steps: pd.DataFrame, scenario: dict[str, Any]) -> dict[str, A
         return {}
     batch = int(scenario.get("batch_size", 0))
     rejected = int((batch - steps["kept"]).clip(lower=0).sum()) if batch else 0
-    events = steps[steps["event"].fillna("") != ""] if "event" in steps else steps.iloc[:0]
+    if "event" in steps:  # an empty column reads as float NaN
+        events = steps[steps["event"].notna() & (steps["event"].astype(str) != "")]
+    else:
+        events = steps.iloc[:0]
     shift = scenario.get("shift") or {}
     found = [int(r.step) for r in events.itertuples()
              if r.event == "shift" and shift and int(r.step) >= int(shift["start"])]
