@@ -34,9 +34,11 @@ from ulora_remote.scenarios.jsonl import JsonlSection, resolve_path
 from ulora_remote.scenarios.mix import MixSection
 from ulora_remote.scenarios.mrpc import PairsSection
 from ulora_remote.scenarios.pig_latin import PigLatinSection
+from ulora_remote.scenarios.rules import RulesSection
 from ulora_remote.scenarios.shocks import FROM_FILE, Schedule
 
 from ulora_remote.backend import AdamParams
+from ulora_remote.control.adapters import AdaptersSection
 from ulora_remote.control.sections import ControllerSection, GuardedPolicySection
 from ulora_remote.sections import STRICT, LearningRate, Probability
 
@@ -52,8 +54,10 @@ __all__ = [
 ]
 
 Window = Annotated[tuple[StrictInt, StrictInt], Strict(False)]
-TaskSection = Annotated[PigLatinSection | PairsSection | JsonlSection | MixSection,
-                        Field(discriminator="kind")]
+TaskSection = Annotated[
+    PigLatinSection | PairsSection | JsonlSection | MixSection | RulesSection,
+    Field(discriminator="kind"),
+]
 MAX_STEPS = 10_000_000
 MAX_LAG = 16
 _DEFAULT_TAGS = (("task", "kind", "pig-latin"), ("backend", "kind", "local"),
@@ -178,6 +182,7 @@ class Scenario(BaseModel):
     optimizer: OptimizerSection = OptimizerSection()
     baselines: BaselinesSection = BaselinesSection()
     checkpoint: CheckpointSection = CheckpointSection()
+    adapters: AdaptersSection | None = None
 
     @property
     def schedule(self) -> Schedule:
@@ -213,6 +218,10 @@ class Scenario(BaseModel):
             raise ValueError(f"lag = {self.lag} must be below steps = {self.steps}; the LR of "
                              f"step t comes from the loss of step t - lag")
         self.backend.check_model(classifier=self.task.needs_classifier)
+        if self.adapters is not None and self.adapters.mode != "shared" and \
+                self.task.needs_classifier:
+            raise ValueError(f"adapters.mode = {self.adapters.mode!r}: the local sequence "
+                             "classifier holds one adapter; set adapters.mode = \"shared\"")
         limit = self.task.max_eval_size
         if limit is not None and self.eval.size > limit:
             raise ValueError(f"eval.size = {self.eval.size}: task {self.task.kind!r} has "

@@ -11,6 +11,7 @@ import pytest
 from ulora_remote.cli import main
 from ulora_remote.run.console import format_lr
 from ulora_remote.run.rundir import RunDir, scrub_secrets
+from ulora_remote.run.steps import StepRow
 
 
 def test_scenarios_lists_the_shipped_names(capsys):
@@ -59,10 +60,9 @@ def test_cut_lines_are_ignored_and_truncation_keeps_rows_before_k(tmp_path):
     rd = RunDir(tmp_path)
     steps = rd.steps_appender()
     for t in range(5):
-        steps.write({"step": t, "shock": False, "loss": 1.0 / (t + 1), "e_smooth": 1.0,
-                     "phi": 0.5, "mode": 1, "mode_name": "Multi", "lr": 5e-4,
-                     "switched": False, "kept": 4, "skipped": False, "tokens": 9.0,
-                     "wall_s": 0.1, "reason": "", "event": "", "snapshot": ""})
+        steps.write(StepRow(step=t, shock=False, loss=1.0 / (t + 1), e_smooth=1.0, phi=0.5,
+                            mode=1, mode_name="Multi", lr=5e-4, switched=False, kept=4,
+                            skipped=False, tokens=9.0, wall_s=0.1).as_dict())
     steps.close()
     with rd.steps_path.open("a") as fh:
         fh.write("5,False,0.3")  # a row cut by SIGKILL

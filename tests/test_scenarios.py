@@ -214,6 +214,9 @@ def test_shipped_scenarios_load_and_match_the_seeds_schedules() -> None:
         "guard-persistent-15",
         "guard-shift",
         "word-tasks",
+        # per-task adapters (issue 15)
+        "rules-conflict",
+        "rules-help",
     }
     assert all(names.values())
     suite = [load_scenario(n) for n in names if n.startswith("guard-")]

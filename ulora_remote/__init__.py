@@ -6,6 +6,7 @@
 
 from ulora_remote.backend import (
     AdamParams,
+    AdapterBackend,
     Completed,
     Datum,
     Example,
@@ -60,6 +61,7 @@ __all__ = [
     "MODE_NAMES",
     "PRESETS",
     "AdamParams",
+    "AdapterBackend",
     "BackendError",
     "CheckpointError",
     "Completed",

@@ -19,7 +19,9 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 from ulora_remote.errors import InputError
 
 __all__ = [
+    "SHARED_ADAPTER",
     "AdamParams",
+    "AdapterBackend",
     "Completed",
     "Datum",
     "Example",
@@ -29,6 +31,8 @@ __all__ = [
     "OptimStepResult",
     "ROLES",
     "TrainingBackend",
+    "adapter_groups",
+    "check_fork",
 ]
 
 T = TypeVar("T")
@@ -100,10 +104,20 @@ class Datum:
 
 @dataclass(frozen=True)
 class ForwardBackwardResult:
-    """Per-example weighted NLL sums (nats) and weight totals of one batch."""
+    """Per-example weighted NLL sums (nats) and weight totals of one batch.
+
+    ``gradient_variance``: for a ``forward_backward`` over examples of two or more tasks on a
+    backend that holds the gradients (local) and was asked to measure it
+    (``AdapterBackend.measure_gradient_variance``), the seed's weight-space variance of the
+    tasks' gradients, Σ_T |g_T − ḡ|² / Σ_T |g_T|² in [0, 1] (0: every task pulls the same way;
+    1/2: orthogonal pulls of equal size; 1: they cancel), each task's gradient taken on the
+    adapter it trains; None otherwise (not asked, one task, a forward, or no gradients at hand,
+    as on Tinker).
+    """
 
     nll_sums: tuple[float, ...]
     weight_sums: tuple[float, ...]
+    gradient_variance: float | None = None
 
     @property
     def loss_sum(self) -> float:
@@ -246,3 +260,80 @@ class TrainingBackend(Protocol):
     def close(self) -> None:
         """Release resources (sessions, threads). Safe to call twice."""
         ...
+
+
+#: The task name of examples that train the shared adapter (``Example.task`` empty).
+SHARED_ADAPTER = ""
+
+
+@runtime_checkable
+class AdapterBackend(TrainingBackend, Protocol):
+    """A backend that can give tasks their own LoRA adapters beside the shared one
+    (docs/design.md, "Per-task adapters").
+
+    Until ``fork_adapters`` is called every example trains the one shared adapter. After it,
+    each example is routed by its ``Example.task``: an example of a forked task is trained,
+    scored (``forward``) and sampled with that task's adapter, any other example with the shared
+    adapter. Per-adapter semantics are Tinker's, one model per adapter:
+
+    * ``forward_backward`` accumulates each example's gradient on its own adapter only;
+    * ``optim_step`` applies one AdamW step to every adapter that accumulated a gradient since
+      the last ``optim_step`` (each with its own moments, and its own ``grad_clip_norm``); an
+      adapter that got no example this step is not touched, moments included; the reported
+      ``grad_norm`` is the global norm over the adapters stepped;
+    * ``save_state`` saves every adapter once with the routes; ``load_state`` restores exactly
+      that set, so loading a checkpoint made before the fork returns to the shared adapter
+      alone, and a fresh backend that loads a forked checkpoint holds the same adapters.
+    """
+
+    def fork_adapters(self, tasks: Sequence[str]) -> None:
+        """Give each of ``tasks`` its own adapter, a copy of the shared adapter at this moment
+        (weights and optimizer state). Blocks until done; call it with no request in flight.
+
+        Raises:
+            InputError: a task named "" (the shared adapter's), a repeated task, or a task
+                that already has an adapter.
+        """
+        ...
+
+    def adapter_tasks(self) -> tuple[str, ...]:
+        """The tasks with their own adapter, in fork order (empty: one shared adapter)."""
+        ...
+
+    def measure_gradient_variance(self, on: bool) -> None:
+        """Whether a ``forward_backward`` over two or more tasks reports
+        ``ForwardBackwardResult.gradient_variance`` (off until called: a batch trains in one
+        pass per adapter, as without tasks; on: one pass per task, so that each task's gradient
+        can be read). A backend without the gradients at hand (Tinker) ignores it. The runner
+        turns it on for a run with ``[adapters]``."""
+        ...
+
+
+def check_fork(tasks: Sequence[str], existing: Sequence[str]) -> list[str]:
+    """The tasks of a ``fork_adapters`` call, checked (every backend refuses the same way).
+
+    Raises:
+        InputError: no task, a task named "", a repeated task, or one that has an adapter.
+    """
+    wanted = list(tasks)
+    if not wanted:
+        raise InputError("fork_adapters needs at least one task name")
+    if SHARED_ADAPTER in wanted:
+        raise InputError('task "" is the shared adapter\'s; name the tasks to fork')
+    if len(set(wanted)) != len(wanted):
+        raise InputError(f"fork_adapters got a task twice: {wanted}")
+    taken = sorted(set(wanted) & set(existing))
+    if taken:
+        raise InputError(f"task(s) {taken} already have their own adapter")
+    return wanted
+
+
+def adapter_groups(examples: Sequence[Example], adapter_tasks: Sequence[str]
+                   ) -> list[tuple[str, list[int]]]:
+    """Indices of ``examples`` grouped by the adapter that serves them: ``(task, indices)`` for
+    a task in ``adapter_tasks``, ``(SHARED_ADAPTER, indices)`` for the rest; first-seen order."""
+    own = set(adapter_tasks)
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        groups.setdefault(e.task if e.task in own else SHARED_ADAPTER, []).append(i)
+    return list(groups.items())

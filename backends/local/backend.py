@@ -31,6 +31,7 @@ from ulora_remote.backend import (
 from ulora_remote.errors import InputError
 
 from . import state, training
+from .adapters import TaskAdapters, flat_grad, gradient_variance
 from .builtin import BUILTIN_SIZES, build_builtin_model
 from .models import attach_lora, load_base, resolve_dtype
 from .progress import Progress, stderr_progress
@@ -60,6 +61,12 @@ class DatumsResult:
 class LocalBackend:
     """LoRA training on a local causal LM: the built-in "small"/"medium" model or a local
     Hugging Face directory. See the module docstring and README for the contract.
+
+    An ``AdapterBackend``: ``fork_adapters`` adds per-task peft adapters on the same base model
+    (``adapters.TaskAdapters``); examples are then routed by ``Example.task``. A
+    ``forward_backward`` over two or more tasks runs one pass per task and reports the spread
+    of their gradients (``ForwardBackwardResult.gradient_variance``) once
+    ``measure_gradient_variance(True)`` was called (a run with ``[adapters]``).
 
     Args:
         base_model: ``"small"``, ``"medium"`` (built in; pre-trained on first use and cached) or
@@ -125,6 +132,8 @@ class LocalBackend:
         self.training = training.new_training_state(
             self.model, device=self.device, seed=seed, checkpoint_dir=checkpoint_dir,
             identity=identity, kind="local")
+        self._adapters = TaskAdapters(self.model, self.training)
+        self._task_gradients = False  # measure_gradient_variance
 
     @property
     def params(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -185,16 +194,58 @@ class LocalBackend:
     # -- the TrainingBackend protocol ----------------------------------------------------
 
     def forward_backward(self, batch: Sequence[Example]) -> Completed[ForwardBackwardResult]:
-        """Render ``batch`` and accumulate its gradients. Raises InputError on bad examples."""
-        datums = render_examples(self.tokenizer, batch, self.eos_token_id, self._encode)
-        res = self._run(datums, train=True, want_logprobs=False, trusted=True)
-        return Completed(res.to_forward_backward_result())
+        """Render ``batch`` and accumulate each example's gradient on its task's adapter.
+        Raises InputError on bad examples."""
+        return Completed(self._routed(batch, train=True))
 
     def forward(self, batch: Sequence[Example]) -> Completed[ForwardBackwardResult]:
-        """Per-example NLL sums without gradients. Raises InputError on bad examples."""
+        """Per-example NLL sums without gradients, each on its task's adapter. Raises
+        InputError on bad examples."""
+        return Completed(self._routed(batch, train=False))
+
+    def _routed(self, batch: Sequence[Example], *, train: bool) -> ForwardBackwardResult:
+        """One pass per adapter; for a backward over several tasks while the gradient variance
+        is measured, one per task, so that each task's gradient can be read (the seed's
+        weight-space variance)."""
         datums = render_examples(self.tokenizer, batch, self.eos_token_id, self._encode)
-        res = self._run(datums, train=False, want_logprobs=False, trusted=True)
-        return Completed(res.to_forward_backward_result())
+        tasks = [e.task for e in batch]
+        by_task = train and self._task_gradients and len(set(tasks)) > 1
+        groups = self._adapters.groups(tasks, by_task=by_task)
+        if len(groups) == 1 and not by_task:  # one adapter: one pass, as without adapters
+            with self._adapters.active(groups[0][0]):
+                res = self._run(datums, train=train, want_logprobs=False, trusted=True)
+            return res.to_forward_backward_result()
+        nll = [0.0] * len(datums)
+        grads = []
+        for adapter, idx in groups:
+            with self._adapters.active(adapter):
+                params = self._adapters.params_of(adapter)
+                before = flat_grad(params) if by_task else None
+                res = self._run([datums[i] for i in idx], train=train, want_logprobs=False,
+                                trusted=True)
+                if before is not None:
+                    grads.append(flat_grad(params) - before)
+            for i, value in zip(idx, res.nll_sums, strict=True):
+                nll[i] = value
+        return ForwardBackwardResult(tuple(nll), tuple(d.weight_sum for d in datums),
+                                     gradient_variance(grads) if by_task else None)
+
+    # -- per-task adapters (AdapterBackend) ----------------------------------------------
+
+    def fork_adapters(self, tasks: Sequence[str]) -> None:
+        """Give each task its own adapter, a copy of the shared one (weights and AdamW state).
+        Raises InputError (see ``ulora_remote.backend.AdapterBackend``)."""
+        self._check_open()
+        self._adapters.fork(tasks)
+
+    def adapter_tasks(self) -> tuple[str, ...]:
+        """The tasks with their own adapter, in fork order."""
+        return self._adapters.tasks()
+
+    def measure_gradient_variance(self, on: bool) -> None:
+        """Report ``gradient_variance`` for a ``forward_backward`` over two or more tasks (one
+        pass per task; off by default: one pass per adapter, as without tasks)."""
+        self._task_gradients = bool(on)
 
     def optim_step(self, params: AdamParams) -> Completed[OptimStepResult]:
         """One AdamW step with exactly ``params``, then clear the gradients.
@@ -203,7 +254,8 @@ class LocalBackend:
         accumulated; AdamW then leaves the weights and its state untouched).
         """
         self._check_open()
-        return Completed(training.adamw_step(self.training, params))
+        return Completed(training.adamw_step(self.training, params,
+                                             self._adapters.clip_groups()))
 
     def save_state(self, name: str) -> str:
         """Write adapter, optimizer and RNG state to ``checkpoint_dir/name``; return its path.
@@ -225,6 +277,7 @@ class LocalBackend:
         made for another base model or LoRA shape.
         """
         self._check_open()
+        self._adapters.set_routes(state.saved_routes(self.training, ref))
         state.load(self.training, ref, optimizer=optimizer)
 
     def sample(
@@ -233,18 +286,21 @@ class LocalBackend:
         """Complete each example's prompt (greedy at temperature 0), stopping at EOS; the text
         returned is the completion only, without special tokens. A chat example is completed
         after the turns before its last assistant turn, and its text ends where the turn ends
-        (``ulora_remote.chat``). Raises InputError on a bad prompt."""
+        (``ulora_remote.chat``). Each example is completed with its task's adapter. Raises
+        InputError on a bad prompt."""
         if len(examples) == 0:
             return []
         inputs = sampling_inputs(self.tokenizer, examples, self._encode)
         texts: dict[int, str] = {}
-        for stop in dict.fromkeys(s for _, s in inputs):  # one batch per kind of turn end
-            rows = [i for i, (_, s) in enumerate(inputs) if s == stop]
-            outs = self._generate([inputs[i][0] for i in rows], max_tokens, temperature,
-                                  self._stop_ids(stop))
-            for i, o in zip(rows, outs, strict=True):
-                text = self.tokenizer.decode(o, skip_special_tokens=True)
-                texts[i] = text.split(stop, 1)[0] if stop else text
+        for adapter, group in self._adapters.groups([e.task for e in examples], by_task=False):
+            with self._adapters.active(adapter):
+                for stop in dict.fromkeys(inputs[i][1] for i in group):  # one batch per turn end
+                    rows = [i for i in group if inputs[i][1] == stop]
+                    outs = self._generate([inputs[i][0] for i in rows], max_tokens, temperature,
+                                          self._stop_ids(stop))
+                    for i, o in zip(rows, outs, strict=True):
+                        text = self.tokenizer.decode(o, skip_special_tokens=True)
+                        texts[i] = text.split(stop, 1)[0] if stop else text
         return [texts[i] for i in range(len(examples))]
 
     def _stop_ids(self, stop: str | None) -> tuple[int, ...]:

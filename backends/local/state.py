@@ -18,7 +18,7 @@ from ulora_remote.errors import CheckpointError
 from .checkpoint import checkpoint_target, read_checkpoint, write_checkpoint
 from .training import TrainingState
 
-__all__ = ["load", "manifest_of", "save"]
+__all__ = ["load", "manifest_of", "save", "saved_routes"]
 
 _SEP = "::"
 
@@ -33,6 +33,7 @@ def manifest_of(state: TrainingState) -> dict[str, Any]:
         "lora_alpha": ident.lora_alpha,
         "target_modules": sorted(ident.target_modules),
         "params": {n: list(p.shape) for n, p in state.params},
+        "task_adapters": dict(state.routes),
     }
 
 
@@ -71,9 +72,36 @@ def _resolve(state: TrainingState, ref: str) -> Path:
     return checkpoint_target(state.checkpoint_dir, ref)
 
 
-def _check_compatible(path: Path, saved: dict[str, Any], ours: dict[str, Any]) -> None:
-    for key in ("base_model", "base_fingerprint", "rank", "lora_alpha", "target_modules",
-                "params"):
+def saved_routes(state: TrainingState, ref: str) -> dict[str, str]:
+    """The task adapters a checkpoint holds (task → adapter name; empty for the shared adapter
+    alone, and for checkpoints made before per-task adapters existed), once the checkpoint's
+    base model and LoRA shape are known to match (so a refused checkpoint changes nothing).
+
+    Raises:
+        CheckpointError: the manifest is missing or unreadable, or made for another model.
+    """
+    path = _resolve(state, ref) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        why = "no manifest.json" if not path.is_file() else f"manifest.json unreadable: {exc}"
+        raise CheckpointError(f"{str(path.parent)!r} is not a complete local-backend checkpoint "
+                              f"({why}); pass the path that save_state returned") from None
+    ours = manifest_of(state)
+    _check_compatible(path.parent, manifest, ours, keys=_IDENTITY)
+    routes = manifest.get("task_adapters", {})
+    if not isinstance(routes, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in routes.items()):
+        raise CheckpointError(f"{str(path)!r}: task_adapters must map task names to adapters")
+    return dict(routes)
+
+
+_IDENTITY = ("base_model", "base_fingerprint", "rank", "lora_alpha", "target_modules")
+
+
+def _check_compatible(path: Path, saved: dict[str, Any], ours: dict[str, Any],
+                      keys: tuple[str, ...] = (*_IDENTITY, "params")) -> None:
+    for key in keys:
         if saved.get(key) != ours[key]:
             shown = "(differs)" if key == "params" else f"{saved.get(key)!r} vs ours {ours[key]!r}"
             raise CheckpointError(

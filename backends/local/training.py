@@ -67,6 +67,8 @@ class TrainingState:
         checkpoint_dir: where ``save_state(name)`` writes ``checkpoint_dir/name``.
         identity: what a checkpoint must match to load here.
         closed: set by ``close``; every call of the backend then raises BackendError.
+        routes: task name → the adapter that task trains (``adapters.TaskAdapters``); empty
+            while every example trains the shared adapter. Saved in every checkpoint.
     """
 
     params: list[tuple[str, torch.nn.Parameter]]
@@ -75,6 +77,7 @@ class TrainingState:
     checkpoint_dir: Path
     identity: AdapterIdentity
     closed: bool = field(default=False)
+    routes: dict[str, str] = field(default_factory=dict)
 
 
 def check_lora_options(rank: int, lora_alpha: float, threads: int | None) -> None:
@@ -137,25 +140,35 @@ def new_training_state(model: Any, *, device: torch.device, seed: int,
     )
 
 
-def adamw_step(state: TrainingState, params: AdamParams) -> OptimStepResult:
+def adamw_step(state: TrainingState, params: AdamParams,
+               clip_groups: Sequence[Sequence[torch.nn.Parameter]] | None = None
+               ) -> OptimStepResult:
     """One AdamW step with exactly ``params``, then clear the gradients.
 
     Returns the global L2 norm of the gradients before clipping (0.0 when none were accumulated;
     AdamW then leaves the weights and its state untouched). ``grad_clip_norm`` ≤ 0: no clipping.
+    ``clip_groups`` (default: every parameter together) are clipped each on its own, as separate
+    models would be: per-task adapters (``adapters.TaskAdapters.clip_groups``).
     """
     for group in state.optimizer.param_groups:
         group.update(lr=params.learning_rate, betas=(params.beta1, params.beta2),
                      eps=params.eps, weight_decay=params.weight_decay)
-    with_grad = [p for _, p in state.params if p.grad is not None]
-    if not with_grad:
-        norm = torch.zeros(())
-    elif params.grad_clip_norm > 0:  # returns the pre-clip norm
-        norm = torch.nn.utils.clip_grad_norm_(with_grad, params.grad_clip_norm)
-    else:
-        norm = _total_norm([p.grad for p in with_grad if p.grad is not None])
+    groups = clip_groups if clip_groups is not None else [[p for _, p in state.params]]
+    norms = [_clip(ps, params.grad_clip_norm) for ps in groups]
+    norm = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
     return OptimStepResult(grad_norm=float(norm))
+
+
+def _clip(params: Sequence[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """The pre-clip global norm of ``params``' gradients; clipped in place when max_norm > 0."""
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return torch.zeros(())
+    if max_norm > 0:  # returns the pre-clip norm
+        return torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
+    return _total_norm([p.grad for p in with_grad if p.grad is not None])
 
 
 def _total_norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -8,6 +8,10 @@ the only retry layer. When a training future fails in a way that leaves the remo
 optimizer state (tenacity, bounded attempts, for this rebuild only) and then replays the steps after
 the checkpoint itself. Requests run on the service in submission order (the SDK numbers them), so
 the runner can submit fb_t, opt_t and fb_{t+1} before reading fb_t.
+
+Per-task adapters (``AdapterBackend``): ``fork_adapters`` adds one training client per task, made
+from the shared client's saved state with its optimizer; requests are split by client and put
+back together (``adapters.py``), and a checkpoint saves every client once.
 """
 
 from __future__ import annotations
@@ -24,15 +28,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ulora_remote.backend import (
+    SHARED_ADAPTER,
     AdamParams,
     Datum,
     Example,
     ForwardBackwardResult,
+    Future,
     OptimStepResult,
+    adapter_groups,
+    check_fork,
 )
 from ulora_remote.errors import (
     BackendError,
-    CheckpointError,
     ConfigurationError,
     InputError,
     RemoteTimeoutError,
@@ -40,6 +47,7 @@ from ulora_remote.errors import (
     UloraError,
 )
 
+from .adapters import GatheredOptim, GatheredResult, composite_ref, parse_ref
 from .checkpoints import load_training_client, save_checkpoint
 from .futures import SdkFuture, call_with_deadline, map_sdk_error, scrub
 from .render import (
@@ -170,6 +178,8 @@ class TinkerBackend:
             base_model, rank=rank, seed=seed
         )
         self._client: Any = None
+        self._tasks: dict[str, Any] = {}  # task → its own training client, in fork order
+        self._stepped: list[str] = []  # adapters with gradients since the last optim_step
         self._eos: tuple[str | None] | None = None
 
     def _ensure_client(self) -> Any:
@@ -226,19 +236,31 @@ class TinkerBackend:
 
     # -- training requests -----------------------------------------------------------------
 
-    def forward_backward(self, batch: Sequence[Example]) -> SdkFuture[ForwardBackwardResult]:
-        """Submit a forward-backward pass (``cross_entropy``, a sum); returns at once."""
+    def forward_backward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
+        """Submit a forward-backward pass (``cross_entropy``, a sum), one request per adapter
+        the batch's tasks use; returns at once."""
         return self._submit_fwd(batch, forward_only=False)
 
-    def forward(self, batch: Sequence[Example]) -> SdkFuture[ForwardBackwardResult]:
+    def forward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
         """Submit a forward pass: the same numbers, no gradients; returns at once."""
         return self._submit_fwd(batch, forward_only=True)
 
     def _submit_fwd(
         self, batch: Sequence[Example], *, forward_only: bool
-    ) -> SdkFuture[ForwardBackwardResult]:
+    ) -> Future[ForwardBackwardResult]:
         data = self._render_batch(batch)
-        client = self._live_client()
+        self._live_client()
+        parts = []
+        for key, idx in adapter_groups(batch, tuple(self._tasks)):
+            parts.append((idx, self._submit_part(key, [data[i] for i in idx], forward_only)))
+            if not forward_only and key not in self._stepped:
+                self._stepped.append(key)
+        return parts[0][1] if len(parts) == 1 else GatheredResult(parts, len(data))
+
+    def _submit_part(
+        self, key: str, data: list[Datum], forward_only: bool
+    ) -> SdkFuture[ForwardBackwardResult]:
+        client = self._client_of(key)
         payload = [to_tinker_datum(d) for d in data]
         name = "forward" if forward_only else "forward_backward"
         method = client.forward if forward_only else client.forward_backward
@@ -250,8 +272,14 @@ class TinkerBackend:
             sdk_future, name, lambda out: result_from_output(out, data), training=not forward_only
         )
 
-    def optim_step(self, params: AdamParams) -> SdkFuture[OptimStepResult]:
-        """Submit one AdamW step with this step's parameters; returns at once."""
+    def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
+        """Submit one AdamW step with this step's parameters to every adapter that got a
+        gradient since the last one (the shared one if none did); returns at once."""
+        keys, self._stepped = self._stepped or [SHARED_ADAPTER], []
+        parts = [self._optim_part(key, params) for key in keys]
+        return parts[0] if len(parts) == 1 else GatheredOptim(parts)
+
+    def _optim_part(self, key: str, params: AdamParams) -> SdkFuture[OptimStepResult]:
         types = self._tinker.types
         sdk_params = types.AdamParams(
             learning_rate=params.learning_rate,
@@ -261,7 +289,8 @@ class TinkerBackend:
             weight_decay=params.weight_decay,
             grad_clip_norm=params.grad_clip_norm,
         )
-        client = self._live_client()
+        self._live_client()
+        client = self._client_of(key)
         try:
             sdk_future = client.optim_step(sdk_params)
         except Exception as exc:  # noqa: BLE001
@@ -279,6 +308,31 @@ class TinkerBackend:
                 "load_state(<last checkpoint>) before submitting again"
             )
         return self._ensure_client()
+
+    def _client_of(self, key: str) -> Any:
+        return self._ensure_client() if key == SHARED_ADAPTER else self._tasks[key]
+
+    # -- per-task adapters (AdapterBackend) ------------------------------------------------
+
+    def fork_adapters(self, tasks: Sequence[str]) -> None:
+        """Give each task its own training client, created from the shared client's state
+        saved now (weights and optimizer). Blocks; call it with no request in flight.
+
+        Raises:
+            InputError: see ``ulora_remote.backend.check_fork``.
+            CheckpointError, StateLostError, RemoteError: the save or a client failed.
+        """
+        wanted = check_fork(tasks, tuple(self._tasks))
+        path = self.save_state(f"fork{len(self._tasks):03d}")
+        for task in wanted:
+            self._tasks[task] = self._load_client(path)
+
+    def adapter_tasks(self) -> tuple[str, ...]:
+        """The tasks with their own training client, in fork order."""
+        return tuple(self._tasks)
+
+    def measure_gradient_variance(self, on: bool) -> None:
+        """Ignored: the gradients stay on the service, so ``gradient_variance`` is None."""
 
     def _wrap(self, sdk_future: Any, name: str, convert: Any, *, training: bool) -> SdkFuture[Any]:
         generation = self._generation
@@ -331,6 +385,13 @@ class TinkerBackend:
         """
         client = self._live_client()
         full_name = f"{self.run_name}-{_NAME_OK.sub('-', name)}"
+        shared = self._save_client(client, full_name)
+        if not self._tasks:
+            return shared
+        return composite_ref(shared, {task: self._save_client(c, f"{full_name}-task{i}")
+                                      for i, (task, c) in enumerate(self._tasks.items())})
+
+    def _save_client(self, client: Any, full_name: str) -> str:
         try:
             return save_checkpoint(
                 rest_client(self._service),  # built during check_base_model: no I/O here
@@ -345,29 +406,35 @@ class TinkerBackend:
             raise
 
     def load_state(self, ref: str) -> None:
-        """Replace the training client with a new one built from ``ref`` with its optimizer.
+        """Replace the training clients with new ones built from ``ref`` with their optimizer:
+        the shared client, and one per task when ``ref`` is the reference of a forked backend's
+        checkpoint (a plain path leaves the shared client alone).
 
-        Outstanding futures of the old client then refuse their results (``StateLostError``).
+        Outstanding futures of the old clients then refuse their results (``StateLostError``).
 
         Raises:
-            CheckpointError: ``ref`` is not a ``tinker://`` path, or the service cannot load it.
+            CheckpointError: ``ref`` is neither form, or the service cannot load it.
             RemoteError: every rebuild attempt failed.
         """
         if self._closed:
             raise BackendError("this TinkerBackend is closed; create a new one")
-        if not ref.startswith("tinker://"):
-            raise CheckpointError(f"{ref!r} is not a Tinker checkpoint path (tinker://...)")
-        self._client = load_training_client(
+        shared, tasks = parse_ref(ref)
+        self._client = self._load_client(shared)
+        self._tasks = {task: self._load_client(path) for task, path in tasks.items()}
+        self._stepped = []
+        self._generation += 1
+        self._lost = None
+
+    def _load_client(self, path: str) -> Any:
+        return load_training_client(
             self._service,
-            ref,
+            path,
             attempts=self.rebuild_attempts,
             timeout_s=self.timeout_s,
             api_key=self._key,
             policy=self._start_policy,
             is_closed=lambda: self._closed,
         )
-        self._generation += 1
-        self._lost = None
 
     # -- evaluation ------------------------------------------------------------------------
 
@@ -375,35 +442,35 @@ class TinkerBackend:
         self, examples: Sequence[Example], max_tokens: int, temperature: float = 0.0
     ) -> list[str]:
         """Greedy (at temperature 0) generations from the current weights, one per example's
-        prompt.
+        prompt, each with its task's adapter.
 
-        Saves sampler weights (``save_weights_and_get_sampling_client``) on every call, so
-        call it at evaluation steps only. Each text is cut at EOS or the first newline.
+        Saves sampler weights (``save_weights_and_get_sampling_client``) of every adapter used
+        on every call, so call it at evaluation steps only. Each text is cut at EOS or the first
+        newline.
         """
         if not examples:
             return []
         prompts = [sampling_prompt(self._tokenizer, e) for e in examples]
-        client = self._live_client()
-        sampler = self._wait(
-            client.save_weights_and_get_sampling_client, "save_weights_for_sampler"
-        )
+        self._live_client()
         types = self._tinker.types
         params = types.SamplingParams(max_tokens=max_tokens, temperature=temperature)
-        pending = []
-        for prompt, _ in prompts:
-            model_input = types.ModelInput.from_ints(prompt)
-            try:
-                pending.append(
-                    sampler.sample(prompt=model_input, num_samples=1, sampling_params=params)
-                )
-            except Exception as exc:  # noqa: BLE001
-                raise self._translate(exc, "sample", training=False) from None
-        texts = []
-        for sdk_future, (_, stop) in zip(pending, prompts, strict=True):
+        pending: list[tuple[int, Any]] = []
+        for key, idx in adapter_groups(examples, tuple(self._tasks)):
+            sampler = self._wait(self._client_of(key).save_weights_and_get_sampling_client,
+                                 "save_weights_for_sampler")
+            for i in idx:
+                model_input = types.ModelInput.from_ints(prompts[i][0])
+                try:
+                    pending.append((i, sampler.sample(prompt=model_input, num_samples=1,
+                                                      sampling_params=params)))
+                except Exception as exc:  # noqa: BLE001
+                    raise self._translate(exc, "sample", training=False) from None
+        texts = [""] * len(examples)
+        for i, sdk_future in pending:
             response = self._wrap(sdk_future, "sample", lambda r: r, training=False).result()
-            tokens = list(response.sequences[0].tokens)
-            text = self._tokenizer.decode(tokens, skip_special_tokens=False)
-            texts.append(clean_completion(text, self._eos_text, stop))
+            text = self._tokenizer.decode(list(response.sequences[0].tokens),
+                                          skip_special_tokens=False)
+            texts[i] = clean_completion(text, self._eos_text, prompts[i][1])
         return texts
 
     # -- lifetime --------------------------------------------------------------------------

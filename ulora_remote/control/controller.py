@@ -35,6 +35,10 @@ Options on top of either form, each off by default:
 * Mirror-lock (h, m): once in Mirror, leave only when ``φ_t < θ1 − h`` *and* Ê has not risen for
   the last m consecutive updates (``Ê_t ≤ Ê_{t-1}``, counted by ``calm_steps``).
 
+A multi-task stream adds its task stress u_t ∈ [0, 1) (conflict and stability,
+``ulora_remote.control.tasks``): φ is fed ``d + (1 − d)·u_t`` where d is the drive above (after the
+derivative reaction); u_t = 0 feeds d itself, so the seed's numbers are unchanged.
+
 Bad input: a NaN or infinite loss is the strongest stress. The EMA is not fed (Ê keeps its value,
 so it stays finite) and the normalised loss term counts as 1. A negative loss raises InputError.
 """
@@ -156,18 +160,20 @@ class UnifiedController:
         stress object (if any) forget its history, since the data changed for good."""
         if signal.rebase and self.stress is not None:
             self.stress.rebase()
-        return self.decide(signal.loss, signal.external_stress)
+        return self.decide(signal.loss, signal.external_stress, signal.task_stress)
 
     # -- the update --------------------------------------------------------------------------
     def update(self, loss: float, external_stress: float | None = None) -> float:
         """Feed one step's loss; return the learning rate to use (the seed's API)."""
         return self.decide(loss, external_stress).lr
 
-    def decide(self, loss: float, external_stress: float | None = None) -> Decision:
-        """Feed one step's loss (and optional external stress E_t in [0, 1]); return the decision.
+    def decide(self, loss: float, external_stress: float | None = None,
+               task_stress: float = 0.0) -> Decision:
+        """Feed one step's loss (and optional external stress E_t in [0, 1], task stress u_t
+        in [0, 1)); return the decision.
 
         Raises:
-            InputError: the loss is negative, or the external stress lies outside [0, 1].
+            InputError: the loss is negative, or a stress lies outside its interval.
         """
         loss = float(loss)
         if loss < 0:
@@ -178,6 +184,8 @@ class UnifiedController:
         e_ext = 0.0 if external_stress is None else float(external_stress)
         if not (0.0 <= e_ext <= 1.0):
             raise InputError(f"external_stress={external_stress!r} must lie in [0, 1]")
+        if not (0.0 <= task_stress < 1.0):
+            raise InputError(f"task_stress={task_stress!r} must lie in [0, 1)")
         cfg, s = self.config, self._s
         finite = math.isfinite(loss)
 
@@ -197,6 +205,8 @@ class UnifiedController:
         if cfg.derivative_gain > 0 and s.prev_drive is not None:
             fed = min(1.0, drive + cfg.derivative_gain * max(0.0, drive - s.prev_drive))
         s.prev_drive = drive
+        if task_stress > 0.0:
+            fed = fed + (1.0 - fed) * task_stress
         s.phi = (1 - cfg.alpha) * s.phi + cfg.alpha * fed
         rising = s.prev_e_smooth is not None and s.e_smooth > s.prev_e_smooth
         s.calm_steps = 0 if rising else s.calm_steps + 1

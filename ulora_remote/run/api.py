@@ -164,7 +164,7 @@ def _build(scenario: Scenario, rd: RunDir, backend: TrainingBackend | None,
 
 def _execute(parts: RunParts, rd: RunDir, *, resume: bool, console: TextIO | None) -> RunResult:
     Runner(parts.backend, parts.policy, parts.guards, parts.source, parts.settings, rd,
-           out=console).run(resume=resume)
+           out=console, tasks=parts.tasks).run(resume=resume)
     write_report(rd)
     return load_run(rd.path)
 

@@ -17,8 +17,10 @@ from ulora_remote.backend import TrainingBackend
 from ulora_remote.control.guard import Guard
 from ulora_remote.control.policy import LrPolicy
 from ulora_remote.control.sections import ControllerPolicySection
+from ulora_remote.control.tasks import TaskSignals
 from ulora_remote.errors import ConfigurationError
 from ulora_remote.run.datacheck import check_records
+from ulora_remote.run.multitask import TaskParts, check_routing, stream_tasks
 from ulora_remote.run.steps import RunSettings
 from ulora_remote.scenarios.records import read_shock_records
 from ulora_remote.scenarios.schema import Scenario
@@ -30,6 +32,7 @@ __all__ = [
     "build_parts",
     "build_settings",
     "build_source",
+    "build_tasks",
     "method_label",
     "parse_seeds",
 ]
@@ -44,6 +47,7 @@ class RunParts:
     guards: list[Guard]
     source: ShockStream
     backend: TrainingBackend
+    tasks: TaskParts | None = None
 
 
 def build_parts(scenario: Scenario, run_name: str, checkpoint_dir: Path, *,
@@ -57,16 +61,34 @@ def build_parts(scenario: Scenario, run_name: str, checkpoint_dir: Path, *,
     policy = scenario.controller.build()
     guards = scenario.controller.build_guards()
     source = build_source(scenario)
+    tasks = build_tasks(scenario, source)
     built = backend is None
     if backend is None:
         backend = build_backend(scenario, checkpoint_dir)
     try:  # records from data files must render and fit the model before anything is written
         check_records(source.records(), backend, scenario.eval.max_tokens)
+        if tasks is not None:  # per-task adapters need a backend that holds them
+            check_routing(tasks.switch.mode, stream_tasks(source), backend)
     except BaseException:
         if built:
             backend.close()
         raise
-    return RunParts(settings, policy, guards, source, backend)
+    return RunParts(settings, policy, guards, source, backend, tasks)
+
+
+def build_tasks(scenario: Scenario, source: ShockStream) -> TaskParts | None:
+    """The task signals and adapter switch of ``[adapters]`` (None without that section).
+
+    Raises:
+        ConfigurationError: per-task adapters asked for a stream with fewer than two tasks.
+    """
+    section = scenario.adapters
+    if section is None:
+        return None
+    check_routing(section.mode, stream_tasks(source), None)
+    config = scenario.controller.controller_config()
+    return TaskParts(TaskSignals(section.signals_config()),
+                     section.build_switch(config.theta0, config.theta1))
 
 
 def build_source(scenario: Scenario) -> ShockStream:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ulora_remote.errors import RunDirError
 from ulora_remote.run import records
 from ulora_remote.run.newrun import remove_leftovers
-from ulora_remote.run.tables import EVAL_COLUMNS, STEP_COLUMNS, Table, check_rows, read_table
+from ulora_remote.run.tables import EVAL_COLUMNS, Table, check_rows, read_table, step_columns
 
 if TYPE_CHECKING:
     from ulora_remote.run.rundir import RunDir
@@ -77,7 +77,7 @@ def check_tables(rd: RunDir, k: int) -> tuple[Table, Table]:
     """
     what = f"the checkpoint at step {k}" if k else "a restart from step 0"
     fix = rd.start_over_hint()
-    steps = read_table(rd.steps_path, STEP_COLUMNS, fix=fix)
+    steps = read_table(rd.steps_path, step_columns(rd.steps_path), fix=fix)
     evals = read_table(rd.evals_path, EVAL_COLUMNS, fix=fix)
     earlier = _earlier_checkpoint(rd, steps, k)
     if earlier is not None:

@@ -43,6 +43,7 @@ from ulora_remote.run.tables import (
     CsvAppender,
     Table,
     read_table,
+    step_columns,
     truncate_table,
 )
 
@@ -212,8 +213,11 @@ class RunDir:
         return summary
 
     # -- tables -------------------------------------------------------------------------------
-    def steps_appender(self, flush_every: int = 1) -> CsvAppender:
-        return CsvAppender(self.steps_path, STEP_COLUMNS, flush_every)
+    def steps_appender(self, flush_every: int = 1, *, multitask: bool = False) -> CsvAppender:
+        """steps.csv, appended to: with the multi-task columns for a run with ``[adapters]``
+        (a file already begun keeps its own columns)."""
+        columns = step_columns(self.steps_path, multitask=multitask)
+        return CsvAppender(self.steps_path, columns, flush_every)
 
     def evals_appender(self) -> CsvAppender:
         return CsvAppender(self.evals_path, EVAL_COLUMNS, 1)
@@ -224,7 +228,8 @@ class RunDir:
         Raises:
             RunDirError: the file is damaged, or rows are missing in between.
         """
-        table = read_table(self.steps_path, STEP_COLUMNS, fix=self.start_over_hint())
+        table = read_table(self.steps_path, step_columns(self.steps_path),
+                           fix=self.start_over_hint())
         if table.steps != list(range(table.rows)):
             gap = next(i for i, s in enumerate(table.steps) if s != i)
             raise RunDirError(f"{self.steps_path}: the rows of steps {gap}-{table.steps[gap] - 1} "

@@ -40,6 +40,7 @@ from ulora_remote.control.policy import Decision, LrPolicy, Signal
 from ulora_remote.control.snapshots import SnapshotKeeper
 from ulora_remote.errors import BackendError, CheckpointError, StateLostError
 from ulora_remote.run.console import Console
+from ulora_remote.run.multitask import TaskParts, TaskRouting
 from ulora_remote.run.pertask import task_line, with_task_losses
 from ulora_remote.run.rundir import CsvAppender, RunDir
 from ulora_remote.run.screening import Screening
@@ -60,11 +61,13 @@ class Runner:
         settings: the loop's parameters.
         rundir: where tables and checkpoint records go (config.json is the caller's job).
         out: the console stream (stdout by default).
+        tasks: the task signals and adapter switch of a multi-task run
+            (``ulora_remote.run.multitask``), or None.
     """
 
     def __init__(self, backend: TrainingBackend, policy: LrPolicy, guards: Sequence[Guard],
                  source: BatchSource, settings: RunSettings, rundir: RunDir,
-                 out: TextIO | None = None) -> None:
+                 out: TextIO | None = None, tasks: TaskParts | None = None) -> None:
         self.backend, self.policy, self.guards = backend, policy, list(guards)
         self.source, self.s, self.rundir = source, settings, rundir
         self.console = Console(out or sys.stdout, settings.steps)
@@ -81,6 +84,9 @@ class Runner:
         self._steps_csv: CsvAppender | None = None
         self._evals_csv: CsvAppender | None = None
         self._snapshots = self._new_snapshot_keeper()
+        self.routing = None if tasks is None else TaskRouting(
+            backend, source, tasks.signals, tasks.switch, self.console, steps=settings.steps,
+            timeout_s=settings.result_timeout_s)
 
     def _new_snapshot_keeper(self) -> SnapshotKeeper | None:
         if self.s.snapshot_every <= 0:
@@ -135,6 +141,8 @@ class Runner:
         self._unread.clear()
         self._unconfirmed.clear()
         self.screening.restore({})
+        if self.routing is not None:
+            self.routing.restore({})
         ckpt = self.rundir.last_checkpoint()
         if ckpt is None:
             if required:
@@ -148,6 +156,8 @@ class Runner:
         self.backend.load_state(str(ckpt["ref"]))
         self.policy.load_state_dict(ckpt["policy"])
         self.screening.restore(ckpt)
+        if self.routing is not None:
+            self.routing.restore(ckpt)
         self._decisions = {int(u): Decision(**d) for u, d in ckpt.get("decisions", {}).items()}
         self._wall_offset_s = float(ckpt.get("wall_s", 0.0))
         self._t0 = time.monotonic()
@@ -161,12 +171,18 @@ class Runner:
         self._open_tables()
         self._rows_written = start
         for t in range(start, self.s.steps):
+            if self.routing is not None:
+                self.routing.before_step(t, self._settle)
             self._boundary(t, skip_checkpoint=(t == start and t > 0))
             self._snapshot_or_rollback(t)
             submitted = self.screening.submit(t, self._settle)
+            if self.routing is not None:
+                self.routing.after_submit(t)
             self._unread.append(submitted)
             self._drain(t - self.s.lag)
             if not submitted.skipped:
+                if self.routing is not None:
+                    self.routing.probe(t + 1)  # batch t+1 before update t (conflict C)
                 params = AdamParams(learning_rate=self._setter(submitted).lr,
                                     **self.s.optimizer)
                 submitted.optim = self.backend.optim_step(params)
@@ -193,7 +209,12 @@ class Runner:
             result = submitted.result.result(self.s.result_timeout_s)
             stress = submitted.rejected_fraction if self.guards else None
             loss = self.screening.observed_loss(submitted, float(result.mean_loss))
-            decision = self.policy.observe(Signal(loss, stress, rebase=submitted.rebase))
+            signal = Signal(loss, stress, rebase=submitted.rebase)
+            if self.routing is not None:
+                signal = self.routing.signal(submitted, result, signal)
+            decision = self.policy.observe(signal)
+            if self.routing is not None:
+                self.routing.after_decision(u, decision)
             self._decisions[u] = decision
             if self._snapshots is not None:
                 self._snapshots.observe(decision)
@@ -217,7 +238,7 @@ class Runner:
             lr=0.0 if submitted.skipped else setter.lr, switched=setter.switched,
             kept=submitted.kept, skipped=submitted.skipped, tokens=tokens,
             wall_s=round(self._wall_s(), 4), reason=setter.reason, event=submitted.event,
-            snapshot=submitted.snapshot,
+            snapshot=submitted.snapshot, **(self.routing.row(u) if self.routing else {}),
         )
         assert self._steps_csv is not None
         self._steps_csv.write(row.as_dict())
@@ -233,9 +254,12 @@ class Runner:
         return self._decisions[source] if source >= 0 else self.policy.initial_decision()
 
     def _settle(self, k: int) -> None:
-        """Read every step before boundary k and confirm every optimizer step."""
+        """Read every step before boundary k and confirm every optimizer step (and read the
+        probe submitted for step k: the weights may change next)."""
         self._drain(k - 1)
         self._confirm(k - 1)
+        if self.routing is not None:
+            self.routing.read_probes()
 
     def _boundary(self, k: int, *, skip_checkpoint: bool) -> None:
         last = k == self.s.steps
@@ -305,11 +329,16 @@ class Runner:
         assert self._evals_csv is not None
         self._evals_csv.write(row)
         self.console.eval(row)
-        # A multi-task stream: each task's clean loss joins its scores (run/pertask.py).
+        # A multi-task stream: each task's clean loss joins its scores (run/pertask.py); with
+        # [adapters], the task signals' per-task exact match and loss and S join them too.
         details = with_task_losses(scores.details, examples, result)
+        if self.routing is not None:
+            details = self.routing.eval_details(details, examples, result, outputs)
         if details is not None:
             self.rundir.append_eval_scores({"step": k, **details})
             line = task_line(details) if "tasks" in details else scores.summary
+            if self.routing is not None:
+                line = " | ".join(p for p in (line, f"S {details['stability']:.3f}") if p)
             self.console.line(f"[{k}] {line}")
 
     def _checkpoint(self, k: int) -> None:
@@ -322,6 +351,7 @@ class Runner:
         self.rundir.append_checkpoint({
             "step": k, "ref": ref, "policy": self.policy.state_dict(), "rows": k,
             "decisions": carried, "wall_s": round(self._wall_s(), 4), **self.screening.state(),
+            **(self.routing.state() if self.routing is not None else {}),
         })
 
     # -- files ------------------------------------------------------------------------------------
@@ -330,7 +360,7 @@ class Runner:
 
     def _open_tables(self) -> None:
         self._close_tables()
-        self._steps_csv = self.rundir.steps_appender()
+        self._steps_csv = self.rundir.steps_appender(multitask=self.routing is not None)
         self._evals_csv = self.rundir.evals_appender()
 
     def _close_tables(self) -> None:

@@ -95,7 +95,8 @@ class Screening:
         examples, size = batch.examples, len(batch.examples)
         if screen is None:
             return SubmittedStep(t, batch.shock, size, size,
-                                 self.backend.forward_backward(examples))
+                                 self.backend.forward_backward(examples),
+                                 tasks=tuple(e.task for e in examples))
         screened = screen.result(self.timeout_s)
         tasks = [e.task for e in examples]
         verdict = self._judge(t, screened, tasks)
@@ -122,7 +123,8 @@ class Screening:
         result = (self.backend.forward_backward(kept) if kept
                   else Completed[ForwardBackwardResult](screened))
         return SubmittedStep(t, batch.shock, size, len(kept), result, guard_lr=verdict.lr,
-                             rebase=verdict.action == "shift", event=event, snapshot=snapshot)
+                             rebase=verdict.action == "shift", event=event, snapshot=snapshot,
+                             tasks=tuple(e.task for e in (kept or examples)))
 
     def observed_loss(self, submitted: SubmittedStep, loss: float) -> float:
         """The loss the policy observes for a read step (see ``last_trained_loss``)."""

@@ -10,8 +10,8 @@ from typing import Any
 from ulora_remote.backend import ForwardBackwardResult, Future, OptimStepResult
 from ulora_remote.control.policy import NO_MODE, Decision
 
-__all__ = ["STEP_COLUMNS", "Probation", "RunSettings", "StepRow", "SubmittedStep",
-           "warmup_decision"]
+__all__ = ["MULTITASK_STEP_COLUMNS", "STEP_COLUMNS", "TASK_STEP_COLUMNS", "Probation",
+           "RunSettings", "StepRow", "SubmittedStep", "warmup_decision"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +77,7 @@ class SubmittedStep:
     rebase: bool = False
     event: str = ""
     snapshot: str = ""
+    tasks: tuple[str, ...] = ()
 
     @property
     def skipped(self) -> bool:
@@ -102,6 +103,14 @@ class StepRow:
     ("probation": a stability snapshot was saved and the new data admitted on probation;
     "rollback": that snapshot was restored; "shift": the new data was found learnable), and
     ``snapshot`` the reference of that snapshot (kept on record).
+
+    Multi-task runs (``[adapters]``, ``ulora_remote.control.tasks``; ``TASK_STEP_COLUMNS``, which
+    steps.csv holds in such runs only, so that every other run writes the table it always did):
+    ``error`` E, the mean of the tasks' losses; ``conflict`` C (loss-based) and ``conflict_w``
+    C_w (the weight-space variance, local backends); ``stability`` S (forgetting, from the last
+    evaluation); ``task_stress`` u, which φ includes. ``adapters``: adapters the step trained
+    with (1 while shared); ``adapter_event``: "fork: <reason>" on the step that first trained
+    per-task adapters.
     """
 
     step: int
@@ -120,9 +129,23 @@ class StepRow:
     reason: str = ""
     event: str = ""
     snapshot: str = ""
+    error: float = float("nan")
+    conflict: float = float("nan")
+    conflict_w: float = float("nan")
+    stability: float = float("nan")
+    task_stress: float = float("nan")
+    adapters: int = 1
+    adapter_event: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-STEP_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StepRow))
+#: The multi-task fields of ``StepRow``: steps.csv columns of a run with ``[adapters]`` only.
+TASK_STEP_COLUMNS: tuple[str, ...] = ("error", "conflict", "conflict_w", "stability",
+                                      "task_stress", "adapters", "adapter_event")
+#: steps.csv's columns (a run without ``[adapters]``).
+STEP_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StepRow)
+                                      if f.name not in TASK_STEP_COLUMNS)
+#: steps.csv's columns in a run with ``[adapters]``.
+MULTITASK_STEP_COLUMNS: tuple[str, ...] = STEP_COLUMNS + TASK_STEP_COLUMNS

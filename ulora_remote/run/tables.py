@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ulora_remote.errors import RunDirError
-from ulora_remote.run.steps import STEP_COLUMNS, StepRow
+from ulora_remote.run.steps import MULTITASK_STEP_COLUMNS, STEP_COLUMNS, StepRow
 from ulora_remote.run.storage import storage_error, write_atomic
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Table",
     "check_rows",
     "read_table",
+    "step_columns",
     "truncate_table",
 ]
 
@@ -160,6 +161,21 @@ class Table:
         import pandas as pd
 
         return pd.read_csv(io.StringIO(self.text()))
+
+
+def step_columns(path: Path, *, multitask: bool = False) -> tuple[str, ...]:
+    """The columns of the steps.csv at ``path``: ``MULTITASK_STEP_COLUMNS`` when its header
+    is that one (a run with ``[adapters]``), ``STEP_COLUMNS`` when it is that one; for a missing,
+    empty or unreadable file, those of ``multitask`` (``read_table`` then reports any damage)."""
+    try:
+        with path.open("rb") as fh:
+            header = fh.readline().rstrip(b"\n")
+    except OSError:
+        header = b""
+    for columns in (MULTITASK_STEP_COLUMNS, STEP_COLUMNS):
+        if header == ",".join(columns).encode():
+            return columns
+    return MULTITASK_STEP_COLUMNS if multitask else STEP_COLUMNS
 
 
 def read_table(path: Path, columns: Sequence[str], *, fix: str) -> Table:

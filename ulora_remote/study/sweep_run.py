@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol, TextIO
 
 from ulora_remote.backend import (
     AdamParams,
+    AdapterBackend,
     Datum,
     Example,
     ForwardBackwardResult,
@@ -34,11 +35,13 @@ __all__ = [
     "RunSpec",
     "State",
     "StopFlag",
+    "StoppableAdapterBackend",
     "StoppableBackend",
     "execute",
     "open_log",
     "plan_action",
     "run_logged",
+    "stoppable",
 ]
 
 #: Each run's console log lies beside its run directory, ``<run directory>.log``: the run
@@ -158,6 +161,33 @@ class StoppableBackend:
         self.inner.close()
 
 
+class StoppableAdapterBackend(StoppableBackend):
+    """A ``StoppableBackend`` around an ``AdapterBackend``: its per-task adapters pass through,
+    so that a sweep runs ``[adapters]`` scenarios (a fork is a request: a stop is checked
+    first)."""
+
+    def __init__(self, inner: AdapterBackend, stop: StopFlag) -> None:
+        super().__init__(inner, stop)
+        self.adapters = inner
+
+    def fork_adapters(self, tasks: Sequence[str]) -> None:
+        self._check()
+        self.adapters.fork_adapters(tasks)
+
+    def adapter_tasks(self) -> tuple[str, ...]:
+        return self.adapters.adapter_tasks()
+
+    def measure_gradient_variance(self, on: bool) -> None:
+        self.adapters.measure_gradient_variance(on)
+
+
+def stoppable(inner: TrainingBackend, stop: StopFlag) -> StoppableBackend:
+    """``inner`` made stoppable, an ``AdapterBackend`` still when ``inner`` is one."""
+    if isinstance(inner, AdapterBackend):
+        return StoppableAdapterBackend(inner, stop)
+    return StoppableBackend(inner, stop)
+
+
 def execute(spec: RunSpec, action: Action, *, stop: StopFlag, console: TextIO,
             on_backend: Callable[[StoppableBackend], None] | None = None) -> float:
     """Run ``spec`` from step 0 (``"start"``) or from its last checkpoint (``"resume"``).
@@ -183,7 +213,7 @@ def execute(spec: RunSpec, action: Action, *, stop: StopFlag, console: TextIO,
         scenario: Any = load_scenario(spec.scenario, spec.overrides)
     else:
         scenario = Scenario.model_validate(rd.read_config()["scenario"])
-    backend = StoppableBackend(build_backend(scenario, rd.checkpoint_dir), stop)
+    backend = stoppable(build_backend(scenario, rd.checkpoint_dir), stop)
     if on_backend is not None:
         on_backend(backend)
     if action == "start":
