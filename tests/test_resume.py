@@ -32,8 +32,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBU
 
 def _ulora(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "ulora_remote.cli", *args]
+    # A shell that starts the tests in the background (`.ci/run &`) hands its children SIGINT
+    # ignored, and Python then never installs its Ctrl-C handler: give the child the default.
     return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=cwd)
+                            text=True, cwd=cwd,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str]:

@@ -215,8 +215,11 @@ def _rows(root: Path) -> int:
 def _cli(argv: list[str], interrupt_when: Any = None) -> subprocess.CompletedProcess[str]:
     """``ulora`` in a child process; with ``interrupt_when``, Ctrl-C (SIGINT) once it holds."""
     cmd = [sys.executable, "-m", "ulora_remote.cli", *argv]
+    # A shell that starts the tests in the background (`.ci/run &`) hands its children SIGINT
+    # ignored, and Python then never installs its Ctrl-C handler: give the child the default.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ})
+                            env={**os.environ},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if interrupt_when is not None:
         deadline = time.monotonic() + 120
         while not interrupt_when() and proc.poll() is None and time.monotonic() < deadline:
