@@ -131,7 +131,7 @@ def test_state_round_trip_mid_probation_continues_identically() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"z": 0.0}, {"min_history": 500}, {"pass_share": 0.0},
-                                    {"judge_steps": 40}, {"probation_lr": math.inf}])
+                                    {"judge_steps": 70}, {"probation_lr": math.inf}])
 def test_bad_parameters_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
         ScreenConfig(**kwargs)  # type: ignore[arg-type]

@@ -33,7 +33,13 @@ Measured (medium model, seed 1, 40 probation steps from steps 150 and 400 of a f
 random letters and another word's answer never had an example below τ, at 5e-4 or 1e-3; a
 reversed-word rule passed τ for 30% of the examples (4-step average) after 20-24 steps at 1e-3,
 after 29 steps or not within 40 at 5e-4, and its loss fell too slowly at Mirror's 1e-4 to decide
-within 40 steps. Hence ``probation_lr = 1e-3`` by default.
+within 40 steps. The guard study then showed that this probe was too kind: in `guard-shift`
+(the reversed-word rule from step 250, on the guarded run's own model) a probation at 1e-3 let
+only 3-6% of the examples pass τ after 30 steps, in all 5 seeds, and every shift was rolled
+back, while noise and the shift both fell to about half their entry loss. At Single's rate,
+2e-3, the shift passed after 29 steps (seed 0) and random letters and swapped answers still had
+no example below τ after 60 steps. Hence ``probation_lr = 2e-3`` and ``probation_steps = 60``
+by default (a probation still fits inside the seed's 100-step shock windows).
 """
 
 from __future__ import annotations
@@ -65,10 +71,10 @@ class ScreenConfig:
     min_history: int = 160
     trigger_share: float = 0.75
     trigger_steps: int = 5
-    probation_steps: int = 30
+    probation_steps: int = 60
     judge_steps: int = 4
     pass_share: float = 0.25
-    probation_lr: float = 1e-3
+    probation_lr: float = 2e-3
     backoff_steps: int = 60
 
     def __post_init__(self) -> None:

@@ -128,10 +128,10 @@ class ScreenGuardSection(BaseModel):
     min_history: int = Field(default=160, ge=2, le=1_000_000)
     trigger_share: float = Field(default=0.75, gt=0.0, le=1.0)
     trigger_steps: int = Field(default=5, ge=1, le=100_000)
-    probation_steps: int = Field(default=30, ge=1, le=100_000)
+    probation_steps: int = Field(default=60, ge=1, le=100_000)
     judge_steps: int = Field(default=4, ge=1, le=100_000)
     pass_share: float = Field(default=0.25, gt=0.0, le=1.0)
-    probation_lr: LearningRate = 1e-3
+    probation_lr: LearningRate = 2e-3
     backoff_steps: int = Field(default=60, ge=0, le=10_000_000)
 
     @model_validator(mode="after")
