@@ -35,10 +35,10 @@ reversed-word rule passed τ for 30% of the examples (4-step average) after 20-2
 after 29 steps or not within 40 at 5e-4, and its loss fell too slowly at Mirror's 1e-4 to decide
 within 40 steps. The guard study then showed that this probe was too kind: in `guard-shift`
 (the reversed-word rule from step 250, on the guarded run's own model) a probation at 1e-3 let
-only 3-6% of the examples pass τ after 30 steps, in all 5 seeds, and every shift was rolled
+only 0-12% of the examples pass τ after 30 steps, in all 5 seeds, and every shift was rolled
 back, while noise and the shift both fell to about half their entry loss. At Single's rate,
-2e-3, the shift passed after 29 steps (seed 0) and random letters and swapped answers still had
-no example below τ after 60 steps. Hence ``probation_lr = 2e-3`` and ``probation_steps = 60``
+2e-3, the shift was declared 33-39 steps after it began in 4 of 5 seeds (63 in the fifth), and
+random letters and swapped answers still had no example below τ after 60 steps. Hence ``probation_lr = 2e-3`` and ``probation_steps = 60``
 by default (a probation still fits inside the seed's 100-step shock windows).
 """
 
