@@ -38,8 +38,9 @@ within 40 steps. The guard study then showed that this probe was too kind: in `g
 only 0-12% of the examples pass τ after 30 steps, in all 5 seeds, and every shift was rolled
 back, while noise and the shift both fell to about half their entry loss. At Single's rate,
 2e-3, the shift was declared 33-39 steps after it began in 4 of 5 seeds (63 in the fifth), and
-random letters and swapped answers still had no example below τ after 60 steps. Hence ``probation_lr = 2e-3`` and ``probation_steps = 60``
-by default (a probation still fits inside the seed's 100-step shock windows).
+random letters and swapped answers still had no example below τ after 60 steps. Hence
+``probation_lr = 2e-3`` and ``probation_steps = 60`` by default (a probation still fits inside
+the seed's 100-step shock windows).
 """
 
 from __future__ import annotations
