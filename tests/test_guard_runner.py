@@ -21,6 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from local_recording import Recording  # noqa: E402
 from ulora_remote.backends.local import LocalBackend  # noqa: E402
 from ulora_remote.scenarios import load_scenario  # noqa: E402
 
@@ -36,31 +37,6 @@ OVERRIDES = [
     'shocks={kind="random-letters", windows=[[30,45]]}',
 ]
 OWN = ["wall_s", "snapshot"]  # the snapshot's path names the run directory
-
-
-class Recording(LocalBackend):
-    """Copies the adapter and AdamW state at every save and right after every load."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.at_save: dict[str, dict[str, Any]] = {}
-        self.loads: list[tuple[str, dict[str, Any]]] = []
-
-    def _copy(self) -> dict[str, Any]:
-        weights = {n: p.detach().clone() for n, p in self.params}
-        optim = {n: {k: (v.clone() if torch.is_tensor(v) else v)
-                     for k, v in self.optimizer.state.get(p, {}).items()}
-                 for n, p in self.params}
-        return {"weights": weights, "optim": optim}
-
-    def save_state(self, name: str) -> str:
-        ref = super().save_state(name)
-        self.at_save[ref] = self._copy()
-        return ref
-
-    def load_state(self, ref: str) -> None:
-        super().load_state(ref)
-        self.loads.append((ref, self._copy()))
 
 
 class StopAfterCheckpoint(LocalBackend):

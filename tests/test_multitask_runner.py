@@ -18,14 +18,12 @@ pytest.importorskip("peft")
 from ulora_remote.scenarios import load_scenario  # noqa: E402
 
 from ulora_remote.backend import (  # noqa: E402
-    AdamParams,
     AdapterBackend,
-    Datum,
     Example,
     ForwardBackwardResult,
     Future,
-    OptimStepResult,
 )
+from ulora_remote.delegate import DelegatingAdapterBackend  # noqa: E402
 from ulora_remote.errors import ConfigurationError  # noqa: E402
 from ulora_remote.run.api import resume_run, run_scenario  # noqa: E402
 from ulora_remote.run.builders import build_backend  # noqa: E402
@@ -89,53 +87,19 @@ def test_per_task_adapters_need_a_multi_task_stream(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()  # refused before the directory was made
 
 
-class _StopAt:
+class _StopAt(DelegatingAdapterBackend):
     """An AdapterBackend that passes every call on and raises KeyboardInterrupt at the n-th
     ``forward_backward`` (as a Ctrl-C would)."""
 
     def __init__(self, backend: AdapterBackend, n: int) -> None:
-        self.backend, self.n = backend, n
-
-    @property
-    def max_context_length(self) -> int | None:
-        return self.backend.max_context_length
-
-    def render(self, example: Example) -> Datum:
-        return self.backend.render(example)
+        super().__init__(backend)
+        self.n = n
 
     def forward_backward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
         self.n -= 1
         if self.n == 0:
             raise KeyboardInterrupt
-        return self.backend.forward_backward(batch)
-
-    def forward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
-        return self.backend.forward(batch)
-
-    def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
-        return self.backend.optim_step(params)
-
-    def save_state(self, name: str) -> str:
-        return self.backend.save_state(name)
-
-    def load_state(self, ref: str) -> None:
-        self.backend.load_state(ref)
-
-    def sample(self, examples: Sequence[Example], max_tokens: int,
-               temperature: float = 0.0) -> list[str]:
-        return self.backend.sample(examples, max_tokens, temperature)
-
-    def fork_adapters(self, tasks: Sequence[str]) -> None:
-        self.backend.fork_adapters(tasks)
-
-    def adapter_tasks(self) -> tuple[str, ...]:
-        return self.backend.adapter_tasks()
-
-    def measure_gradient_variance(self, on: bool) -> None:
-        self.backend.measure_gradient_variance(on)
-
-    def close(self) -> None:
-        self.backend.close()
+        return super().forward_backward(batch)
 
 
 @pytest.mark.parametrize("lag", [0, 1])

@@ -135,29 +135,8 @@ def test_rollback_restores_weights_and_optimizer_state_exactly_on_the_local_back
     torch = pytest.importorskip("torch")
     pytest.importorskip("peft")
     torch.set_num_threads(1)
-    from ulora_remote.backends.local import LocalBackend
+    from local_recording import Recording
     from ulora_remote.scenarios.pig_latin import PigLatinTask
-
-    class Recording(LocalBackend):  # type: ignore[misc]
-        """Copies the adapter and AdamW state at every save and right after every load."""
-
-        def _copy(self) -> dict[str, Any]:
-            weights = {n: p.detach().clone() for n, p in self.params}
-            # By parameter name: the order of optimizer.state is not kept across a load.
-            optim = {n: {k: (v.clone() if torch.is_tensor(v) else v)
-                         for k, v in self.optimizer.state.get(p, {}).items()}
-                     for n, p in self.params}
-            return {"weights": weights, "optim": optim}
-
-        def save_state(self, name: str) -> str:
-            ref = super().save_state(name)
-            self.at_save = {**getattr(self, "at_save", {}), ref: self._copy()}
-            return ref
-
-        def load_state(self, ref: str) -> None:
-            super().load_state(ref)
-            self.after_load = (ref, self._copy())
-
     from ulora_remote.scenarios.shocks import ShockStream
 
     Source = lambda: ShockStream(PigLatinTask(seed=0, eval_size=4), batch_size=4)  # noqa: E731
@@ -166,7 +145,7 @@ def test_rollback_restores_weights_and_optimizer_state_exactly_on_the_local_back
     _run(tmp_path / "run", ScriptedController(mirror_at=7), backend=backend, source=Source(),
          steps=10, eval_every=10, eval_max_tokens=4, snapshot_every=3, snapshot_keep=2,
          optimizer={"beta1": 0.9, "beta2": 0.95})
-    ref, restored = backend.after_load
+    ref, restored = backend.loads[-1]
     assert ref.endswith("p-snap000003")  # snapshots 3 and 6 kept; Mirror at 7 → the older one
     saved = backend.at_save[ref]
     later = backend.at_save[next(r for r in backend.at_save if r.endswith("p-snap000006"))]

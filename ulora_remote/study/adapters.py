@@ -27,12 +27,12 @@ from ulora_remote.backend import (
     SHARED_ADAPTER,
     AdamParams,
     AdapterBackend,
-    Datum,
     Example,
     ForwardBackwardResult,
     Future,
     OptimStepResult,
 )
+from ulora_remote.delegate import DelegatingAdapterBackend
 from ulora_remote.errors import ConfigurationError
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.study.stats import paired_t_test, summarize
@@ -44,73 +44,64 @@ MODES = ("shared", "separate", "switch")
 SCENARIOS = ("rules-conflict", "rules-help")
 
 
-class RequestCounter:
+class RequestCounter(DelegatingAdapterBackend):
     """An ``AdapterBackend`` that forwards every call and counts tokens and requests (module
     docstring); ``close`` writes them to ``cost_path``."""
 
     def __init__(self, backend: AdapterBackend, cost_path: Path) -> None:
-        self.backend, self.cost_path = backend, cost_path
+        super().__init__(backend)
+        self.cost_path = cost_path
         self.counts = {"requests": 0, "tokens_trained": 0.0, "tokens_scored": 0.0,
                        "forks": 0}
         self._stepped: set[str] = set()
         self.trained: set[str] = set()
 
     def _adapters(self, examples: Sequence[Example]) -> set[str]:
-        own = set(self.backend.adapter_tasks())
+        own = set(self.adapter_tasks())
         return {e.task if e.task in own else SHARED_ADAPTER for e in examples}
 
-    @property
-    def max_context_length(self) -> int | None:
-        return self.backend.max_context_length
-
-    def render(self, example: Example) -> Datum:
-        return self.backend.render(example)
+    def _tokens(self, examples: Sequence[Example]) -> float:
+        return sum(self.render(e).weight_sum for e in examples)
 
     def forward_backward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
         used = self._adapters(batch)
         self.counts["requests"] += len(used)
         self._stepped |= used
         self.trained |= used
-        future = self.backend.forward_backward(batch)
-        self.counts["tokens_trained"] += sum(self.backend.render(e).weight_sum for e in batch)
+        future = super().forward_backward(batch)
+        self.counts["tokens_trained"] += self._tokens(batch)
         return future
 
     def forward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
         self.counts["requests"] += len(self._adapters(batch))
-        self.counts["tokens_scored"] += sum(self.backend.render(e).weight_sum for e in batch)
-        return self.backend.forward(batch)
+        self.counts["tokens_scored"] += self._tokens(batch)
+        return super().forward(batch)
 
     def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
         self.counts["requests"] += max(1, len(self._stepped))
         self._stepped.clear()
-        return self.backend.optim_step(params)
+        return super().optim_step(params)
 
     def save_state(self, name: str) -> str:
-        self.counts["requests"] += 1 + len(self.backend.adapter_tasks())
-        return self.backend.save_state(name)
+        self.counts["requests"] += 1 + len(self.adapter_tasks())
+        return super().save_state(name)
 
     def load_state(self, ref: str) -> None:
-        self.backend.load_state(ref)
-        self.counts["requests"] += 1 + len(self.backend.adapter_tasks())
+        super().load_state(ref)
+        self.counts["requests"] += 1 + len(self.adapter_tasks())
 
     def sample(self, examples: Sequence[Example], max_tokens: int,
                temperature: float = 0.0) -> list[str]:
         self.counts["requests"] += len(self._adapters(examples)) + len(examples)
-        return self.backend.sample(examples, max_tokens, temperature)
+        return super().sample(examples, max_tokens, temperature)
 
     def fork_adapters(self, tasks: Sequence[str]) -> None:
         self.counts["requests"] += 1 + len(tasks)
         self.counts["forks"] += 1
-        self.backend.fork_adapters(tasks)
-
-    def adapter_tasks(self) -> tuple[str, ...]:
-        return self.backend.adapter_tasks()
-
-    def measure_gradient_variance(self, on: bool) -> None:
-        self.backend.measure_gradient_variance(on)
+        super().fork_adapters(tasks)
 
     def close(self) -> None:
-        self.backend.close()
+        super().close()
         record = {**self.counts, "adapters_trained": len(self.trained)}
         self.cost_path.write_text(json.dumps(record, indent=1) + "\n")
 

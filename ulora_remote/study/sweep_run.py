@@ -19,13 +19,13 @@ from typing import Any, Literal, Protocol, TextIO
 from ulora_remote.backend import (
     AdamParams,
     AdapterBackend,
-    Datum,
     Example,
     ForwardBackwardResult,
     Future,
     OptimStepResult,
     TrainingBackend,
 )
+from ulora_remote.delegate import DelegatingAdapterBackend, DelegatingBackend
 from ulora_remote.run.rundir import RunDir
 
 __all__ = [
@@ -103,7 +103,7 @@ def plan_action(spec: RunSpec) -> Action:
     return "resume" if rd.started else "start"
 
 
-class StoppableBackend:
+class StoppableBackend(DelegatingBackend):
     """A ``TrainingBackend`` that raises ``KeyboardInterrupt`` at the first request after
     ``stop`` is set, and tells whether its run got past the start (a first answered request).
 
@@ -113,72 +113,56 @@ class StoppableBackend:
     """
 
     def __init__(self, inner: TrainingBackend, stop: StopFlag) -> None:
-        self.inner, self.stop = inner, stop
+        super().__init__(inner)
+        self.stop = stop
         self.started = False
 
     def _check(self) -> None:
         if self.stop.is_set():
             raise KeyboardInterrupt  # handled by the runner as Ctrl-C: flush, stay resumable
 
-    def render(self, example: Example) -> Datum:
-        return self.inner.render(example)
-
-    @property
-    def max_context_length(self) -> int | None:
-        return self.inner.max_context_length
-
     def forward_backward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
         self._check()
-        future = self.inner.forward_backward(batch)
+        future = super().forward_backward(batch)
         self.started = True
         return future
 
     def forward(self, batch: Sequence[Example]) -> Future[ForwardBackwardResult]:
         self._check()
-        future = self.inner.forward(batch)
+        future = super().forward(batch)
         self.started = True
         return future
 
     def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
         self._check()
-        return self.inner.optim_step(params)
+        return super().optim_step(params)
 
     def save_state(self, name: str) -> str:
         self._check()
-        return self.inner.save_state(name)
+        return super().save_state(name)
 
     def load_state(self, ref: str) -> None:
         self._check()
-        self.inner.load_state(ref)
+        super().load_state(ref)
         self.started = True
 
     def sample(self, examples: Sequence[Example], max_tokens: int,
                temperature: float = 0.0) -> list[str]:
         self._check()
-        return self.inner.sample(examples, max_tokens, temperature)
-
-    def close(self) -> None:
-        self.inner.close()
+        return super().sample(examples, max_tokens, temperature)
 
 
-class StoppableAdapterBackend(StoppableBackend):
+class StoppableAdapterBackend(StoppableBackend, DelegatingAdapterBackend):
     """A ``StoppableBackend`` around an ``AdapterBackend``: its per-task adapters pass through,
     so that a sweep runs ``[adapters]`` scenarios (a fork is a request: a stop is checked
     first)."""
 
     def __init__(self, inner: AdapterBackend, stop: StopFlag) -> None:
         super().__init__(inner, stop)
-        self.adapters = inner
 
     def fork_adapters(self, tasks: Sequence[str]) -> None:
         self._check()
-        self.adapters.fork_adapters(tasks)
-
-    def adapter_tasks(self) -> tuple[str, ...]:
-        return self.adapters.adapter_tasks()
-
-    def measure_gradient_variance(self, on: bool) -> None:
-        self.adapters.measure_gradient_variance(on)
+        super().fork_adapters(tasks)
 
 
 def stoppable(inner: TrainingBackend, stop: StopFlag) -> StoppableBackend:
