@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-from ulora_remote.backend import ForwardBackwardResult
 from ulora_remote.control.controller import ControllerConfig, UnifiedController
 from ulora_remote.control.guard import Guard, ZScoreGuard
 from ulora_remote.control.policies import (
@@ -20,6 +19,7 @@ from ulora_remote.control.screen import ScreenGuard
 from ulora_remote.control.snapshots import SnapshotKeeper
 from ulora_remote.control.stress import RatioStress, RatioStressConfig
 from ulora_remote.errors import ConfigurationError, InputError
+from ulora_remote.losses import BatchLosses
 
 # -- reduce-on-plateau ---------------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ class _Screen:
         self.guard = ZScoreGuard(**kwargs)  # type: ignore[arg-type]
 
     def screen(self, loss: float) -> bool:
-        return self.guard.judge(0, ForwardBackwardResult((loss,), (1.0,))).skip
+        return not any(self.guard.judge(0, BatchLosses((loss,), (1.0,))).keep)
 
 
 def test_zskip_accepts_everything_until_the_history_is_long_enough() -> None:
@@ -142,12 +142,12 @@ def test_zskip_keeps_skipping_a_long_shock_and_any_non_finite_loss() -> None:
 def test_zskip_judges_the_batch_mean_and_keeps_all_or_nothing() -> None:
     guard = ZScoreGuard(z=3.0, window=20, min_history=10)
     for x in _noisy(20):
-        guard.judge(0, ForwardBackwardResult((x, x), (1.0, 1.0)))
+        guard.judge(0, BatchLosses((x, x), (1.0, 1.0)))
     # one outlier example in four lifts the batch mean per token past the threshold
-    spiky = guard.judge(1, ForwardBackwardResult((1.0, 1.0, 1.0, 9.0), (1.0,) * 4))
-    assert spiky.keep == (False,) * 4 and spiky.rejected_fraction == 1.0
-    calm = guard.judge(2, ForwardBackwardResult((2.0, 2.0), (2.0, 2.0)))
-    assert calm.keep == (True, True) and calm.rejected_fraction == 0.0
+    spiky = guard.judge(1, BatchLosses((1.0, 1.0, 1.0, 9.0), (1.0,) * 4))
+    assert spiky.keep == (False,) * 4
+    calm = guard.judge(2, BatchLosses((2.0, 2.0), (2.0, 2.0)))
+    assert calm.keep == (True, True)
 
 
 def test_zskip_rejects_a_history_longer_than_its_window() -> None:

@@ -186,8 +186,8 @@ def test_recovery_from_a_checkpoint_replays_a_policy_run_identically(tmp_path, k
 
 def test_at_lag_one_one_forward_screens_three_steps_and_judges_each_alone(tmp_path) -> None:
     # Pipelined (lag 1), the screens go out before the step's own requests, three steps a
-    # forward (ulora_remote.run.screening.BLOCK): fewer requests a step, the same verdicts.
-    from ulora_remote.run.screening import BLOCK
+    # forward (ulora_remote.run.runner.BLOCK): fewer requests a step, the same verdicts.
+    from ulora_remote.run.runner import BLOCK
 
     guard = ZScoreGuard(z=3.0, window=10, min_history=5)
     steps, backend = _run(tmp_path, _fixed(1e-3), source=ShockSource([(20, 30)]), lag=1,

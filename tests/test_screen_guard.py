@@ -7,18 +7,18 @@ import random
 
 import pytest
 
-from ulora_remote.backend import ForwardBackwardResult
 from ulora_remote.control.guard import Guard
 from ulora_remote.control.screen import ScreenConfig, ScreenGuard
 from ulora_remote.errors import ConfigurationError
+from ulora_remote.losses import BatchLosses
 
 CFG = ScreenConfig(window=80, min_history=40, trigger_steps=3, probation_steps=10,
                    judge_steps=3, backoff_steps=20)
 
 
-def _batch(losses: list[float]) -> ForwardBackwardResult:
+def _batch(losses: list[float]) -> BatchLosses:
     """Examples of 4 target tokens each with the given mean losses (nats per token)."""
-    return ForwardBackwardResult(tuple(4 * x for x in losses), (4.0,) * len(losses))
+    return BatchLosses(tuple(4 * x for x in losses), (4.0,) * len(losses))
 
 
 def _clean(rng: random.Random, n: int = 8) -> list[float]:
@@ -47,7 +47,7 @@ def test_outliers_get_weight_zero_and_clean_examples_of_the_same_batch_are_kept(
     losses = _clean(rng, 6) + [4.5, math.inf]
     verdict = guard.judge(t, _batch(losses))
     assert verdict.keep == (True,) * 6 + (False, False)
-    assert verdict.action == "none" and not verdict.skip and verdict.rejected_fraction == 0.25
+    assert verdict.action == "none" and verdict.kept == 6
     assert guard.threshold() == pytest.approx(tau, rel=0.2)  # outliers never enter the window
 
 
@@ -55,14 +55,14 @@ def test_the_step_is_skipped_only_when_every_example_is_rejected() -> None:
     rng = random.Random(1)
     guard = ScreenGuard(CFG)
     t = _warm(guard, rng)
-    assert guard.judge(t, _batch([5.0] * 8)).skip
+    assert guard.judge(t, _batch([5.0] * 8)).kept == 0
 
 
 def _sustained(guard: ScreenGuard, t: int, loss: float = 6.0) -> tuple[int, float]:
     """Reject whole batches until the guard asks for a probation; return its step and τ."""
     tau = guard.threshold()
     for _ in range(CFG.trigger_steps - 1):
-        assert guard.judge(t, _batch([loss] * 8)).skip
+        assert guard.judge(t, _batch([loss] * 8)).kept == 0
         t += 1
     verdict = guard.judge(t, _batch([loss] * 8))
     assert verdict.action == "probation" and verdict.keep == (True,) * 8
@@ -100,7 +100,7 @@ def test_unlearnable_noise_is_rolled_back_and_not_tried_again_during_the_backoff
     # The runner restores the snapshot and judges the same step again: now rejected, no action.
     end = start + CFG.probation_steps
     again = guard.judge(end, _batch([6.0] * 8))
-    assert again.skip and again.action == "none"
+    assert again.kept == 0 and again.action == "none"
     for t in range(end + 1, end + CFG.backoff_steps):
         assert guard.judge(t, _batch([6.0] * 8)).action == "none"  # no probation in backoff
     # The rejection went on all along: the first step after the backoff starts a new probation.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from ulora_remote.errors import InputError
+from ulora_remote.losses import BatchLosses
 
 __all__ = [
     "SHARED_ADAPTER",
@@ -103,8 +104,8 @@ class Datum:
 
 
 @dataclass(frozen=True)
-class ForwardBackwardResult:
-    """Per-example weighted NLL sums (nats) and weight totals of one batch.
+class ForwardBackwardResult(BatchLosses):
+    """Per-example weighted NLL sums (nats) and weight totals of one batch (``BatchLosses``).
 
     ``gradient_variance``: for a ``forward_backward`` over examples of two or more tasks on a
     backend that holds the gradients (local) and was asked to measure it
@@ -115,25 +116,7 @@ class ForwardBackwardResult:
     as on Tinker).
     """
 
-    nll_sums: tuple[float, ...]
-    weight_sums: tuple[float, ...]
     gradient_variance: float | None = None
-
-    @property
-    def loss_sum(self) -> float:
-        """Σ weight·(−log p(target)) over the batch: Tinker's ``loss:sum``."""
-        return float(sum(self.nll_sums))
-
-    @property
-    def tokens(self) -> float:
-        """Σ weights over the batch (the number of completion tokens when weights are 0/1)."""
-        return float(sum(self.weight_sums))
-
-    @property
-    def mean_loss(self) -> float:
-        """Mean NLL per weighted token; NaN when the batch had no weight."""
-        total = self.tokens
-        return self.loss_sum / total if total > 0 else math.nan
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,8 @@
 """The guard contract: judge a batch from its per-example losses before it is trained on.
 
 Before a step's ``forward_backward`` the runner screens the batch with a gradient-free
-``forward`` and hands the per-example result to each guard. A guard returns a ``Verdict``: which
+``forward`` and hands each guard the per-example losses (``BatchLosses``: numbers, no backend
+type) and each example's task name. A guard returns a ``Verdict``: which
 examples to keep. Rejected examples get no gradient; when nothing is kept the step is skipped
 (no ``forward_backward``, no ``optim_step``). A guard is pure: numbers in, a verdict out, no I/O.
 
@@ -17,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from ulora_remote.backend import ForwardBackwardResult
 from ulora_remote.errors import ConfigurationError
+from ulora_remote.losses import BatchLosses
 
 __all__ = ["Action", "Guard", "Verdict", "ZScoreGuard", "example_losses"]
 
@@ -30,7 +31,7 @@ __all__ = ["Action", "Guard", "Verdict", "ZScoreGuard", "example_losses"]
 Action = Literal["none", "probation", "rollback", "shift"]
 
 
-def example_losses(screened: ForwardBackwardResult) -> tuple[float, ...]:
+def example_losses(screened: BatchLosses) -> tuple[float, ...]:
     """Each example's mean NLL per weighted target token (nats); NaN for an example of no weight."""
     return tuple(
         nll / w if w > 0 else math.nan
@@ -63,34 +64,25 @@ class Verdict:
     def kept(self) -> int:
         return sum(self.keep)
 
-    @property
-    def skip(self) -> bool:
-        """Nothing is kept: the step is skipped."""
-        return not any(self.keep)
-
-    @property
-    def rejected_fraction(self) -> float:
-        """Share of the batch rejected, in [0, 1] (the seed's external stress E_t)."""
-        return 1.0 - self.kept / len(self.keep) if self.keep else 0.0
-
 
 @runtime_checkable
 class Guard(Protocol):
     """Judges a screened batch; pure Python, never blocks, no I/O.
 
-    ``judge`` is called once per training step, in step order, with the result of a
-    gradient-free ``forward`` over the step's whole batch (per-example NLL sums and weight
-    totals, nats); after a verdict with ``action = "rollback"`` it is called once more for the
-    same step, with the batch screened again on the restored weights (that second verdict must
-    not ask for a rollback). It returns a ``Verdict`` with one flag per example. A non-finite
-    example loss is never kept. ``state_dict`` / ``load_state_dict`` continue bit-identically
-    after a resume.
+    ``judge`` is called once per training step, in step order, with the losses of a
+    gradient-free ``forward`` over the step's whole batch (``BatchLosses``: per-example NLL sums
+    and weight totals, nats) and each example's task name (``Example.task``: "" for every
+    example of a single-task stream); after a verdict with ``action = "rollback"`` it is called
+    once more for the same step, with the batch screened again on the restored weights (that
+    second verdict must not ask for a rollback). It returns a ``Verdict`` with one flag per
+    example. A non-finite example loss is never kept. ``state_dict`` / ``load_state_dict``
+    continue bit-identically after a resume.
     """
 
-    def judge(self, step: int, screened: ForwardBackwardResult,
+    def judge(self, step: int, screened: BatchLosses,
               tasks: Sequence[str] | None = None) -> Verdict:
         """Judge the batch of training step ``step``; ``tasks`` names each example's task
-        (``Example.task``) in a multi-task stream, None for a single task."""
+        (None: all one task, as for a caller outside the runner)."""
         ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -137,7 +129,7 @@ class ZScoreGuard:
         sd = math.sqrt(sum((x - mean) ** 2 for x in self._accepted) / (n - 1))
         return mean + self.z * sd
 
-    def judge(self, step: int, screened: ForwardBackwardResult,
+    def judge(self, step: int, screened: BatchLosses,
               tasks: Sequence[str] | None = None) -> Verdict:
         """The batch as a whole (``tasks`` are not used: one reference for every example)."""
         n = len(screened.nll_sums)

@@ -52,9 +52,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from ulora_remote.backend import ForwardBackwardResult
 from ulora_remote.control.guard import Verdict, example_losses
 from ulora_remote.errors import ConfigurationError
+from ulora_remote.losses import BatchLosses
 
 __all__ = ["ScreenConfig", "ScreenGuard"]
 
@@ -144,7 +144,7 @@ class ScreenGuard:
         mad = statistics.median(abs(x - median) for x in window)
         return max(median + cfg.z * 1.4826 * mad, cfg.min_loss)
 
-    def judge(self, step: int, screened: ForwardBackwardResult,
+    def judge(self, step: int, screened: BatchLosses,
               tasks: Sequence[str] | None = None) -> Verdict:
         losses = example_losses(screened)
         names = tuple(tasks) if tasks is not None else ("",) * len(losses)
@@ -280,7 +280,3 @@ _BACK_LOW, _BACK_HIGH = 0.125, 0.5
 def _share(recent: deque[tuple[int, int]]) -> float:
     total = sum(n for n, _ in recent)
     return sum(p for _, p in recent) / total if total else 0.0
-
-
-def _finite(losses: tuple[float, ...]) -> tuple[bool, ...]:
-    return tuple(math.isfinite(x) for x in losses)

@@ -4,7 +4,7 @@ The Trainer hands its loss hook the model's outputs and the ``labels`` tensor, w
 every position that carries no loss (prompt, padding), as ``DataCollatorForLanguageModeling``
 and ``DataCollatorForSeq2Seq`` produce. These functions turn that into what a ``Guard`` judges:
 each example's NLL sum (nats) and its number of target tokens, the same units as
-``ForwardBackwardResult``.
+``BatchLosses``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ulora_remote.backend import ForwardBackwardResult
 from ulora_remote.errors import ConfigurationError, InputError
+from ulora_remote.losses import BatchLosses
 
 __all__ = ["IGNORE_INDEX", "ExampleLosses", "example_losses_of", "logits_of"]
 
@@ -36,9 +36,9 @@ class ExampleLosses:
     nll_sums: torch.Tensor
     tokens: torch.Tensor
 
-    def screened(self) -> ForwardBackwardResult:
-        """The values as a ``ForwardBackwardResult`` (detached Python floats) for a ``Guard``."""
-        return ForwardBackwardResult(
+    def screened(self) -> BatchLosses:
+        """The values as ``BatchLosses`` (detached Python floats) for a ``Guard``."""
+        return BatchLosses(
             nll_sums=tuple(float(x) for x in self.nll_sums.detach().double().cpu()),
             weight_sums=tuple(float(x) for x in self.tokens.detach().double().cpu()),
         )

@@ -11,7 +11,7 @@ from ulora_remote.backend import ForwardBackwardResult, Future, OptimStepResult
 from ulora_remote.control.policy import NO_MODE, Decision
 
 __all__ = ["MULTITASK_STEP_COLUMNS", "STEP_COLUMNS", "TASK_STEP_COLUMNS", "Probation",
-           "RunSettings", "StepRow", "SubmittedStep", "warmup_decision"]
+           "RunSettings", "ScreenSlice", "StepRow", "SubmittedStep", "warmup_decision"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +86,19 @@ class SubmittedStep:
     @property
     def rejected_fraction(self) -> float:
         return 1.0 - self.kept / self.size if self.size else 0.0
+
+
+class ScreenSlice:
+    """The part of a screen sent for several steps that belongs to one: examples
+    ``start:end`` of ``block``'s result (a ``Future`` itself)."""
+
+    def __init__(self, block: Future[ForwardBackwardResult], start: int, end: int) -> None:
+        self.block, self.start, self.end = block, start, end
+
+    def result(self, timeout: float | None = None) -> ForwardBackwardResult:
+        whole = self.block.result(timeout)
+        return ForwardBackwardResult(whole.nll_sums[self.start:self.end],
+                                     whole.weight_sums[self.start:self.end])
 
 
 @dataclass(frozen=True, kw_only=True)
