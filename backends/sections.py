@@ -4,15 +4,16 @@ backend. Light: importing this module imports neither torch nor tinker (``build`
     [backend] kind = "local"     base_model = "medium" | "small" | a local Hugging Face directory
     [backend] kind = "tinker"    base_model = "meta-llama/Llama-3.2-1B", base_url, tokenizer
 
-Adding a backend is its package under ``backends/`` plus one class here (a union member with
-``build``); docs/extending.md walks through it.
+Adding a backend is its package under ``backends/`` plus one class here and its member of
+``AnyBackendSection``, the one list of backend kinds: validation, ``default_lag``, the CLI's
+``--backend`` choices and the cost estimates all read it. docs/extending.md walks through it.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Protocol, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -20,10 +21,34 @@ from ulora_remote.backend import TrainingBackend
 from ulora_remote.errors import MissingExtraError
 from ulora_remote.sections import STRICT
 
-__all__ = ["BUILTIN_MODELS", "BackendSection", "LocalSection", "TinkerSection", "default_lag"]
+__all__ = ["BACKEND_KINDS", "BUILTIN_MODELS", "BackendSection", "BackendSectionContract",
+           "LocalSection", "TinkerSection", "default_lag"]
 
 BUILTIN_MODELS = ("small", "medium")
 _TINKER_ONLY = ("base_url", "tokenizer")
+
+
+class BackendSectionContract(Protocol):
+    """What every ``[backend]`` section provides (a pydantic model with a ``kind`` literal)."""
+
+    kind: str
+    base_model: str
+    #: Control lag when the scenario sets none (0: decide, then step; 1: pipelined).
+    default_lag: ClassVar[int]
+
+    @property
+    def tokenizer_dir(self) -> str | None:
+        """A local tokenizer directory for offline token counts, or None (the base model's)."""
+        ...
+
+    def check_model(self, *, classifier: bool) -> None:
+        """Raises ValueError when the base model cannot run on this backend."""
+        ...
+
+    def build(self, *, seed: int, checkpoint_dir: Path,
+              classifier: bool = False) -> TrainingBackend:
+        """The backend; raises MissingExtraError when its extra is not installed."""
+        ...
 
 
 class LocalSection(BaseModel):
@@ -49,6 +74,10 @@ class LocalSection(BaseModel):
                 )
         return data
 
+    @property
+    def tokenizer_dir(self) -> str | None:
+        return None
+
     def check_model(self, *, classifier: bool) -> None:
         """Raises ValueError for a causal-LM base model that is neither built in nor a folder
         (the classifier also takes hub names and checks them itself)."""
@@ -61,8 +90,8 @@ class LocalSection(BaseModel):
             "or set backend.kind = 'tinker' for a hosted model"
         )
 
-    def build(self, *, seed: int, checkpoint_dir: Path, classifier: bool = False,
-              run_name: str | None = None) -> TrainingBackend:
+    def build(self, *, seed: int, checkpoint_dir: Path,
+              classifier: bool = False) -> TrainingBackend:
         """The local backend (or the sequence classifier). Raises MissingExtraError."""
         if classifier:
             module = _import_backend("ulora_remote.backends.classify", "local", "torch")
@@ -99,6 +128,10 @@ class TinkerSection(BaseModel):
     #: Control lag when the scenario sets none: submit optim_step with forward_backward.
     default_lag: ClassVar[int] = 1
 
+    @property
+    def tokenizer_dir(self) -> str | None:
+        return self.tokenizer
+
     def check_model(self, *, classifier: bool) -> None:
         if classifier:
             raise ValueError(
@@ -107,8 +140,8 @@ class TinkerSection(BaseModel):
                 "answers) or backend.kind = 'local'"
             )
 
-    def build(self, *, seed: int, checkpoint_dir: Path, classifier: bool = False,
-              run_name: str | None = None) -> TrainingBackend:
+    def build(self, *, seed: int, checkpoint_dir: Path,
+              classifier: bool = False) -> TrainingBackend:
         """The Tinker backend. Raises MissingExtraError, ConfigurationError (no key)."""
         module = _import_backend("ulora_remote.backends.tinker", "tinker", "tinker")
         options = {k: v for k, v in (("base_url", self.base_url), ("tokenizer", self.tokenizer))
@@ -118,10 +151,20 @@ class TinkerSection(BaseModel):
         )
 
 
-BackendSection = Annotated[LocalSection | TinkerSection, Field(discriminator="kind")]
-_KINDS: dict[str, type[LocalSection] | type[TinkerSection]] = {
-    "local": LocalSection, "tinker": TinkerSection,
-}
+#: The one list of backend kinds: add a new backend's section here.
+AnyBackendSection = LocalSection | TinkerSection
+BackendSection = Annotated[AnyBackendSection, Field(discriminator="kind")]
+
+
+def _kind(section: type[BaseModel]) -> str:
+    (kind,) = get_args(section.model_fields["kind"].annotation)
+    return str(kind)
+
+
+_KINDS: dict[str, type[BackendSectionContract]] = {
+    _kind(section): section for section in get_args(AnyBackendSection)}
+#: Every backend kind, in the order of ``AnyBackendSection``.
+BACKEND_KINDS: tuple[str, ...] = tuple(_KINDS)
 
 
 def default_lag(kind: object) -> int:

@@ -21,10 +21,9 @@ from __future__ import annotations
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
-from ulora_remote.scenarios.jsonl import JsonlSection, TaskName
+from ulora_remote.scenarios.catalog import PlainTaskSection
+from ulora_remote.scenarios.jsonl import TaskName
 from ulora_remote.scenarios.mixing import MixTask
-from ulora_remote.scenarios.mrpc import PairsSection
-from ulora_remote.scenarios.pig_latin import PigLatinSection
 
 from ulora_remote.errors import ConfigurationError
 from ulora_remote.sections import STRICT
@@ -32,9 +31,8 @@ from ulora_remote.task import Task
 
 __all__ = ["MixSection", "PartSection"]
 
-#: The task sections a mix may hold: every task kind but the mix itself.
-PartSection = Annotated[PigLatinSection | PairsSection | JsonlSection,
-                        Field(discriminator="kind")]
+#: The task sections a mix may hold: every single-stream kind (``scenarios/catalog.py``).
+PartSection = Annotated[PlainTaskSection, Field(discriminator="kind")]
 
 
 class MixSection(BaseModel):

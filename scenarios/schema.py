@@ -30,9 +30,9 @@ from pydantic import (
     model_validator,
 )
 from ulora_remote.backends.sections import BackendSection, LocalSection, default_lag
-from ulora_remote.scenarios.jsonl import JsonlSection, resolve_path
+from ulora_remote.scenarios.catalog import PlainTaskSection
+from ulora_remote.scenarios.jsonl import resolve_path
 from ulora_remote.scenarios.mix import MixSection
-from ulora_remote.scenarios.mrpc import PairsSection
 from ulora_remote.scenarios.pig_latin import PigLatinSection
 from ulora_remote.scenarios.rules import RulesSection
 from ulora_remote.scenarios.shocks import FROM_FILE, Schedule
@@ -54,22 +54,13 @@ __all__ = [
 ]
 
 Window = Annotated[tuple[StrictInt, StrictInt], Strict(False)]
-TaskSection = Annotated[
-    PigLatinSection | PairsSection | JsonlSection | MixSection | RulesSection,
-    Field(discriminator="kind"),
-]
+#: A ``[task]`` section: a single-stream kind (the one list, ``scenarios/catalog.py``), or a
+#: multi-task one.
+TaskSection = Annotated[PlainTaskSection | MixSection | RulesSection, Field(discriminator="kind")]
 MAX_STEPS = 10_000_000
 MAX_LAG = 16
 _DEFAULT_TAGS = (("task", "kind", "pig-latin"), ("backend", "kind", "local"),
                  ("controller", "method", "guarded"))
-# Keys a scenario file of an earlier version used, and where they went.
-_MOVED = {
-    "controller.fixed_lr": "controller.lr (with method = \"fixed\" or \"plateau\")",
-    "controller.policy": "[controller.guard] (zskip_*), [controller.plateau] (plateau_*), "
-                         "[controller.stress] (ratio_*) and [controller.snapshots] (snapshot_*)",
-    "data": "[task] (kind = \"mrpc\" or \"paraphrase\", with path, format, train_size, "
-            "positive_rate)",
-}
 
 
 class ShocksSection(BaseModel):
@@ -194,7 +185,6 @@ class Scenario(BaseModel):
     def _shorthands(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        _refuse_moved_keys(data)
         data = dict(data)
         if isinstance(data.get("task"), str):
             data["task"] = {"kind": data["task"]}
@@ -243,20 +233,6 @@ class Scenario(BaseModel):
                 raise ValueError(f"shift.start = {self.shift.start} must be below steps = "
                                  f"{self.steps}; move the shift inside the run")
         return self
-
-
-def _refuse_moved_keys(data: dict[str, Any]) -> None:
-    controller = data.get("controller")
-    keys = [k for k in data if k in _MOVED]
-    if isinstance(controller, dict):
-        keys += [f"controller.{k}" for k in controller if f"controller.{k}" in _MOVED]
-        if controller.get("method") == "zskip":
-            raise ValueError(
-                'controller.method = "zskip" is now a guard: set controller.method = "fixed", '
-                'controller.lr = <the LR> and [controller.guard] kind = "zskip"'
-            )
-    if keys:
-        raise ValueError(f"{keys[0]} moved: use {_MOVED[keys[0]]} instead")
 
 
 def _check_windows(windows: tuple[tuple[int, int], ...], steps: int) -> None:

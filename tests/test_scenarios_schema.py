@@ -136,7 +136,7 @@ MALFORMED = [
         None,
         ("controller.method=adaptive",),
         ["controller.method = 'adaptive'",
-         "choose one of 'guarded', 'seed', 'controller', 'fixed', 'plateau'"],
+         "choose one of 'guarded', 'seed', 'fixed', 'plateau'"],
     ),
     (
         "bad-backend-kind",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ulora_remote import __version__
+from ulora_remote.backends.sections import BACKEND_KINDS
 from ulora_remote.errors import MissingExtraError, UloraError
 
 __all__ = ["Terminated", "main"]
@@ -111,7 +112,7 @@ def _parser(*, serving: bool = False) -> argparse.ArgumentParser:
                      help="a shipped scenario name or a TOML path (default: the one marked in "
                           "`ulora scenarios`)")
     _add_overrides(run)
-    run.add_argument("--backend", choices=("local", "tinker"), help="override backend.kind")
+    run.add_argument("--backend", choices=BACKEND_KINDS, help="override backend.kind")
     run.add_argument("--base-model", help="override backend.base_model")
     run.add_argument("--steps", type=int, help="override steps")
     run.add_argument("--seed", type=int, help="override seed")

@@ -1,14 +1,14 @@
 """The scenario's ``[controller]`` section: which policy sets the learning rate, with its stress,
 guard and snapshots. One pydantic model per kind; each builds its own object.
 
-    [controller]                 method = "controller" | "fixed" | "plateau"
+    [controller]                 method = "guarded" (default) | "seed" | "fixed" | "plateau"
     preset = "tinker"            the seed's controller (or the φ observer of fixed and plateau)
     cooldown = 30                any ControllerConfig field overrides the preset
     lr = 2e-3                    fixed and plateau: the (starting) learning rate
-    [controller.stress]          method "controller": kind = "ema" (the seed's) | "ratio"
-    [controller.snapshots]       method "controller": every = 25, keep = 2 (Mirror rollback)
+    [controller.stress]          "guarded" and "seed": kind = "ratio" (guarded's) | "ema" (seed's)
+    [controller.snapshots]       "guarded" and "seed": every = 25, keep = 2 (Mirror rollback)
     [controller.plateau]         method "plateau": factor, patience, threshold, cooldown, min_lr
-    [controller.guard]           every method: kind = "none" | "zskip" (z, window, min_history)
+    [controller.guard]           every method: kind = "none" | "zskip" | "screen" (guarded's)
 
 Adding a guard is one class here (a union member with ``build``) plus its module;
 docs/extending.md walks through it.
@@ -195,6 +195,12 @@ class _PolicySectionBase(BaseModel):
         guard = self.guard.build()
         return [guard] if guard is not None else []
 
+    @property
+    def rollback_snapshots(self) -> SnapshotSection | None:
+        """Mirror's stability snapshots, or None: they belong to the controller, the only
+        policy with a Mirror mode that acts."""
+        return None
+
     def _label(self, base: str) -> str:
         """``label`` if set, else ``base`` with the guard's kind: ``fixed-2e-3-zskip``."""
         if self.label:
@@ -226,10 +232,10 @@ class SnapshotSection(BaseModel):
 
 
 class ControllerPolicySection(_PolicySectionBase):
-    """``method = "seed"`` (or its older name ``"controller"``): the seed's controller sets the
-    LR of its mode, from the loss alone unless a stress or a guard is given."""
+    """``method = "seed"``: the seed's controller sets the LR of its mode, from the loss alone
+    unless a stress or a guard is given."""
 
-    method: Literal["seed", "controller"] = "seed"
+    method: Literal["seed"] = "seed"
     stress: Annotated[StressSection, Field(default_factory=EmaStressSection)]
     snapshots: SnapshotSection = Field(default_factory=SnapshotSection)
 
@@ -251,6 +257,10 @@ class ControllerPolicySection(_PolicySectionBase):
 
     def build(self) -> LrPolicy:
         return UnifiedController(self.controller_config(), stress=self.stress.build())
+
+    @property
+    def rollback_snapshots(self) -> SnapshotSection | None:
+        return self.snapshots
 
     def run_label(self) -> str:
         """Names runs and compare-table rows: ``seed``, ``seed-ratio``, ..."""
@@ -323,19 +333,13 @@ ControllerSection = Annotated[
     Field(discriminator="method"),
 ]
 
-_OWN_KEYS = {
-    ControllerPolicySection: ("method", "preset", "label", "guard", "stress", "snapshots"),
-    GuardedPolicySection: ("method", "preset", "label", "guard", "stress", "snapshots"),
-    FixedPolicySection: ("method", "preset", "label", "guard", "lr"),
-    PlateauPolicySection: ("method", "preset", "label", "guard", "lr", "plateau"),
-}
 
 
 def _override_problem(exc: ValidationError, section: type[BaseModel]) -> str:
     err = exc.errors(include_url=False)[0]
     key = f"controller.{err['loc'][0]}"
     if err["type"] == "extra_forbidden":
-        valid = [*_OWN_KEYS.get(section, ()), *CONTROLLER_FIELDS]
+        valid = [*section.model_fields, *CONTROLLER_FIELDS]
         close = difflib.get_close_matches(str(err["loc"][0]), valid, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         return (

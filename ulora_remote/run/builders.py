@@ -16,7 +16,6 @@ from pathlib import Path
 from ulora_remote.backend import TrainingBackend
 from ulora_remote.control.guard import Guard
 from ulora_remote.control.policy import LrPolicy
-from ulora_remote.control.sections import ControllerPolicySection
 from ulora_remote.control.tasks import TaskSignals
 from ulora_remote.errors import ConfigurationError
 from ulora_remote.run.datacheck import check_records
@@ -115,9 +114,7 @@ def build_backend(scenario: Scenario, checkpoint_dir: Path) -> TrainingBackend:
 
 
 def build_settings(scenario: Scenario, run_name: str, *, log_every: int = 25) -> RunSettings:
-    c = scenario.controller
-    # Rollback snapshots belong to the controller: only it has a Mirror mode that acts.
-    snapshots = c.snapshots if isinstance(c, ControllerPolicySection) else None
+    snapshots = scenario.controller.rollback_snapshots
     return RunSettings(
         run_name=run_name,
         steps=scenario.steps,

@@ -138,9 +138,7 @@ def _estimate(spec: RunSpec, tokenizers: dict[tuple[str, str | None], tuple[Any,
     est = RunEstimate(spec, action, b.base_model, b.kind)
     if action == "reuse":
         return est
-    from ulora_remote.backends.sections import TinkerSection
-
-    key = (b.base_model, b.tokenizer if isinstance(b, TinkerSection) else None)
+    key = (b.base_model, b.tokenizer_dir)
     if key not in tokenizers:
         tokenizers[key] = _tokenizer(*key)
     tokenizer, est.exact = tokenizers[key]
@@ -150,13 +148,11 @@ def _estimate(spec: RunSpec, tokenizers: dict[tuple[str, str | None], tuple[Any,
 
 
 def _count(est: RunEstimate, scenario: Any, source: Any, tokenizer: Any, start: int) -> None:
-    from ulora_remote.control.sections import ControllerPolicySection
-
     steps, c = scenario.steps, scenario.controller
     evals = [k for k in _boundaries(steps, scenario.eval.every) if k >= start]
     ckpt_every = scenario.checkpoint.every
     ckpts = [k for k in _boundaries(steps, ckpt_every if ckpt_every > 0 else steps) if k >= start]
-    snapshot_every = c.snapshots.every if isinstance(c, ControllerPolicySection) else 0
+    snapshot_every = c.rollback_snapshots.every if c.rollback_snapshots is not None else 0
     screens = c.guard.kind != "none"  # a guard screens every batch with a forward first
     n = steps - start
     train = sum(_batch_tokens(source.batch(t).examples, tokenizer) for t in range(start, steps))
