@@ -40,6 +40,10 @@ from ulora_remote.scenarios.shocks import (
     corrupt_answer,
 )
 
+from ulora_remote.checkout import check_subpackage
+
+check_subpackage("scenarios", __file__)  # one source tree (ulora_remote/checkout.py)
+
 __all__ = [
     "DEFAULT_SCENARIO",
     "EVAL_POOL_SIZE",
