@@ -1,5 +1,6 @@
 """The guard's clock cycles: seconds per step of the guarded loop against the unguarded one, on
-``ulora serve`` with a clock and a latency, through the unmodified tinker SDK (issue 12).
+``ulora serve`` with a clock and a latency, through the unmodified tinker SDK (docs/design.md,
+"Guards").
 
 Each method runs the default scenario shortened to ``--steps`` steps, with no shock and the
 evaluations only at the start and the end, as ``--backend tinker`` at lag 1 against one server

@@ -1,4 +1,5 @@
-"""The guard's targets (issue 12), from the runs of the guard study and nothing else.
+"""The guard's targets (docs/design.md, "Guards"), from the runs of the guard study and nothing
+else.
 
     python benchmarks/study.py --out runs/guard-study --concurrency 2 --no-shock "" \\
         --methods zskip,seed,scale-free,guarded --seeds 0,1,2,3,4 --scenarios guard-clean,\\

@@ -1,4 +1,4 @@
-"""Sweep benchmark (issue 16): N runs in flight on ``ulora serve`` against one run alone.
+"""Sweep benchmark: N runs in flight on ``ulora serve`` against one run alone.
 
     python benchmarks/sweep.py --runs 16 --steps 100 --cycle-s 2.0
 

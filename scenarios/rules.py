@@ -13,9 +13,8 @@ every batch is a pure function of (seed, step) and the parts are balanced. Evalu
 every seed, never trained on), the same words for every part (``words = "same"``) or disjoint
 ones (``"split"``).
 
-This is the minimal multi-task source of issue 15; a general ``[task] kind = "mix"`` over any
-tasks routes the same way, since routing reads ``Example.task`` only.
-"""
+This is the minimal multi-task source of docs/design.md, "Per-task adapters"; a general ``[task]
+kind = "mix"`` over any tasks routes the same way, since routing reads ``Example.task`` only. """
 
 from __future__ import annotations
 

@@ -1,14 +1,13 @@
 """The scenario schema: pydantic models of a scenario file (TOML), validated once at the edge.
 
 A scenario composes one section per component; each component's section lives beside it and
-builds its own object: ``[task]`` (``ulora_remote.scenarios.pig_latin``, ``.mrpc``, ``.jsonl``,
-``.mix``),
-``[backend]`` (``ulora_remote.backends.sections``), ``[controller]``
-(``ulora_remote.control.sections``). This module adds the run-level keys and the cross-field
-rules (windows inside the run, the shock kind and the evaluation size the task allows, the
-backend the task needs, warm-up and lag shorter than the run); their messages start with the
-dotted key and end with the fix. ``loader.py`` adds the file name and turns pydantic's errors
-into ``ConfigurationError``.
+builds its own object: ``[task]`` (the kinds listed in ``ulora_remote.scenarios.catalog``, plus
+``.mix`` and ``.rules``), ``[backend]`` (``ulora_remote.backends.sections``), ``[controller]``
+(``ulora_remote.control.sections``), ``[adapters]`` (``ulora_remote.control.adapters``). This
+module adds the run-level keys and the cross-field rules (windows inside the run, the shock kind
+and the evaluation size the task allows, the backend the task needs, warm-up and lag shorter
+than the run); their messages start with the dotted key and end with the fix. ``loader.py`` adds
+the file name and turns pydantic's errors into ``ConfigurationError``.
 
 Every model is frozen, strict about types, forbids unknown keys (``[controller]`` also takes any
 ``ControllerConfig`` field as an override of its preset) and refuses ``inf``/``nan``. Arrays in

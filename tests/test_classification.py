@@ -1,4 +1,5 @@
-"""Classification scores against hand-computed values, incl. the all-one-class case (issue 8)."""
+"""Classification scores against hand-computed values, incl. the all-one-class case (docs/design.md,
+"Scenarios")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The sequence classifier behind the backend protocol, on the tiny DistilBERT built in code and
-the generated paraphrase set: per-example CE, label predictions, checkpoints, and the
-``mrpc-distilbert`` scenario end to end with its majority-class report (issue 8). No download."""
+"""The sequence classifier behind the backend protocol, on the tiny DistilBERT built in code and the
+generated paraphrase set: per-example CE, label predictions, checkpoints, and the
+``mrpc-distilbert`` scenario end to end with its majority-class report (docs/design.md,
+"Scenarios"). No download."""
 
 from __future__ import annotations
 

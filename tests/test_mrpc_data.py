@@ -1,5 +1,6 @@
-"""MRPC data: GLUE files by path, clear errors for a missing path or extra, the generated
-paraphrase set, the pair batch source and the scenario rules of the pair tasks (issue 8)."""
+"""MRPC data: GLUE files by path, clear errors for a missing path or extra, the generated paraphrase
+set, the pair batch source and the scenario rules of the pair tasks (docs/design.md,
+"Scenarios")."""
 
 from __future__ import annotations
 

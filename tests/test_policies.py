@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from ulora_remote.control.controller import ControllerConfig, UnifiedController
+from ulora_remote.control.config import ControllerConfig
+from ulora_remote.control.controller import UnifiedController
 from ulora_remote.control.guard import Guard, ZScoreGuard
 from ulora_remote.control.policies import (
     FixedPolicy,

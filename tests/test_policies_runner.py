@@ -10,7 +10,8 @@ import pytest
 from runner_fakes import FakeBackend, FakeSource
 
 from ulora_remote.backend import Example
-from ulora_remote.control.controller import ControllerConfig, UnifiedController
+from ulora_remote.control.config import ControllerConfig
+from ulora_remote.control.controller import UnifiedController
 from ulora_remote.control.guard import Guard, ZScoreGuard
 from ulora_remote.control.policies import FixedPolicy, PlateauPolicy, PlateauRule
 from ulora_remote.control.policy import Decision, Signal

@@ -1,4 +1,4 @@
-"""The rules task: several word rules as the tasks of one stream (issue 15's minimal multi-task
+"""The rules task: several word rules as the tasks of one stream (the minimal multi-task
 source): batches by step, balanced and tagged parts, held-out words never trained on."""
 
 from __future__ import annotations

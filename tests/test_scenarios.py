@@ -204,7 +204,7 @@ def test_shipped_scenarios_load_and_match_the_seeds_schedules() -> None:
         "llama32-1b-tinker",
         "mrpc-distilbert",
         "mrpc-tinker",
-        # the guard's shock suite (issue 12)
+        # the guard's shock suite (docs/design.md, "Guards")
         "guard-clean",
         "guard-letters",
         "guard-swapped",
@@ -214,7 +214,7 @@ def test_shipped_scenarios_load_and_match_the_seeds_schedules() -> None:
         "guard-persistent-15",
         "guard-shift",
         "word-tasks",
-        # per-task adapters (issue 15)
+        # per-task adapters (docs/design.md, "Per-task adapters")
         "rules-conflict",
         "rules-help",
     }

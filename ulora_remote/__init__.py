@@ -16,13 +16,9 @@ from ulora_remote.backend import (
     OptimStepResult,
     TrainingBackend,
 )
-from ulora_remote.control.controller import (
-    MODE_NAMES,
-    PRESETS,
-    ControllerConfig,
-    Decision,
-    UnifiedController,
-)
+from ulora_remote.control.config import PRESETS, ControllerConfig
+from ulora_remote.control.controller import MODE_NAMES, UnifiedController
+from ulora_remote.control.policy import Decision
 from ulora_remote.errors import (
     BackendError,
     CheckpointError,

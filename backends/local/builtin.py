@@ -1,6 +1,6 @@
 """The built-in base models: small Llama-architecture configs, pre-trained in code, cached on disk.
 
-A LoRA on a randomly initialised base does not learn (issue 3 measured q/v LoRA stuck at loss 2–3
+A LoRA on a randomly initialised base does not learn (we measured q/v LoRA stuck at loss 2–3
 after 1,500 steps), so each built-in base gets a short, deterministic generic pre-training: full
 fine-tuning on three transforms of random lowercase strings, told apart by the arrow: copy
 (``"qzx ->"`` → ``" qzx"``), reverse (``"qzx <-"`` → ``" xzq"``) and rotate by one

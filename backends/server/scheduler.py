@@ -136,9 +136,6 @@ class Scheduler:
         """Register a model whose ordered requests start at ``seq_id`` 1."""
         self._queues.setdefault(model_id, _ModelQueue())
 
-    def has_model(self, model_id: str) -> bool:
-        return model_id in self._queues
-
     def _new_record(self, model_id: str | None) -> FutureRecord:
         self._counter += 1
         record = FutureRecord(f"req-{self._counter}", model_id)

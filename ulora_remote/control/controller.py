@@ -49,18 +49,12 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ulora_remote.control.config import PRESETS, ControllerConfig
+from ulora_remote.control.config import ControllerConfig
 from ulora_remote.control.policy import Decision, Signal
 from ulora_remote.control.stress import Stress
 from ulora_remote.errors import ConfigurationError, InputError
 
-__all__ = [
-    "MODE_NAMES",
-    "PRESETS",
-    "ControllerConfig",
-    "Decision",
-    "UnifiedController",
-]  # ControllerConfig and PRESETS live in control.config, Decision in control.policy
+__all__ = ["MODE_NAMES", "UnifiedController"]
 
 MODE_NAMES: tuple[str, str, str] = ("Single", "Multi", "Mirror")
 

@@ -23,7 +23,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from ulora_remote.control.controller import ControllerConfig, UnifiedController
+from ulora_remote.control.config import ControllerConfig
+from ulora_remote.control.controller import UnifiedController
 from ulora_remote.control.guard import Guard, ZScoreGuard
 from ulora_remote.control.policies import FixedPolicy, PlateauPolicy, PlateauRule
 from ulora_remote.control.policy import LrPolicy, format_lr

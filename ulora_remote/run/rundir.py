@@ -6,8 +6,10 @@ Layout (docs/design.md, "The run directory"; docs/running.md, "What a run leaves
     config.json        resolved scenario, lag, warm-up, versions; never a secret
     steps.csv          one row a step, append-only during a run, flushed as it goes
     evals.csv          one row an evaluation (step = optimizer steps applied so far)
+    eval_scores.jsonl  task-specific scores of an evaluation (only tasks that have some)
     checkpoints.jsonl  one line a checkpoint, appended and fsync'ed after the save returned
     checkpoints/       the local backends' checkpoint folders
+    metrics.jsonl      the same tables in tinker-cookbook's format
     summary.json       written last: its presence marks a finished run
     plot.png           the picture of the run
 

@@ -216,7 +216,7 @@ def write_report(rd: RunDir, *, out: Any = None) -> dict[str, Any]:
 
 
 def _plot(rd: RunDir) -> None:
-    from ulora_remote.control.controller import ControllerConfig
+    from ulora_remote.control.config import ControllerConfig
     from ulora_remote.run.plotting import plot_run
 
     config, scenario, steps, evals = _read_run(rd)

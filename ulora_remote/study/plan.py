@@ -1,6 +1,6 @@
-"""The multi-seed studies: every baseline and controller variant on the shock scenarios (issue 7),
-and the guard's suite (issue 12: ``--scenarios guard-...``, methods seed, scale-free, zskip and
-guarded).
+"""The multi-seed studies: every baseline and controller variant on the shock scenarios
+(docs/design.md, "Recovery metrics"), and the guard's suite (docs/design.md, "Guards": ``--scenarios
+guard-...``, methods seed, scale-free, zskip and guarded).
 
 One call runs (or reuses) every run directory, then ``ulora_remote.study.report`` builds the
 tables, tests and plot from those directories' own files. Layout::
