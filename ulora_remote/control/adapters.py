@@ -96,12 +96,15 @@ class AdapterSwitch:
         self.reason = str(state["reason"])
 
 
+_SIGNALS = TaskSignalsConfig()  # the defaults, written once (control/tasks.py)
+
+
 class AdaptersSection(BaseModel):
     """``[adapters]``: per-task adapters and the task signals in φ, for a multi-task stream.
 
     ``mode``: ``"shared"``, ``"separate"`` or ``"switch"`` (module docstring); ``patience``:
     steps in Multi before a switch; ``require_conflict``: only steps with C > 0 count. The rest
-    are ``TaskSignalsConfig`` fields
+    are ``TaskSignalsConfig`` fields, with its defaults
     (``ulora_remote.control.tasks``): ``window`` β_C, ``warmup``, the gains κ_C, κ_ΔC, κ_S, κ_ΔS
     and ``conflict`` ("loss", every backend; "weights", local only).
     """
@@ -110,13 +113,13 @@ class AdaptersSection(BaseModel):
     mode: AdapterMode = "switch"
     patience: int = Field(default=30, ge=1, le=1_000_000)
     require_conflict: bool = True
-    window: float = Field(default=0.98, gt=0.0, lt=1.0)
-    warmup: int = Field(default=10, ge=1, le=1_000_000)
-    conflict_gain: float = Field(default=3.0, ge=0.0, le=1e6)
-    conflict_rate_gain: float = Field(default=0.0, ge=0.0, le=1e6)
-    stability_gain: float = Field(default=1.0, ge=0.0, le=1e6)
-    stability_rate_gain: float = Field(default=0.0, ge=0.0, le=1e6)
-    conflict: Literal["loss", "weights"] = "loss"
+    window: float = Field(default=_SIGNALS.window, gt=0.0, lt=1.0)
+    warmup: int = Field(default=_SIGNALS.warmup, ge=1, le=1_000_000)
+    conflict_gain: float = Field(default=_SIGNALS.conflict_gain, ge=0.0, le=1e6)
+    conflict_rate_gain: float = Field(default=_SIGNALS.conflict_rate_gain, ge=0.0, le=1e6)
+    stability_gain: float = Field(default=_SIGNALS.stability_gain, ge=0.0, le=1e6)
+    stability_rate_gain: float = Field(default=_SIGNALS.stability_rate_gain, ge=0.0, le=1e6)
+    conflict: Literal["loss", "weights"] = _SIGNALS.conflict
 
     def signals_config(self) -> TaskSignalsConfig:
         return TaskSignalsConfig(**self.model_dump(exclude={"mode", "patience",

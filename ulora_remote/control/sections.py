@@ -56,15 +56,18 @@ class EmaStressSection(BaseModel):
         return None
 
 
+_RATIO = RatioStressConfig()  # the defaults, written once (control/stress.py)
+
+
 class RatioStressSection(BaseModel):
     """``kind = "ratio"``: the scale-free stress (``ulora_remote.control.stress``)."""
 
     model_config = STRICT
     kind: Literal["ratio"]
-    fast_beta: float = Field(default=0.9, gt=0.0, lt=1.0)
-    slow_beta: float = Field(default=0.99, gt=0.0, lt=1.0)
-    gain: float = Field(default=1.0, gt=0.0, le=1e6)
-    slow_clip: float = Field(default=1.5, ge=1.0, le=1e6)
+    fast_beta: float = Field(default=_RATIO.fast_beta, gt=0.0, lt=1.0)
+    slow_beta: float = Field(default=_RATIO.slow_beta, gt=0.0, lt=1.0)
+    gain: float = Field(default=_RATIO.gain, gt=0.0, le=1e6)
+    slow_clip: float = Field(default=_RATIO.slow_clip, ge=1.0, le=1e6)
 
     @model_validator(mode="after")
     def _check(self) -> RatioStressSection:
@@ -116,24 +119,28 @@ class ZSkipGuardSection(BaseModel):
                            min_history=min(self.min_history, self.window))
 
 
+_SCREEN = ScreenConfig()  # the defaults, written once (control/screen.py)
+
+
 class ScreenGuardSection(BaseModel):
     """``kind = "screen"``: per-example screening against robust statistics of accepted
     examples, with a probation that learns a real shift and rolls back noise
-    (``ulora_remote.control.screen``; every key is a ``ScreenConfig`` field)."""
+    (``ulora_remote.control.screen``; every key is a ``ScreenConfig`` field, whose default it
+    is: the dataclass holds the defaults, this section adds the bounds)."""
 
     model_config = STRICT
     kind: Literal["screen"]
-    z: float = Field(default=4.0, gt=0.0, le=100.0)
-    min_loss: float = Field(default=1.0, ge=0.0, le=100.0)
-    window: int = Field(default=400, ge=2, le=1_000_000)
-    min_history: int = Field(default=160, ge=2, le=1_000_000)
-    trigger_share: float = Field(default=0.75, gt=0.0, le=1.0)
-    trigger_steps: int = Field(default=5, ge=1, le=100_000)
-    probation_steps: int = Field(default=60, ge=1, le=100_000)
-    judge_steps: int = Field(default=4, ge=1, le=100_000)
-    pass_share: float = Field(default=0.25, gt=0.0, le=1.0)
-    probation_lr: LearningRate = 2e-3
-    backoff_steps: int = Field(default=60, ge=0, le=10_000_000)
+    z: float = Field(default=_SCREEN.z, gt=0.0, le=100.0)
+    min_loss: float = Field(default=_SCREEN.min_loss, ge=0.0, le=100.0)
+    window: int = Field(default=_SCREEN.window, ge=2, le=1_000_000)
+    min_history: int = Field(default=_SCREEN.min_history, ge=2, le=1_000_000)
+    trigger_share: float = Field(default=_SCREEN.trigger_share, gt=0.0, le=1.0)
+    trigger_steps: int = Field(default=_SCREEN.trigger_steps, ge=1, le=100_000)
+    probation_steps: int = Field(default=_SCREEN.probation_steps, ge=1, le=100_000)
+    judge_steps: int = Field(default=_SCREEN.judge_steps, ge=1, le=100_000)
+    pass_share: float = Field(default=_SCREEN.pass_share, gt=0.0, le=1.0)
+    probation_lr: LearningRate = _SCREEN.probation_lr
+    backoff_steps: int = Field(default=_SCREEN.backoff_steps, ge=0, le=10_000_000)
 
     @model_validator(mode="after")
     def _check(self) -> ScreenGuardSection:
