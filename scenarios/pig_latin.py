@@ -23,7 +23,7 @@ from importlib import resources
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel
-from ulora_remote.scenarios.shocks import SHOCK_KINDS, corrupt_answer
+from ulora_remote.scenarios.shocks import SHOCK_KINDS, corrupt_answer, shock_positions
 
 from ulora_remote.backend import Example
 from ulora_remote.errors import ConfigurationError, InputError
@@ -150,12 +150,9 @@ class PigLatinTask:
             InputError: ``fraction`` outside (0, 1], or as ``train_batch``.
             ConfigurationError: an unknown kind.
         """
-        if not 0.0 < fraction <= 1.0:
-            raise InputError(f"fraction={fraction}: the corrupted share must lie in (0, 1]")
+        rng, positions = shock_positions("pig-latin", self.seed, step, batch_size, fraction)
         batch = self.train_batch(step, batch_size)
-        rng = random.Random(f"pig-latin:{self.seed}:shock:{step}")
-        count = max(1, round(fraction * batch_size))
-        for i in sorted(rng.sample(range(batch_size), count)):
+        for i in positions:
             word = batch[i].prompt.removesuffix(" ->")
             wrong = corrupt_answer(kind, word, self._answers[word], rng, self._donors)
             batch[i] = _example(word, wrong)

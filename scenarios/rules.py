@@ -26,7 +26,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, Field, Strict, model_validator
 from ulora_remote.scenarios.pig_latin import EVAL_POOL_SIZE, RULES, load_words
 from ulora_remote.scenarios.pig_latin import _split as split_eval_pool
-from ulora_remote.scenarios.shocks import SHOCK_KINDS, corrupt_answer
+from ulora_remote.scenarios.shocks import SHOCK_KINDS, corrupt_answer, shock_positions
 
 from ulora_remote.backend import Example
 from ulora_remote.errors import ConfigurationError, InputError
@@ -100,11 +100,9 @@ class RulesTask:
             InputError: ``fraction`` outside (0, 1], or as ``train_batch``.
             ConfigurationError: an unknown kind.
         """
-        if not 0.0 < fraction <= 1.0:
-            raise InputError(f"fraction={fraction}: the corrupted share must lie in (0, 1]")
+        rng, positions = shock_positions("rules", self.seed, step, size, fraction)
         batch = self.train_batch(step, size)
-        rng = random.Random(f"rules:{self.seed}:shock:{step}")
-        for i in sorted(rng.sample(range(size), max(1, round(fraction * size)))):
+        for i in positions:
             e = batch[i]
             word = e.prompt.removesuffix(" ->")
             wrong = corrupt_answer(kind, word, e.completion.strip(), rng, _donors(tuple(batch)))

@@ -29,12 +29,28 @@ from ulora_remote.backend import Example
 from ulora_remote.errors import ConfigurationError, InputError
 from ulora_remote.task import Batch, Record, RecordSource, Scores, Task
 
-__all__ = ["FROM_FILE", "SHOCK_KINDS", "Schedule", "ShockKind", "ShockStream", "corrupt_answer"]
+__all__ = ["FROM_FILE", "SHOCK_KINDS", "Schedule", "ShockKind", "ShockStream", "corrupt_answer",
+           "shock_positions"]
 
 ShockKind = Literal["random-letters", "reversed", "swapped-answer"]
 SHOCK_KINDS: tuple[str, ...] = get_args(ShockKind)
 #: The shock kind that takes its examples from a file of bad records (any task).
 FROM_FILE = "from-file"
+
+
+def shock_positions(name: str, seed: int, step: int, size: int,
+                    fraction: float) -> tuple[random.Random, list[int]]:
+    """The generator of a task's shock at ``step`` (seeded by ``name``, ``seed`` and ``step``)
+    and the sorted positions of the ``max(1, round(fraction·size))`` examples it corrupts, drawn
+    from it first.
+
+    Raises:
+        InputError: ``fraction`` outside (0, 1].
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(f"fraction={fraction}: the corrupted share must lie in (0, 1]")
+    rng = random.Random(f"{name}:{seed}:shock:{step}")
+    return rng, sorted(rng.sample(range(size), max(1, round(fraction * size))))
 
 
 def corrupt_answer(

@@ -134,7 +134,7 @@ def test_pair_task_rules_in_scenarios() -> None:
         load_scenario("pig-latin-shock", ["shocks.kind=flipped-label"])
     with pytest.raises(ConfigurationError, match="task.format = 'completion'"):
         load_scenario("mrpc-distilbert", ["backend.kind=tinker"])
-    with pytest.raises(ConfigurationError, match=r"data moved: use \[task\]"):
+    with pytest.raises(ConfigurationError, match="unknown key 'data'"):
         load_scenario("pig-latin-shock", ["data.format=completion"])
     with pytest.raises(ConfigurationError, match="unknown key 'task.format'"):
         load_scenario("pig-latin-shock", ["task.format=completion"])

@@ -3,6 +3,10 @@
 Handlers (``app.py``) parse and authenticate; this module decides what each request does and
 hands the heavy part to the scheduler as a job that runs on the worker thread. Requests are
 already-validated SDK types (``tinker.types``), so field names match the wire exactly.
+
+This module is longer than 300 lines on purpose: it is the one place that says what each kind of
+Tinker request does, over bookkeeping (sessions, models, checkpoints) that they all share;
+splitting it by request would split that state.
 """
 
 from __future__ import annotations

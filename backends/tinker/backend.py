@@ -12,6 +12,10 @@ the runner can submit fb_t, opt_t and fb_{t+1} before reading fb_t.
 Per-task adapters (``AdapterBackend``): ``fork_adapters`` adds one training client per task, made
 from the shared client's saved state with its optimizer; requests are split by client and put
 back together (``adapters.py``), and a checkpoint saves every client once.
+
+This module is longer than 300 lines on purpose: every protocol call and its exactly-once
+bookkeeping (submit once, refuse after a loss, rebuild, replay) must read together; the futures,
+session, rendering, checkpoints and adapters are already modules of their own.
 """
 
 from __future__ import annotations
