@@ -19,7 +19,12 @@ from pathlib import Path
 
 from ulora_remote.errors import UloraError
 from ulora_remote.run.builders import parse_seeds
-from ulora_remote.study.adapters import MODES, SCENARIOS, run_adapter_study, write_adapter_report
+from ulora_remote.study.adapter_study import (
+    MODES,
+    SCENARIOS,
+    run_adapter_study,
+    write_adapter_report,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from ulora_remote.control.adapters import AdaptersSection, AdapterSwitch
 from ulora_remote.control.controller import UnifiedController
 from ulora_remote.control.policy import Signal
 from ulora_remote.control.stress import RatioStress
-from ulora_remote.control.tasks import (
+from ulora_remote.control.task_signals import (
     ConflictMeter,
     StabilityMeter,
     TaskSignals,

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ulora_remote.control.tasks import TaskSignalsConfig
+from ulora_remote.control.task_signals import TaskSignalsConfig
 from ulora_remote.sections import STRICT
 
 __all__ = ["AdapterMode", "AdapterSwitch", "AdaptersSection"]
@@ -96,17 +96,17 @@ class AdapterSwitch:
         self.reason = str(state["reason"])
 
 
-_SIGNALS = TaskSignalsConfig()  # the defaults, written once (control/tasks.py)
+_SIGNALS = TaskSignalsConfig()  # the defaults, written once (control/task_signals.py)
 
 
 class AdaptersSection(BaseModel):
     """``[adapters]``: per-task adapters and the task signals in φ, for a multi-task stream.
 
-    ``mode``: ``"shared"``, ``"separate"`` or ``"switch"`` (module docstring); ``patience``:
-    steps in Multi before a switch; ``require_conflict``: only steps with C > 0 count. The rest
-    are ``TaskSignalsConfig`` fields, with its defaults
-    (``ulora_remote.control.tasks``): ``window`` β_C, ``warmup``, the gains κ_C, κ_ΔC, κ_S, κ_ΔS
-    and ``conflict`` ("loss", every backend; "weights", local only).
+    ``mode``: ``"shared"``, ``"separate"`` or ``"switch"`` (module docstring); ``patience``: steps
+    in Multi before a switch; ``require_conflict``: only steps with C > 0 count. The rest are
+    ``TaskSignalsConfig`` fields, with its defaults (``ulora_remote.control.task_signals``):
+    ``window`` β_C, ``warmup``, the gains κ_C, κ_ΔC, κ_S, κ_ΔS and ``conflict`` ("loss", every
+    backend; "weights", local only).
     """
 
     model_config = STRICT

@@ -36,8 +36,8 @@ Options on top of either form, each off by default:
   the last m consecutive updates (``Ê_t ≤ Ê_{t-1}``, counted by ``calm_steps``).
 
 A multi-task stream adds its task stress u_t ∈ [0, 1) (conflict and stability,
-``ulora_remote.control.tasks``): φ is fed ``d + (1 − d)·u_t`` where d is the drive above (after the
-derivative reaction); u_t = 0 feeds d itself, so the seed's numbers are unchanged.
+``ulora_remote.control.task_signals``): φ is fed ``d + (1 − d)·u_t`` where d is the drive above
+(after the derivative reaction); u_t = 0 feeds d itself, so the seed's numbers are unchanged.
 
 Bad input: a NaN or infinite loss is the strongest stress. The EMA is not fed (Ê keeps its value,
 so it stays finite) and the normalised loss term counts as 1. A negative loss raises InputError.

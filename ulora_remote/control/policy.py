@@ -35,7 +35,7 @@ class Signal:
         rebase: the data changed for good at this step (a guard declared a shift): a stress
             measured against the run's own history starts over from this loss.
         task_stress: u_t in [0, 1), the stress of a multi-task stream's conflict and
-            stability (``ulora_remote.control.tasks``); the controller drives φ with
+            stability (``ulora_remote.control.task_signals``); the controller drives φ with
             d + (1 − d)·u instead of its own drive d. 0 leaves φ exactly the seed's.
     """
 

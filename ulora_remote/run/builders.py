@@ -16,7 +16,7 @@ from pathlib import Path
 from ulora_remote.backend import TrainingBackend
 from ulora_remote.control.guard import Guard
 from ulora_remote.control.policy import LrPolicy
-from ulora_remote.control.tasks import TaskSignals
+from ulora_remote.control.task_signals import TaskSignals
 from ulora_remote.errors import ConfigurationError
 from ulora_remote.run.datacheck import check_records
 from ulora_remote.run.multitask import TaskParts, check_routing, stream_tasks

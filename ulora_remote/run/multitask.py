@@ -1,6 +1,6 @@
 """What a run's tasks add to the loop, pure: the task signals C, E, S fed each step, per-task
 evaluation details, and the decision to fork per-task adapters (docs/design.md, "Per-task
-adapters"; the signals are defined in ``ulora_remote.control.tasks``).
+adapters"; the signals are defined in ``ulora_remote.control.task_signals``).
 
 The runner sends every request and hands this module numbers. Its requests for a multi-task
 run (``StepTasks.probes``):
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from ulora_remote.backend import AdapterBackend, Example, TrainingBackend
 from ulora_remote.control.adapters import AdapterSwitch
 from ulora_remote.control.policy import Decision, Signal
-from ulora_remote.control.tasks import TaskSignals, task_error
+from ulora_remote.control.task_signals import TaskSignals, task_error
 from ulora_remote.errors import ConfigurationError
 from ulora_remote.losses import BatchLosses
 from ulora_remote.run.steps import SubmittedStep

@@ -117,13 +117,13 @@ class StepRow:
     "rollback": that snapshot was restored; "shift": the new data was found learnable), and
     ``snapshot`` the reference of that snapshot (kept on record).
 
-    Multi-task runs (``[adapters]``, ``ulora_remote.control.tasks``; ``TASK_STEP_COLUMNS``, which
-    steps.csv holds in such runs only, so that every other run writes the table it always did):
-    ``error`` E, the mean of the tasks' losses; ``conflict`` C (loss-based) and ``conflict_w``
+    Multi-task runs (``[adapters]``, ``ulora_remote.control.task_signals``; ``TASK_STEP_COLUMNS``,
+    which steps.csv holds in such runs only, so that every other run writes the table it always
+    did): ``error`` E, the mean of the tasks' losses; ``conflict`` C (loss-based) and ``conflict_w``
     C_w (the weight-space variance, local backends); ``stability`` S (forgetting, from the last
-    evaluation); ``task_stress`` u, which φ includes. ``adapters``: adapters the step trained
-    with (1 while shared); ``adapter_event``: "fork: <reason>" on the step that first trained
-    per-task adapters.
+    evaluation); ``task_stress`` u, which φ includes. ``adapters``: adapters the step trained with
+    (1 while shared); ``adapter_event``: "fork: <reason>" on the step that first trained per-task
+    adapters.
     """
 
     step: int
