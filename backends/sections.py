@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, TypeAlias, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -31,8 +31,12 @@ _TINKER_ONLY = ("base_url", "tokenizer")
 class BackendSectionContract(Protocol):
     """What every ``[backend]`` section provides (a pydantic model with a ``kind`` literal)."""
 
-    kind: str
-    base_model: str
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def base_model(self) -> str: ...
+
     #: Control lag when the scenario sets none (0: decide, then step; 1: pipelined).
     default_lag: ClassVar[int]
 
@@ -152,7 +156,7 @@ class TinkerSection(BaseModel):
 
 
 #: The one list of backend kinds: add a new backend's section here.
-AnyBackendSection = LocalSection | TinkerSection
+AnyBackendSection: TypeAlias = LocalSection | TinkerSection
 BackendSection = Annotated[AnyBackendSection, Field(discriminator="kind")]
 
 
@@ -181,3 +185,9 @@ def _import_backend(name: str, extra: str, dependency: str) -> Any:
         if exc.name and exc.name.split(".")[0] == dependency:
             raise MissingExtraError(extra, dependency) from exc
         raise
+
+
+if TYPE_CHECKING:  # mypy checks that every member of the list keeps the contract
+
+    def _contract(section: AnyBackendSection) -> BackendSectionContract:
+        return section

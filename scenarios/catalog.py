@@ -7,7 +7,7 @@ are added by the schema only: a mix cannot hold them.
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from ulora_remote.scenarios.jsonl import JsonlSection
 from ulora_remote.scenarios.mrpc import PairsSection
@@ -18,7 +18,7 @@ from ulora_remote.task import Task
 __all__ = ["PlainTaskSection", "TaskSectionContract"]
 
 #: Every single-stream task kind: add a new task's section here.
-PlainTaskSection = PigLatinSection | PairsSection | JsonlSection
+PlainTaskSection: TypeAlias = PigLatinSection | PairsSection | JsonlSection
 
 
 class TaskSectionContract(Protocol):
@@ -30,12 +30,27 @@ class TaskSectionContract(Protocol):
     ``needs_classifier``: it trains the local sequence classifier, not a causal LM.
     """
 
-    kind: str
-    max_eval_size: ClassVar[int | None]
-    shock_kinds: ClassVar[tuple[str, ...]]
-    shift_rules: ClassVar[tuple[str, ...]]
-    needs_classifier: ClassVar[bool]
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def max_eval_size(self) -> int | None: ...
+
+    @property
+    def shock_kinds(self) -> tuple[str, ...]: ...
+
+    @property
+    def shift_rules(self) -> tuple[str, ...]: ...
+
+    @property
+    def needs_classifier(self) -> bool: ...
 
     def build(self, *, seed: int, eval_size: int) -> Task:
         """The task; raises ConfigurationError when its data cannot be loaded."""
         ...
+
+
+if TYPE_CHECKING:  # mypy checks that every member of the list keeps the contract
+
+    def _contract(section: PlainTaskSection) -> TaskSectionContract:
+        return section

@@ -170,8 +170,9 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     section = _doc_block("1. `scenarios/my_task.py`")
     (pkg / "scenarios" / "my_task.py").write_text(MY_TASK + section, "utf-8")
     catalog = pkg / "scenarios" / "catalog.py"
-    _edit(catalog, "PlainTaskSection = PigLatinSection | PairsSection | JsonlSection",
-          "PlainTaskSection = PigLatinSection | PairsSection | JsonlSection | MyTaskSection")
+    _edit(catalog, "PlainTaskSection: TypeAlias = PigLatinSection | PairsSection | JsonlSection",
+          "PlainTaskSection: TypeAlias = PigLatinSection | PairsSection | JsonlSection"
+          " | MyTaskSection")
     _edit(catalog, "from ulora_remote.scenarios.jsonl import JsonlSection\n",
           "from ulora_remote.scenarios.jsonl import JsonlSection\n"
           "from ulora_remote.scenarios.my_task import MyTaskSection\n")
@@ -181,7 +182,7 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (pkg / "backends" / "my_backend").mkdir()
     (pkg / "backends" / "my_backend" / "__init__.py").write_text(MY_BACKEND, "utf-8")
     backend_sections = pkg / "backends" / "sections.py"
-    kinds = "AnyBackendSection = LocalSection | TinkerSection"
+    kinds = "AnyBackendSection: TypeAlias = LocalSection | TinkerSection"
     _edit(backend_sections, f"#: The one list of backend kinds: add a new backend's section here.\n"
           f"{kinds}", f"{MY_BACKEND_SECTION}{kinds} | MyBackendSection")
     return root

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
@@ -38,11 +38,59 @@ __all__ = [
     "ControllerPolicySection",
     "ControllerSection",
     "FixedPolicySection",
+    "GuardSectionContract",
     "GuardedPolicySection",
     "GuardSection",
     "PlateauPolicySection",
+    "PolicySectionContract",
     "StressSection",
+    "StressSectionContract",
 ]
+
+
+# -- what each kind of section provides (one union each below: StressSection, GuardSection,
+# ControllerSection; nothing else lists the kinds) ---------------------------------------------
+class StressSectionContract(Protocol):
+    """A ``[controller.stress]`` section: ``kind``, and the stress it builds (None: the seed's
+    built-in Ê/(1+Ê))."""
+
+    @property
+    def kind(self) -> str: ...
+
+    def build(self) -> Stress | None: ...
+
+
+class GuardSectionContract(Protocol):
+    """A ``[controller.guard]`` section: ``kind``, and the guard it builds (None: no guard, no
+    screening forward)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    def build(self) -> Guard | None: ...
+
+
+class PolicySectionContract(Protocol):
+    """A ``[controller]`` section (one per ``method``): the policy and guards it builds, the
+    controller configuration behind φ, Mirror's rollback snapshots (None: not this method's),
+    and the label of its runs."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def guard(self) -> GuardSectionContract: ...
+
+    def build(self) -> LrPolicy: ...
+
+    def build_guards(self) -> list[Guard]: ...
+
+    def controller_config(self) -> ControllerConfig: ...
+
+    @property
+    def rollback_snapshots(self) -> SnapshotSection | None: ...
+
+    def run_label(self) -> str: ...
 
 
 # -- stress ----------------------------------------------------------------------------------
@@ -355,3 +403,10 @@ def _override_problem(exc: ValidationError, section: type[BaseModel]) -> str:
             f"{', '.join(valid)}; remove it or fix the spelling"
         )
     return f"{key} = {err['input']!r}: {err['msg'].lower()} — fix the value"
+
+
+if typing.TYPE_CHECKING:  # mypy checks that every member of each union keeps its contract
+
+    def _contracts(stress: StressSection, guard: GuardSection, policy: ControllerSection
+                   ) -> tuple[StressSectionContract, GuardSectionContract, PolicySectionContract]:
+        return stress, guard, policy
