@@ -10,14 +10,13 @@ Adding a backend is its package under ``backends/`` plus one class here (a union
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from ulora_remote.backend import TrainingBackend
-from ulora_remote.errors import MissingExtraError
+from ulora_remote.extras import ensure_installed, import_extra
 from ulora_remote.sections import STRICT
 
 __all__ = ["BUILTIN_MODELS", "BackendSection", "LocalSection", "TinkerSection", "default_lag"]
@@ -132,9 +131,6 @@ def default_lag(kind: object) -> int:
 
 
 def _import_backend(name: str, extra: str, dependency: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] == dependency:
-            raise MissingExtraError(extra, dependency) from exc
-        raise
+    """Import a backend package under the extras lock (a sweep builds several at once)."""
+    ensure_installed(extra, dependency)
+    return import_extra(name, extra)
