@@ -22,7 +22,7 @@ _ensure_installed("server", "tinker", "starlette", "uvicorn", "zstandard")
 from .config import FAULT_KINDS, FaultConfig, ServerConfig  # noqa: E402
 from .counters import Counters, ModelCounts  # noqa: E402
 from .engine import Engine, EngineSpec, local_engine_factory  # noqa: E402
-from .runner import RunningServer, serve_forever, serve_in_thread  # noqa: E402
+from .runner import RunningServer, ready_url, serve_forever, serve_in_thread  # noqa: E402
 
 __all__ = [
     "FAULT_KINDS",
@@ -34,6 +34,7 @@ __all__ = [
     "RunningServer",
     "ServerConfig",
     "local_engine_factory",
+    "ready_url",
     "serve_forever",
     "serve_in_thread",
 ]

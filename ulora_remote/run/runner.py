@@ -38,7 +38,7 @@ from ulora_remote.backend import AdamParams, ForwardBackwardResult, TrainingBack
 from ulora_remote.control.guard import Guard
 from ulora_remote.control.policy import Decision, LrPolicy, Signal
 from ulora_remote.control.snapshots import SnapshotKeeper
-from ulora_remote.errors import BackendError, CheckpointError, StateLostError
+from ulora_remote.errors import BackendError, StateLostError
 from ulora_remote.run.console import Console
 from ulora_remote.run.multitask import TaskParts, TaskRouting
 from ulora_remote.run.pertask import task_line, with_task_losses
@@ -145,11 +145,12 @@ class Runner:
             self.routing.restore({})
         ckpt = self.rundir.last_checkpoint()
         if ckpt is None:
+            # Killed, or the state lost, before the step-0 checkpoint: nothing was trained yet
+            # (that checkpoint precedes the first update), so start over. A backend that lost
+            # its state then rebuilds the fresh one (TrainingBackend: "State lost").
             if required:
-                raise CheckpointError(
-                    f"no checkpoint in {self.rundir.checkpoints_path} to recover from"
-                )
-            # Killed before the step-0 checkpoint: nothing was trained yet, start over.
+                self.console.line("no checkpoint yet and nothing trained: starting over from "
+                                  "step 0")
             self.rundir.truncate_tables(0)
             return 0
         k = int(ckpt["step"])
