@@ -10,10 +10,11 @@ Adding a backend is its package under ``backends/`` plus one class here (a union
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ulora_remote.backend import TrainingBackend
 from ulora_remote.extras import ensure_installed, import_extra
@@ -97,6 +98,30 @@ class TinkerSection(BaseModel):
     tokenizer: str | None = Field(default=None, min_length=1)
     #: Control lag when the scenario sets none: submit optim_step with forward_backward.
     default_lag: ClassVar[int] = 1
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_secret_in_url(cls, url: str | None) -> str | None:
+        """A key belongs in TINKER_API_KEY, never in the URL: the URL is stored in the run's
+        config.json, and the SDK appends paths to it (a query would end up mid-path). The
+        message never repeats the URL's secret part."""
+        if url is None:
+            return url
+        parts = urllib.parse.urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "backend.base_url holds a user name or password ('user:…@host'); a run "
+                "directory never stores a secret: pass the URL without it (e.g. "
+                f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}) "
+                "and the key in TINKER_API_KEY"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(
+                "backend.base_url has a query string or fragment ('?…'); the service URL takes "
+                "none (a key belongs in TINKER_API_KEY, never in the URL): pass only "
+                f"{parts.scheme}://{parts.netloc}{parts.path}"
+            )
+        return url
 
     def check_model(self, *, classifier: bool) -> None:
         if classifier:
