@@ -11,6 +11,7 @@ The file holds the holder's pid, for the message only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -28,14 +29,20 @@ LOCK_NAME = ".ulora-lock"
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run directory's lock for the block (blocks never; see the module docstring).
 
+    A folder nobody may write (read-only filesystem, no permission) is not locked: no writer
+    can race there, and the resume's own checks then name the problem and the way out.
+
     Raises:
         RunDirError: another process or thread holds it (names the pid when it can).
-        StorageError: the lock file cannot be opened (a read-only folder).
+        StorageError: the lock file cannot be opened for another reason.
     """
     path = Path(run_dir) / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            yield
+            return
         raise storage_error(exc, "lock", path) from exc
     try:
         try:
