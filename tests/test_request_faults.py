@@ -28,6 +28,7 @@ torch.set_num_threads(1)
 
 from ulora_remote.backends.server import FaultConfig, ServerConfig, serve_in_thread  # noqa: E402
 from ulora_remote.backends.tinker import TinkerBackend  # noqa: E402
+
 from ulora_remote.run.api import resume_run, run_scenario  # noqa: E402
 
 pytestmark = pytest.mark.slow
