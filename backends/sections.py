@@ -11,14 +11,14 @@ Adding a backend is its package under ``backends/`` plus one class here and its 
 
 from __future__ import annotations
 
-import importlib
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, TypeAlias, get_args
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ulora_remote.backend import TrainingBackend
-from ulora_remote.errors import MissingExtraError
+from ulora_remote.extras import ensure_installed, import_extra
 from ulora_remote.sections import STRICT
 
 __all__ = ["BACKEND_KINDS", "BUILTIN_MODELS", "BackendSection", "BackendSectionContract",
@@ -136,6 +136,30 @@ class TinkerSection(BaseModel):
     def tokenizer_dir(self) -> str | None:
         return self.tokenizer
 
+    @field_validator("base_url")
+    @classmethod
+    def _no_secret_in_url(cls, url: str | None) -> str | None:
+        """A key belongs in TINKER_API_KEY, never in the URL: the URL is stored in the run's
+        config.json, and the SDK appends paths to it (a query would end up mid-path). The
+        message never repeats the URL's secret part."""
+        if url is None:
+            return url
+        parts = urllib.parse.urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "backend.base_url holds a user name or password ('user:…@host'); a run "
+                "directory never stores a secret: pass the URL without it (e.g. "
+                f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}) "
+                "and the key in TINKER_API_KEY"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(
+                "backend.base_url has a query string or fragment ('?…'); the service URL takes "
+                "none (a key belongs in TINKER_API_KEY, never in the URL): pass only "
+                f"{parts.scheme}://{parts.netloc}{parts.path}"
+            )
+        return url
+
     def check_model(self, *, classifier: bool) -> None:
         if classifier:
             raise ValueError(
@@ -179,12 +203,9 @@ def default_lag(kind: object) -> int:
 
 
 def _import_backend(name: str, extra: str, dependency: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] == dependency:
-            raise MissingExtraError(extra, dependency) from exc
-        raise
+    """Import a backend package under the extras lock (a sweep builds several at once)."""
+    ensure_installed(extra, dependency)
+    return import_extra(name, extra)
 
 
 if TYPE_CHECKING:  # mypy checks that every member of the list keeps the contract

@@ -134,7 +134,14 @@ def resolve_path(path: str, info: ValidationInfo) -> str:
     expanded = Path(path).expanduser()
     if base is None or expanded.is_absolute():
         return str(expanded)
-    return str((Path(base) / expanded).resolve())
+    joined = Path(base) / expanded
+    try:
+        return str(joined.resolve())
+    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError on a symlink loop
+        key = f"shocks.{info.field_name}" if info.field_name == "source" else \
+            f"task.{info.field_name}"
+        raise ValueError(f"{key} = {path!r} cannot be resolved ({joined} is a loop of symbolic "
+                         f"links or unreadable: {exc}); point it at the data file itself") from None
 
 
 class JsonlSection(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -122,7 +123,7 @@ def parse_override(raw: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not _KEY.fullmatch(key):
         raise ConfigurationError(
-            f"override {raw!r} is not key=value with a dotted key; "
+            f"override {_shown(raw)} is not key=value with a dotted key; "
             "write it like controller.cooldown=0 or steps=60"
         )
     try:
@@ -140,7 +141,7 @@ def _apply(data: dict[str, Any], key: str, value: Any, raw: str, source: str) ->
         if not isinstance(child, dict):
             prefix = ".".join(tables[: depth + 1])
             raise ConfigurationError(
-                f"{source}: override {raw!r}: {prefix} is a value, not a table, so it has no "
+                f"{source}: override {_shown(raw)}: {prefix} is a value, not a table, so it has no "
                 f"key {leaf!r}; set {prefix}=... instead"
             )
         node = child
@@ -175,12 +176,12 @@ def _describe(err: Any, source: str, overrides: Mapping[str, str]) -> str:
     raw_loc = tuple(err["loc"])
     loc, _ = _walk(raw_loc)
     key = _dotted(loc)
-    origin = f"{source} with override {overrides[key]!r}" if key in overrides else source
+    origin = f"{source} with override {_shown(overrides[key])}" if key in overrides else source
     kind = err["type"]
     if kind == "value_error":
         text = str(err["ctx"]["error"])
         causes = _causes(key, text, overrides)
-        origin = f"{source} with override {', '.join(map(repr, causes))}" if causes else source
+        origin = f"{source} with override {', '.join(map(_shown, causes))}" if causes else source
         return f"{origin}: {text}"
     if kind == "extra_forbidden":
         return f"{origin}: {_unknown_key(raw_loc)}"
@@ -190,14 +191,37 @@ def _describe(err: Any, source: str, overrides: Mapping[str, str]) -> str:
         ctx = err["ctx"]
         tag_key = f"{key}.{ctx['discriminator'].strip(chr(39))}"
         if tag_key in overrides:
-            origin = f"{source} with override {overrides[tag_key]!r}"
-        return (f"{origin}: {tag_key} = {ctx['tag']!r} is not known — choose one of "
+            origin = f"{source} with override {_shown(overrides[tag_key])}"
+        return (f"{origin}: {tag_key} = {_shown(ctx['tag'])} is not known — choose one of "
                 f"{ctx['expected_tags']}")
-    shown = f"{key} = {err['input']!r}"
+    shown = f"{key} = {_shown(err['input'])}"
     if kind == "string_pattern_mismatch":
         return (f"{origin}: {shown}: use only letters, digits, '.', '_' and '-', starting "
                 "with a letter or digit — fix the value")
     return f"{origin}: {shown}: {err['msg'].lower()} — {_fix(kind, err.get('ctx', {}))}"
+
+
+_SHOWN_CHARS = 120
+# The scheme's length is bounded so that a long value is scanned in linear time.
+_URL = re.compile(r"[a-z][a-z0-9+.-]{0,15}://[^\s'\"]+", re.IGNORECASE)
+
+
+def _hide_url_secret(match: re.Match[str]) -> str:
+    """A URL's user part and query may hold a key: a message shows neither."""
+    parts = urllib.parse.urlsplit(match.group(0))
+    user, _, host = parts.netloc.rpartition("@")
+    return (f"{parts.scheme}://{'…@' if user else ''}{host}{parts.path}"
+            f"{'?…' if parts.query else ''}")
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message: a URL's user part and query hidden, and at most
+    ``_SHOWN_CHARS`` characters (a 10 MB value must not become a 10 MB message)."""
+    full = repr(value)
+    text = _URL.sub(_hide_url_secret, full[: 4 * _SHOWN_CHARS])
+    if len(full) > _SHOWN_CHARS:
+        text = f"{text[:_SHOWN_CHARS]}… ({len(full):,} characters in all)"
+    return text
 
 
 def _causes(key: str, text: str, overrides: Mapping[str, str]) -> list[str]:

@@ -26,7 +26,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field, model_validator
 from ulora_remote.scenarios.paraphrase import PAIR_SHOCK, PairTask, SentencePair, generate_pairs
 
-from ulora_remote.errors import ConfigurationError, MissingExtraError
+from ulora_remote.errors import ConfigurationError
+from ulora_remote.extras import import_extra
 from ulora_remote.sections import STRICT
 
 __all__ = ["SPLITS", "PairsSection", "load_mrpc", "read_glue_tsv"]
@@ -100,10 +101,8 @@ def _pair(s1: Any, s2: Any, label: Any, source: Path | str, index: int) -> Sente
 def _from_parquet(file: Path) -> list[SentencePair]:
     import pandas as pd
 
-    try:
-        frame = pd.read_parquet(file)
-    except ImportError as exc:
-        raise MissingExtraError("mrpc", "pyarrow") from exc
+    import_extra("pyarrow", "mrpc")  # pandas' Parquet engine: MissingExtraError when absent
+    frame = pd.read_parquet(file)
     missing = {"sentence1", "sentence2", "label"} - set(frame.columns)
     if missing:
         raise ConfigurationError(f"{file} lacks the columns {sorted(missing)}; use the GLUE "
@@ -113,10 +112,7 @@ def _from_parquet(file: Path) -> list[SentencePair]:
 
 
 def _from_datasets(split: str) -> list[SentencePair]:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise MissingExtraError("mrpc", "datasets") from exc
+    datasets = import_extra("datasets", "mrpc")
     try:
         rows = datasets.load_dataset("nyu-mll/glue", "mrpc", split=split)
     except Exception as exc:  # noqa: BLE001 — datasets raises many types for "not reachable"

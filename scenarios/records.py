@@ -99,6 +99,10 @@ def parse_record(line: str, where: str) -> Example:
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each "
                          "line must be one JSON object") from None
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise InputError(f"{where}: the JSON is nested too deeply to read; a record is a "
+                         "flat {\"prompt\": ..., \"completion\": ...} or "
+                         "{\"messages\": [...]}") from None
     if not isinstance(obj, dict):
         raise InputError(f"{where}: a record must be a JSON object, not "
                          f"{type(obj).__name__}; write {{\"prompt\": ..., \"completion\": ...}} "

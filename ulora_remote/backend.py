@@ -184,6 +184,11 @@ class TrainingBackend(Protocol):
     ``max_context_length``: the tokens one sequence may hold (a rendered ``Datum``'s input
     tokens; a sampling prompt plus its ``max_tokens`` − 1), or None where the backend does not
     know it. Runs check data files against it before they start.
+
+    State lost: a remote backend whose state is lost raises ``StateLostError`` and refuses
+    further submissions until ``load_state``; if nothing was trained into it yet (no
+    ``forward_backward``, ``optim_step`` or ``load_state`` since it was built), its next
+    submission starts again from the fresh state of its model, rank and seed instead.
     """
 
     @property

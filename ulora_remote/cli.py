@@ -8,27 +8,22 @@ flushed its files and printed how to resume.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
 import re
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ulora_remote import __version__
 from ulora_remote.backends.sections import BACKEND_KINDS
 from ulora_remote.errors import MissingExtraError, UloraError
+from ulora_remote.signals import Terminated, sigterm_as_interrupt
 
 __all__ = ["Terminated", "main"]
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that a run stops as on Ctrl-C (files flushed, the
-    resume command printed); ``ulora`` then exits with 143 (128 + SIGTERM)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.started = started
     try:
-        with _sigterm_as_interrupt(args.command in ("run", "compare")):
+        with sigterm_as_interrupt(args.command in ("run", "compare")):
             return int(args.func(args))
     except UloraError as exc:
         return _error(_with_advice(exc))
@@ -80,24 +75,6 @@ def _with_advice(exc: BaseException) -> str:
 
     hint = advice(code)
     return text if hint in text else f"{text}; {hint}"
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt(active: bool) -> Iterator[None]:
-    """Turn SIGTERM into ``Terminated`` while a training command runs (main thread only;
-    ``ulora serve`` keeps its server's own handling)."""
-    if not active or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _parser(*, serving: bool = False) -> argparse.ArgumentParser:

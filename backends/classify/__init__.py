@@ -7,15 +7,11 @@ Installed as ``ulora_remote.backends.classify``; needs the 'local' extra::
     backend = ClassifierBackend("tiny-distilbert")   # built in code, no download (tests)
 """
 
-from importlib.util import find_spec
-
-from ulora_remote.errors import MissingExtraError
+from ulora_remote.extras import ensure_installed
 
 # Installed, not imported: transformers and peft load when a model is built, so the first line
 # of a built-in model's pre-training shows seconds sooner (peft alone took 3 s to import).
-for _module in ("torch", "transformers", "peft", "safetensors", "tokenizers"):
-    if find_spec(_module) is None:
-        raise MissingExtraError("local", _module)
+ensure_installed("local", "torch", "transformers", "peft", "safetensors", "tokenizers")
 
 from .backend import ClassifierBackend  # noqa: E402
 from .tiny import TINY_NAME, build_tiny_classifier, build_word_tokenizer  # noqa: E402

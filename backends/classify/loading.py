@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ulora_remote.errors import ConfigurationError
+from ulora_remote.extras import import_names
 
 from .tiny import TINY_NAME, build_tiny_classifier
 
@@ -43,7 +44,8 @@ def load_classifier(base_model: str, num_labels: int) -> LoadedClassifier:
             raise ConfigurationError(f"{TINY_NAME} has 2 classes, not {num_labels}")
         model, tokenizer, fingerprint = build_tiny_classifier()
         return LoadedClassifier(model, tokenizer, f"ulora/builtin-{TINY_NAME}", fingerprint)
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    AutoModelForSequenceClassification, AutoTokenizer = import_names(
+        "transformers", "local", "AutoModelForSequenceClassification", "AutoTokenizer")
 
     if base_model.startswith(("/", ".", "~")) and not Path(base_model).expanduser().is_dir():
         raise ConfigurationError(
@@ -92,8 +94,9 @@ def attach_classifier_lora(model: Any, rank: int, alpha: float,
     Raises:
         ConfigurationError: the target modules match nothing in the model.
     """
-    from peft import LoraConfig
     from ulora_remote.backends.local.models import wrap_with_lora
+
+    (LoraConfig,) = import_names("peft", "local", "LoraConfig")
 
     targets = list(target_modules) if target_modules else default_targets(model)
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}

@@ -14,6 +14,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from ulora_remote.extras import import_names
+
 __all__ = ["BASE_SEED", "TINY_CONFIG", "TINY_NAME", "build_tiny_classifier", "build_word_tokenizer"]
 
 TINY_NAME = "tiny-distilbert"
@@ -32,7 +34,7 @@ def build_word_tokenizer(words: Sequence[str]) -> Any:
     A pair encodes as ``[CLS] a [SEP] b [SEP]``; an unknown word maps to ``[UNK]``.
     """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    (PreTrainedTokenizerFast,) = import_names("transformers", "local", "PreTrainedTokenizerFast")
 
     vocab = {tok: i for i, tok in enumerate((*_SPECIALS, *sorted(set(words))))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
@@ -60,7 +62,8 @@ def build_tiny_classifier(words: Sequence[str] | None = None) -> tuple[Any, Any,
         the config and the vocabulary size, never on torch's global RNG state.
     """
     import torch
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+    DistilBertConfig, DistilBertForSequenceClassification = import_names(
+        "transformers", "local", "DistilBertConfig", "DistilBertForSequenceClassification")
 
     if words is None:
         from ulora_remote.scenarios.paraphrase import vocabulary

@@ -8,15 +8,11 @@ Installed as ``ulora_remote.backends.local``; needs the 'local' extra
     backend = LocalBackend("/models/Llama-3.2-1B", rank=32, dtype="bfloat16")  # a local HF dir
 """
 
-from importlib.util import find_spec
-
-from ulora_remote.errors import MissingExtraError
+from ulora_remote.extras import ensure_installed
 
 # Installed, not imported: transformers and peft load when a model is built, so the first line
 # of a built-in model's pre-training shows seconds sooner (peft alone took 3 s to import).
-for _module in ("torch", "transformers", "peft", "safetensors", "tokenizers"):
-    if find_spec(_module) is None:
-        raise MissingExtraError("local", _module)
+ensure_installed("local", "torch", "transformers", "peft", "safetensors", "tokenizers")
 
 from .backend import DatumsResult, LocalBackend  # noqa: E402
 from .builtin import BUILTIN_SIZES, build_builtin_model, builtin_cache_path  # noqa: E402

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ulora_remote.errors import ConfigurationError
+from ulora_remote.extras import import_names
 
 from .progress import PretrainReport, Progress, stderr_progress
 from .tokenizer import CHAR_VOCAB, EOS_TOKEN, build_char_tokenizer, save_char_tokenizer
@@ -84,7 +85,7 @@ _RECIPES = {
 
 
 def _llama_config(size: str) -> Any:
-    from transformers import LlamaConfig
+    (LlamaConfig,) = import_names("transformers", "local", "LlamaConfig")
 
     return LlamaConfig(
         vocab_size=len(CHAR_VOCAB), pad_token_id=CHAR_VOCAB["<pad>"],
@@ -156,7 +157,7 @@ def _pretrain_batch(gen: Any, recipe: PretrainRecipe) -> tuple[Any, Any, Any]:
 def _pretrain(size: str, report: PretrainReport) -> Any:
     """Build the model of ``size`` and run its recipe; CPU, one thread, private RNG state."""
     import torch
-    from transformers import LlamaForCausalLM
+    (LlamaForCausalLM,) = import_names("transformers", "local", "LlamaForCausalLM")
 
     recipe = _RECIPES[size]
     threads = torch.get_num_threads()
@@ -287,7 +288,8 @@ def load_builtin(directory: Path) -> Any:
     progress bar); the model is in eval mode on CPU."""
     import torch
     from safetensors.torch import load_file
-    from transformers import LlamaConfig, LlamaForCausalLM
+    LlamaConfig, LlamaForCausalLM = import_names(
+        "transformers", "local", "LlamaConfig", "LlamaForCausalLM")
 
     config = LlamaConfig.from_pretrained(str(directory))
     with torch.random.fork_rng(devices=[]):  # the throw-away init must not move the caller's RNG

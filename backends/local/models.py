@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ulora_remote.errors import ConfigurationError
+from ulora_remote.extras import import_names
 
 from .builtin import BUILTIN_SIZES, build_builtin_model, load_builtin
 from .progress import Progress
@@ -89,7 +90,8 @@ def load_base(base_model: str, dtype: str, device: Any, cache_dir: str | Path | 
         ConfigurationError: unknown dtype; a missing directory, one without config or tokenizer,
             or one that transformers cannot load offline.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    AutoModelForCausalLM, AutoTokenizer = import_names(
+        "transformers", "local", "AutoModelForCausalLM", "AutoTokenizer")
 
     torch_dtype = resolve_dtype(dtype)
     if base_model in BUILTIN_SIZES:
@@ -126,7 +128,7 @@ def attach_lora(model: Any, rank: int, alpha: float, target_modules: str | list[
     Raises:
         ConfigurationError: the target modules match nothing in the model.
     """
-    from peft import LoraConfig
+    (LoraConfig,) = import_names("peft", "local", "LoraConfig")
 
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules,  # type: ignore[arg-type]
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
@@ -137,7 +139,7 @@ def attach_lora(model: Any, rank: int, alpha: float, target_modules: str | list[
 def wrap_with_lora(model: Any, config: Any, targets_hint: str) -> Any:
     """``peft.get_peft_model(model, config)``, with a ConfigurationError naming the target
     modules and ``targets_hint`` (what to use instead) when they do not fit the model."""
-    from peft import get_peft_model
+    (get_peft_model,) = import_names("peft", "local", "get_peft_model")
 
     try:
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5

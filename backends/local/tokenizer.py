@@ -14,6 +14,8 @@ import string
 from pathlib import Path
 from typing import Any
 
+from ulora_remote.extras import import_names
+
 __all__ = [
     "BOS_TOKEN",
     "CHAR_VOCAB",
@@ -41,7 +43,7 @@ def build_char_tokenizer() -> Any:
         unknown characters map to ``<unk>`` (the backend turns those into an InputError).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    (PreTrainedTokenizerFast,) = import_names("transformers", "local", "PreTrainedTokenizerFast")
 
     core = Tokenizer(models.WordLevel(dict(CHAR_VOCAB), unk_token=UNK_TOKEN))
     # Split every character into its own pre-token ("." would leave a run of newlines whole);

@@ -15,18 +15,14 @@ the 'local' extra. Importing this package imports tinker and starlette (and tink
 torch when it is installed); `import ulora_remote` alone imports none of them.
 """
 
-import importlib.util as _util
+from ulora_remote.extras import ensure_installed as _ensure_installed
 
-from ulora_remote.errors import MissingExtraError as _MissingExtraError
-
-for _module in ("tinker", "starlette", "uvicorn", "zstandard"):
-    if _util.find_spec(_module) is None:
-        raise _MissingExtraError("server", _module)
+_ensure_installed("server", "tinker", "starlette", "uvicorn", "zstandard")
 
 from .config import FAULT_KINDS, FaultConfig, ServerConfig  # noqa: E402
 from .counters import Counters, ModelCounts  # noqa: E402
 from .engine import Engine, EngineSpec, local_engine_factory  # noqa: E402
-from .runner import RunningServer, serve_forever, serve_in_thread  # noqa: E402
+from .runner import RunningServer, ready_url, serve_forever, serve_in_thread  # noqa: E402
 
 __all__ = [
     "FAULT_KINDS",
@@ -38,6 +34,7 @@ __all__ = [
     "RunningServer",
     "ServerConfig",
     "local_engine_factory",
+    "ready_url",
     "serve_forever",
     "serve_in_thread",
 ]

@@ -89,7 +89,7 @@ def fault_response(kind: str) -> Response:
         return _DropConnection()
     if kind == "408":
         return JSONResponse({"type": "try_again", "queue_state": "active"}, status_code=408)
-    headers = {"retry-after-ms": "50"} if kind == "429" else None
+    headers = {"retry-after-ms": "50"} if kind in ("429", "503") else None
     return JSONResponse(
         {"detail": f"injected fault {kind}"}, status_code=int(kind), headers=headers
     )
@@ -152,8 +152,10 @@ class Api:
         given = request.headers.get("x-api-key", "").encode()
         return hmac.compare_digest(given, self._key)
 
-    def route(self, handler: Handler, *, faults: bool = True, auth: bool = True) -> Handler:
-        """Wrap ``handler`` with latency, auth, the body limit, submit faults and error mapping."""
+    def route(self, handler: Handler, *, faults: bool = True, auth: bool = True,
+              request_kind: str | None = None) -> Handler:
+        """Wrap ``handler`` with latency, auth, the body limit, submit faults and error mapping
+        (``request_kind``: what a fault aimed at request kinds calls this endpoint)."""
 
         async def wrapped(request: Request) -> Response:
             if self.config.latency_s > 0:
@@ -164,7 +166,8 @@ class Api:
                 body = await _read_body(
                     request, self.config.max_body_bytes, self.config.body_timeout_s
                 )
-                if faults and (kind := self.faults.decide(request.url.path, body, on_future=False)):
+                if faults and (kind := self.faults.decide(request.url.path, body, on_future=False,
+                                                          request=request_kind)):
                     return fault_response(kind)
                 return await handler(request, body)
             except ClientDisconnect:
@@ -235,15 +238,18 @@ class Api:
 
     # ---- submits -------------------------------------------------------------------------
 
-    @staticmethod
-    def _submitted(request_id: str, model_id: str | None = None, **extra: Any) -> Response:
+    def _submitted(self, request_id: str, model_id: str | None = None, *, kind: str,
+                   **extra: Any) -> Response:
+        record = self.service.scheduler.get(request_id)
+        if record is not None:  # its future's polls draw faults aimed at ``kind``
+            record.kind = kind
         return JSONResponse({"request_id": request_id, "model_id": model_id, **extra})
 
     async def create_model(self, request: Request, body: bytes) -> Response:
         req = types.CreateModelRequest.model_validate(parse_json_object(body))
         if self.service.refuse_create():
             return _create_refused()
-        return self._submitted(self.service.create_model(req))
+        return self._submitted(self.service.create_model(req), kind="create")
 
     async def get_info(self, request: Request, body: bytes) -> Response:
         req = types.GetInfoRequest.model_validate(parse_json_object(body))
@@ -256,23 +262,29 @@ class Api:
             body, request.headers.get("content-encoding", ""), self.config.max_body_bytes
         )
         call = decode_forward_backward(raw)
-        return self._submitted(self.service.forward_backward(call), call.model_id)
+        # Decided here, not in ``route``: forward and forward_backward share this endpoint.
+        kind = "forward" if call.forward_only else "forward_backward"
+        if fault := self.faults.decide(request.url.path, body, on_future=False, request=kind):
+            return fault_response(fault)
+        return self._submitted(self.service.forward_backward(call), call.model_id, kind=kind)
 
     async def optim_step(self, request: Request, body: bytes) -> Response:
         req = types.OptimStepRequest.model_validate(parse_json_object(body))
-        return self._submitted(self.service.optim_step(req), req.model_id)
+        return self._submitted(self.service.optim_step(req), req.model_id, kind="optim_step")
 
     async def save_weights(self, request: Request, body: bytes) -> Response:
         req = types.SaveWeightsRequest.model_validate(parse_json_object(body))
-        return self._submitted(self.service.save_weights(req), req.model_id)
+        return self._submitted(self.service.save_weights(req), req.model_id, kind="save_state")
 
     async def save_for_sampler(self, request: Request, body: bytes) -> Response:
         req = types.SaveWeightsForSamplerRequest.model_validate(parse_json_object(body))
-        return self._submitted(self.service.save_weights_for_sampler(req), req.model_id)
+        return self._submitted(self.service.save_weights_for_sampler(req), req.model_id,
+                               kind="save_for_sampler")
 
     async def save_external(self, request: Request, body: bytes) -> Response:
         req = types.SaveWeightsExternalRequest.model_validate(parse_json_object(body))
-        return self._submitted(self.service.save_weights_external(req), req.model_id)
+        return self._submitted(self.service.save_weights_external(req), req.model_id,
+                               kind="save_external")
 
     async def training_run(self, request: Request, body: bytes) -> Response:
         return JSONResponse(self.service.training_run(request.path_params["model_id"]))
@@ -290,7 +302,7 @@ class Api:
         req = types.LoadWeightsRequest.model_validate(parse_json_object(body))
         if req.session_id is not None and self.service.refuse_create():  # a model creation
             return _create_refused()
-        return self._submitted(self.service.load_weights(req), req.model_id)
+        return self._submitted(self.service.load_weights(req), req.model_id, kind="load_state")
 
     async def create_sampling_session(self, request: Request, body: bytes) -> Response:
         req = types.CreateSamplingSessionRequest.model_validate(parse_json_object(body))
@@ -303,7 +315,7 @@ class Api:
     async def asample(self, request: Request, body: bytes) -> Response:
         req = types.SampleRequest.model_validate(parse_json_object(body))
         request_id, sequence_ids = self.service.asample(req)
-        return self._submitted(request_id, sample_sequence_ids=sequence_ids)
+        return self._submitted(request_id, sample_sequence_ids=sequence_ids, kind="sample")
 
     # ---- futures -------------------------------------------------------------------------
 
@@ -314,7 +326,8 @@ class Api:
         if record is None:
             raise ModelGone(f"unknown request_id {req.request_id!r}", lost=False)
         model_id = record.model_id
-        kind = self.faults.decide(request.url.path, body, on_future=model_id is not None)
+        kind = self.faults.decide(request.url.path, body, on_future=True, request=record.kind,
+                                  training=model_id is not None)
         if kind == "410" and model_id is not None:
             scheduler.mark_lost(model_id)
             self.service.counters.mark_lost(model_id)
@@ -347,20 +360,23 @@ def build_app(service: Service, config: ServerConfig, faults: FaultInjector) -> 
         Route(f"{v1}/create_session", r(api.create_session), methods=post),
         Route(f"{v1}/session_heartbeat", r(api.heartbeat), methods=post),
         Route(v1 + "/sessions/{session_id}/finish", r(api.finish), methods=post),
-        Route(f"{v1}/create_model", r(api.create_model), methods=post),
+        Route(f"{v1}/create_model", r(api.create_model, request_kind="create"), methods=post),
         Route(f"{v1}/get_info", r(api.get_info), methods=post),
-        Route(f"{v1}/forward_backward", r(api.forward_backward), methods=post),
-        Route(f"{v1}/optim_step", r(api.optim_step), methods=post),
-        Route(f"{v1}/save_weights", r(api.save_weights), methods=post),
+        # forward_backward draws its faults itself (it serves two request kinds).
+        Route(f"{v1}/forward_backward", r(api.forward_backward, faults=False), methods=post),
+        Route(f"{v1}/optim_step", r(api.optim_step, request_kind="optim_step"), methods=post),
+        Route(f"{v1}/save_weights", r(api.save_weights, request_kind="save_state"),
+              methods=post),
         Route(f"{v1}/save_weights_for_sampler", r(api.save_for_sampler), methods=post),
-        Route(f"{v1}/load_weights", r(api.load_weights), methods=post),
+        Route(f"{v1}/load_weights", r(api.load_weights, request_kind="load_state"),
+              methods=post),
         Route(f"{v1}/save_weights_external", r(api.save_external), methods=post),
         Route(v1 + "/training_runs/{model_id}", r(api.training_run), methods=get),
         Route(v1 + "/training_runs/{model_id}/checkpoints", r(api.run_checkpoints), methods=get),
         Route(f"{v1}/weights_info", r(api.weights_info), methods=post),
         Route(f"{v1}/create_sampling_session", r(api.create_sampling_session), methods=post),
         Route(v1 + "/samplers/{sampler_id}", r(api.get_sampler), methods=get),
-        Route(f"{v1}/asample", r(api.asample), methods=post),
+        Route(f"{v1}/asample", r(api.asample, request_kind="sample"), methods=post),
         # retrieve_future draws its own faults: only there may a 410 hit a training future.
         Route(f"{v1}/retrieve_future", r(api.retrieve_future, faults=False), methods=post),
         Route("/ulora/v1/counters", r(api.counters, faults=False), methods=get),

@@ -50,6 +50,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault injector")
     parser.add_argument(
+        "--fault-requests",
+        default=None,
+        help="aim the faults at these request kinds only (comma-separated: forward, "
+        "forward_backward, optim_step, save_state, load_state, sample, create; default: all "
+        "requests, and 410 only on training futures)",
+    )
+    parser.add_argument("--fault-skip", type=int, default=0,
+                        help="let this many eligible requests through before the first fault")
+    parser.add_argument("--fault-limit", type=int, default=None,
+                        help="inject at most this many faults (default: no limit)")
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -113,6 +124,8 @@ def serve_main(args: argparse.Namespace) -> int:
         from ulora_remote.backends.server import FaultConfig, ServerConfig, serve_forever
 
         kinds = tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip())
+        requests = (None if args.fault_requests is None else
+                    tuple(r.strip() for r in args.fault_requests.split(",") if r.strip()))
         config = ServerConfig(
             host=args.host,
             port=args.port,
@@ -121,7 +134,9 @@ def serve_main(args: argparse.Namespace) -> int:
             api_key=api_key_from(args.api_key, dict(os.environ)),
             cycle_s=args.cycle_s,
             latency_s=args.latency_s,
-            faults=FaultConfig(rate=args.fault_rate, kinds=kinds, seed=args.fault_seed),  # type: ignore[arg-type]
+            faults=FaultConfig(rate=args.fault_rate, kinds=kinds, seed=args.fault_seed,  # type: ignore[arg-type]
+                               requests=requests, skip=args.fault_skip,  # type: ignore[arg-type]
+                               limit=args.fault_limit),
             header_timeout_s=args.header_timeout_s,
             body_timeout_s=args.body_timeout_s,
             threads=args.threads,

@@ -3,8 +3,12 @@
 The knobs exist for tests and benchmarks: a simulated clock cycle (training work waits for the
 next cycle boundary, as on the hosted service), an added latency per HTTP answer, and faults
 injected by rate and kind. Faults on a *submit* are decided before the request is enqueued, so
-the SDK's retry of that submit is safe; a ``410`` is only ever injected on a training future and
-means the model's state is lost.
+the SDK's retry of that submit is safe; a ``410`` is only ever injected on a future and, on a
+training model's future, means the model's state is lost.
+
+Faults can be aimed at one request kind (``FaultConfig.requests``: forward, forward_backward,
+optim_step, save_state, load_state, sample, create) and at the n-th eligible request of it
+(``skip``, ``limit``), so a test puts a fault exactly where it wants it, never by timing.
 """
 
 from __future__ import annotations
@@ -28,17 +32,30 @@ __all__ = [
     "FaultConfig",
     "FaultInjector",
     "FaultKind",
+    "REQUEST_KINDS",
+    "RequestKind",
     "ServerConfig",
     "is_loopback",
 ]
 
-FaultKind = Literal["429", "500", "408", "410", "drop"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("429", "500", "408", "410", "drop")
+FaultKind = Literal["429", "500", "503", "408", "410", "drop"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("429", "500", "503", "408", "410", "drop")
+# What a storm draws from when no kinds are named (the kinds of earlier releases, so that a
+# seed gives the same storm as before).
+DEFAULT_KINDS: tuple[FaultKind, ...] = ("429", "500", "408", "410", "drop")
 
-# 410 means "this model's state is lost": only a training future may get it (a submit gets the
-# other kinds, which the SDK retries without re-executing anything).
-SUBMIT_KINDS: frozenset[str] = frozenset({"429", "500", "408", "drop"})
+# 410 means "this request's promise is gone": only a future may get it (a submit gets the other
+# kinds, which the SDK retries without re-executing anything). By default only a training
+# model's future gets it; a config aimed at request kinds may put it on any future.
+SUBMIT_KINDS: frozenset[str] = frozenset({"429", "500", "503", "408", "drop"})
 FUTURE_KINDS: frozenset[str] = frozenset(FAULT_KINDS)
+
+RequestKind = Literal[
+    "forward", "forward_backward", "optim_step", "save_state", "load_state", "sample", "create"
+]
+REQUEST_KINDS: tuple[RequestKind, ...] = (
+    "forward", "forward_backward", "optim_step", "save_state", "load_state", "sample", "create"
+)
 
 
 @dataclass(frozen=True)
@@ -49,11 +66,21 @@ class FaultConfig:
         rate: probability in [0, 1] that an eligible request gets a fault.
         kinds: the kinds to draw from (uniformly, among those eligible for the request).
         seed: the same seed and the same request sequence give the same faults.
+        requests: only requests of these kinds are eligible, at their submit and at each poll
+            of their future (None: every request, and 410 only on a training future).
+        on: where a fault may land: ``"submit"``, ``"future"`` (a poll) or ``"any"``.
+        skip: let this many distinct eligible requests through (a submit and a future count
+            apart; a retry or re-poll of one is the same request) before the first fault.
+        limit: inject at most this many faults (None: no limit).
     """
 
     rate: float = 0.0
-    kinds: tuple[FaultKind, ...] = FAULT_KINDS
+    kinds: tuple[FaultKind, ...] = DEFAULT_KINDS
     seed: int = 0
+    requests: tuple[RequestKind, ...] | None = None
+    on: Literal["any", "submit", "future"] = "any"
+    skip: int = 0
+    limit: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
@@ -63,6 +90,24 @@ class FaultConfig:
             raise ConfigurationError(
                 f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}"
             )
+        bad = [r for r in self.requests or () if r not in REQUEST_KINDS]
+        if bad:
+            raise ConfigurationError(
+                f"unknown request kinds {bad}; choose from {', '.join(REQUEST_KINDS)}"
+            )
+        if self.on not in ("any", "submit", "future"):
+            raise ConfigurationError(f"fault on={self.on!r} must be any, submit or future")
+        if self.skip < 0 or (self.limit is not None and self.limit < 0):
+            raise ConfigurationError(f"fault skip={self.skip} and limit={self.limit} must be ≥ 0")
+
+
+class _Rule:
+    """One ``FaultConfig`` with the state its ``skip`` and ``limit`` need."""
+
+    def __init__(self, config: FaultConfig) -> None:
+        self.config = config
+        self.passed: set[str] = set()  # requests let through by ``skip``
+        self.injected = 0
 
 
 class FaultInjector:
@@ -70,46 +115,83 @@ class FaultInjector:
 
     A decision depends on the seed, the endpoint, the request body and how many identical
     requests came before (so a retried request draws again and eventually gets through), never
-    on wall-clock time or on unrelated traffic such as heartbeats.
+    on wall-clock time or on unrelated traffic such as heartbeats. Several configs may apply at
+    once (a storm and one aimed fault); the first that injects decides.
     """
 
-    def __init__(self, config: FaultConfig) -> None:
-        self._config = config
+    def __init__(self, config: FaultConfig, *more: FaultConfig) -> None:
+        self._rules = [_Rule(c) for c in (config, *more)]
         self._attempts: dict[str, int] = {}
         self._lock = threading.Lock()
         self.injected: dict[str, int] = {}
+        #: faults injected per (request kind, fault kind); request kind "other" when unknown
+        self.injected_at: dict[tuple[str, str], int] = {}
 
-    def reconfigure(self, config: FaultConfig) -> None:
-        """Switch to ``config`` from the next request on (e.g. start a storm mid-run)."""
+    def reconfigure(self, config: FaultConfig, *more: FaultConfig) -> None:
+        """Switch to ``config`` (and ``more``) from the next request on (e.g. start a storm
+        mid-run); ``skip`` and ``limit`` count afresh."""
+        rules = [_Rule(c) for c in (config, *more)]
         with self._lock:
-            self._config = config
+            self._rules = rules
 
-    def decide(self, path: str, body: bytes, *, on_future: bool) -> str | None:
+    def decide(self, path: str, body: bytes, *, on_future: bool,
+               request: str | None = None, training: bool = False) -> str | None:
         """Return the fault kind to inject for this request, or None.
 
         Args:
             path: the request path (part of the key, so endpoints draw independently).
             body: the raw request body.
-            on_future: True for ``retrieve_future`` of a training request (410 allowed).
+            on_future: True for a poll of a future (``retrieve_future``).
+            request: the request kind (``REQUEST_KINDS``), None for other endpoints.
+            training: the future belongs to a training model (a 410 then loses its state).
         """
-        cfg = self._config
-        allowed = FUTURE_KINDS if on_future else SUBMIT_KINDS
-        kinds = [k for k in cfg.kinds if k in allowed]
-        if cfg.rate <= 0.0 or not kinds:
+        rules = self._rules
+        if all(r.config.rate <= 0.0 for r in rules):
             return None
-        digest = hashlib.sha256(body).hexdigest()
+        key = f"{path}|{hashlib.sha256(body).hexdigest()}"  # retries and re-polls: equal bodies
         with self._lock:
             if len(self._attempts) > 200_000:  # bounded memory on long benchmark runs
                 self._attempts.clear()
-            key = f"{path}|{digest}"
             attempt = self._attempts.get(key, 0)
             self._attempts[key] = attempt + 1
+        for rule in rules:
+            kind = self._draw(rule, key, attempt, on_future=on_future, request=request,
+                              training=training)
+            if kind is not None:
+                return kind
+        return None
+
+    def _draw(self, rule: _Rule, key: str, attempt: int, *, on_future: bool,
+              request: str | None, training: bool) -> str | None:
+        cfg = rule.config
+        if cfg.requests is not None and request not in cfg.requests:
+            return None
+        if cfg.on != "any" and (cfg.on == "future") != on_future:
+            return None
+        aimed = cfg.requests is not None
+        allowed = FUTURE_KINDS if on_future and (training or aimed) else SUBMIT_KINDS
+        kinds = [k for k in cfg.kinds if k in allowed]
+        if cfg.rate <= 0.0 or not kinds:
+            return None
+        with self._lock:
+            if cfg.limit is not None and rule.injected >= cfg.limit:
+                return None
+            if key in rule.passed:
+                return None
+            if len(rule.passed) < cfg.skip:
+                rule.passed.add(key)
+                return None
         draw = hashlib.sha256(f"{cfg.seed}|{key}|{attempt}".encode()).digest()
         if int.from_bytes(draw[:8], "big") / 2**64 >= cfg.rate:
             return None
         kind = kinds[draw[8] % len(kinds)]
         with self._lock:
+            if cfg.limit is not None and rule.injected >= cfg.limit:
+                return None
+            rule.injected += 1
             self.injected[kind] = self.injected.get(kind, 0) + 1
+            at = (request or "other", kind)
+            self.injected_at[at] = self.injected_at.get(at, 0) + 1
         return kind
 
 

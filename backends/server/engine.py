@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ulora_remote.backend import AdamParams, Datum, Future, OptimStepResult
-from ulora_remote.errors import MissingExtraError
+from ulora_remote.extras import import_names
 
 __all__ = [
     "BatchSampling",
@@ -122,10 +122,8 @@ def local_engine_factory(spec: EngineSpec) -> Engine:
     Raises:
         MissingExtraError: the 'local' extra (torch, transformers, peft) is not installed.
     """
-    try:
-        from ulora_remote.backends.local import LocalBackend
-    except ImportError as exc:  # the local backend imports torch at module level
-        raise MissingExtraError("local", "torch") from exc
+    # The local backend imports torch at module level; a missing piece names itself.
+    (LocalBackend,) = import_names("ulora_remote.backends.local", "local", "LocalBackend")
     engine: Engine = LocalBackend(
         spec.base_model,
         rank=spec.rank,

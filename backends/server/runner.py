@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import signal
 import socket
 import threading
@@ -27,7 +28,7 @@ from .protocol import header_timeout_protocol
 from .scheduler import Scheduler
 from .service import Service
 
-__all__ = ["RunningServer", "serve_forever", "serve_in_thread"]
+__all__ = ["READY", "RunningServer", "ready_url", "serve_forever", "serve_in_thread", "url_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,23 @@ def serve_in_thread(config: ServerConfig, *, start_timeout_s: float = 30.0) -> R
     )
 
 
+#: The start-up line scripts wait for: ``ulora serve: ready <base URL>``, alone on its line,
+#: printed once the server accepts requests (the human lines before it may change).
+READY = "ready"
+_READY_LINE = re.compile(r"^ulora serve: ready (http://\S+)\s*$")
+
+
+def url_of(host: str, port: int) -> str:
+    """The base URL of a server bound to ``host``:``port``."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def ready_url(line: str) -> str | None:
+    """The base URL in ``ulora serve``'s ready line, or None for any other line."""
+    match = _READY_LINE.match(line)
+    return match.group(1) if match else None
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -166,6 +184,7 @@ def serve_forever(config: ServerConfig) -> None:
     say(f"serving {served.name!r} ({served.max_context_length or '?'} positions) on "
         f"http://{host}:{port}, {auth}; checkpoints in {service.index.root}; Ctrl-C stops it")
     say(f"tinker-cookbook: model_name={served.tokenizer_name!r} (its tokenizer, offline)")
+    say(f"{READY} {url_of(host, port)}")  # for scripts: see ``ready_url``
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it; by default that would end the
     # process before the line below, so make it end like Ctrl-C instead.
     if threading.current_thread() is threading.main_thread():

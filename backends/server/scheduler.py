@@ -72,6 +72,7 @@ class FutureRecord:
     error: tuple[str, str] | None = None  # (message, category)
     cycle: int | None = None  # the clock cycle that ran it
     queue_state: str = "active"  # what a try_again answer reports while it waits
+    kind: str | None = None  # the request kind (forward, optim_step, ...) faults may aim at
 
 
 @dataclass(frozen=True)

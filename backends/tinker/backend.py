@@ -159,6 +159,9 @@ class TinkerBackend:
         self._closed = False
         self._generation = 0  # bumped whenever the training client is replaced
         self._lost: StateLostError | None = None
+        # True while the client holds the fresh state of (base_model, rank, seed): nothing was
+        # trained into it and nothing loaded. A state lost then is rebuilt by a new client.
+        self._pristine = True
         # A closed local port fails here in milliseconds, before a session is opened.
         probe_service(resolve_base_url(base_url), self.connect_timeout_s)
         self._service = self._tinker.ServiceClient(base_url=base_url, api_key=self._key)
@@ -254,6 +257,8 @@ class TinkerBackend:
     ) -> Future[ForwardBackwardResult]:
         data = self._render_batch(batch)
         self._live_client()
+        if not forward_only:
+            self._pristine = False
         parts = []
         for key, idx in adapter_groups(batch, tuple(self._tasks)):
             parts.append((idx, self._submit_part(key, [data[i] for i in idx], forward_only)))
@@ -294,6 +299,7 @@ class TinkerBackend:
             grad_clip_norm=params.grad_clip_norm,
         )
         self._live_client()
+        self._pristine = False
         client = self._client_of(key)
         try:
             sdk_future = client.optim_step(sdk_params)
@@ -306,6 +312,14 @@ class TinkerBackend:
     def _live_client(self) -> Any:
         if self._closed:
             raise BackendError("this TinkerBackend is closed; create a new one")
+        if self._lost is not None and self._pristine and not self._tasks:
+            # Lost before any update (the runner's step-0 evaluation or checkpoint): the state
+            # was the fresh one of (base model, rank, seed), which a new client rebuilds exactly.
+            logger.warning("state lost before any update (%s); creating a new training client",
+                           self._lost)
+            self._client = None
+            self._generation += 1
+            self._lost = None
         if self._lost is not None:
             raise StateLostError(
                 f"the training client's state is lost ({self._lost}); call "
@@ -423,6 +437,7 @@ class TinkerBackend:
         if self._closed:
             raise BackendError("this TinkerBackend is closed; create a new one")
         shared, tasks = parse_ref(ref)
+        self._pristine = False
         self._client = self._load_client(shared)
         self._tasks = {task: self._load_client(path) for task, path in tasks.items()}
         self._stepped = []

@@ -91,7 +91,9 @@ def save_checkpoint(
     Raises:
         CheckpointError: the service answered that the save failed, and no checkpoint ``name``
             exists (the client stays usable: the service did process the request).
-        StateLostError: no answer within ``timeout_s`` and the checkpoint is not listed.
+        StateLostError: no answer within ``timeout_s``, or the service no longer holds the
+            request (HTTP 410), and the checkpoint is not listed: the client is abandoned, the
+            caller rolls back to its last checkpoint and replays.
     """
     request = f"save_state({name!r})"
     future: SdkFuture[Any] = SdkFuture(
@@ -130,6 +132,10 @@ def save_checkpoint(
             # A save changes no training state, so a failed one is a CheckpointError: the run
             # goes on and the next save tries again.
             path = listed() if _is_conflict(exc) or isinstance(exc, StateLostError) else None
+            if path is None and isinstance(exc, StateLostError):
+                # A 410: the service dropped the request, and with it (on Tinker) the model's
+                # state. Not a failed save but a lost client: roll back like any lost state.
+                raise
             if path is None:
                 raise CheckpointError(f"{request} failed: {exc}") from exc
             logger.info("checkpoint %s exists after a conflict; the save counts as done", name)

@@ -21,7 +21,8 @@ from typing import Any, Protocol, cast
 
 from ulora_remote.backend import Datum, Example, ForwardBackwardResult
 from ulora_remote.chat import ChatTokens, Segment, chat_layout, encode_layout
-from ulora_remote.errors import ConfigurationError, InputError, MissingExtraError
+from ulora_remote.errors import ConfigurationError, InputError
+from ulora_remote.extras import import_names
 
 __all__ = [
     "Tokenizer",
@@ -50,10 +51,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         MissingExtraError: transformers is not installed.
         ConfigurationError: the directory does not exist or holds no tokenizer.
     """
-    try:
-        from transformers import AutoTokenizer
-    except ImportError as exc:  # the SDK's own get_tokenizer needs it too
-        raise MissingExtraError("local", "transformers") from exc
+    # Under the extras lock: a sweep's runs load their tokenizers on several threads at once.
+    (AutoTokenizer,) = import_names("transformers", "local", "AutoTokenizer")
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise ConfigurationError(

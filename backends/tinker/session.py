@@ -17,10 +17,10 @@ from typing import Any
 
 from ulora_remote.errors import (
     ConfigurationError,
-    MissingExtraError,
     RemoteError,
     RemoteTimeoutError,
 )
+from ulora_remote.extras import import_extra
 
 from .futures import call_with_deadline, map_sdk_error, scrub
 
@@ -40,10 +40,7 @@ SUPPORTED_PREFIX = "0.38."  # keep in step with pyproject: tinker>=0.38,<0.39
 
 def import_tinker() -> Any:
     """Import the SDK, or raise ``MissingExtraError("tinker", "tinker")``."""
-    try:
-        import tinker
-    except ImportError as exc:
-        raise MissingExtraError("tinker", "tinker") from exc
+    tinker = import_extra("tinker", "tinker")
     version = str(getattr(tinker, "__version__", "unknown"))
     if not version.startswith(SUPPORTED_PREFIX):
         logger.warning(

@@ -6,13 +6,11 @@
     from ulora_remote.integrations import UloraCallback
 """
 
-from ulora_remote.errors import MissingExtraError
+from ulora_remote.extras import ensure_installed, import_extra
 
+ensure_installed("hf", "torch", "transformers", "accelerate")
 for _module in ("torch", "transformers", "accelerate"):
-    try:
-        __import__(_module)
-    except ImportError as _exc:
-        raise MissingExtraError("hf", _module) from _exc
+    import_extra(_module, "hf")  # under the extras lock; a broken install shows its own error
 
 from .hf_trainer import STATE_FILE, UloraCallback, UloraStep  # noqa: E402
 

@@ -14,6 +14,7 @@ A researcher's script::
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from ulora_remote.errors import ConfigurationError
 from ulora_remote.run.builders import RunParts, build_parts, method_label
 from ulora_remote.run.location import safe_folder_name
 from ulora_remote.run.rundir import RunDir
+from ulora_remote.run.runlock import run_lock
 from ulora_remote.run.runner import Runner
 from ulora_remote.run.summary import write_report
 from ulora_remote.scenarios.schema import Scenario
@@ -128,6 +130,7 @@ def resume_run(
 
     Raises:
         ConfigurationError: not a run directory, or the run already finished.
+        RunDirError: another process is continuing this run right now (``runlock``).
     """
     from ulora_remote.scenarios import validate_scenario
 
@@ -138,9 +141,17 @@ def resume_run(
             f"{rd.path} holds a finished run; nothing to resume (use `ulora report {rd.path}` "
             "to redraw it, or `ulora run --force --out ...` to run it again)"
         )
-    rd.prepare_resume()  # checks the checkpoint, the tables and the config before any build
-    scenario = validate_scenario(config["scenario"], str(rd.config_path))
-    return _execute(_build(scenario, rd, backend, log_every), rd, resume=True, console=console)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(run_lock(rd.path))  # one writer; checked before anything is read
+        except BaseException:
+            if backend is not None:
+                backend.close()
+            raise
+        rd.prepare_resume()  # checks the checkpoint, the tables and the config before any build
+        scenario = validate_scenario(config["scenario"], str(rd.config_path))
+        return _execute(_build(scenario, rd, backend, log_every), rd, resume=True,
+                        console=console)
 
 
 def _resolve(scenario: Scenario | str | Path, overrides: Sequence[str]) -> Scenario:

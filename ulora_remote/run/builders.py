@@ -144,4 +144,9 @@ def parse_seeds(text: str) -> Sequence[int]:
         raise ConfigurationError(f"--seeds {text!r}: give integers separated by commas") from exc
     if not seeds or any(s < 0 for s in seeds):
         raise ConfigurationError(f"--seeds {text!r}: give one or more integers ≥ 0, e.g. 0,1,2")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigurationError(
+            f"--seeds {text!r}: seed {', '.join(map(str, twice))} is given twice; give each "
+            "seed once")
     return seeds

@@ -27,7 +27,9 @@ OURS = ("config.json", "steps.csv", "evals.csv", "checkpoints.jsonl", "eval_scor
 # Checkpoint folders the runner names, and the temporary ones of an interrupted write
 # (backends/local/checkpoint.py: ".<name>.tmp-<random>" and ".<name>.old-<random>"): steps,
 # Mirror's snapshots, a guard's probation snapshots and the weights held during their evaluation.
-_CHECKPOINT_NAME = re.compile(r".+-(step|snap|probation|probation-eval)\d{6}")
+# Only names with this run's prefix (``RunDir.checkpoint_prefix``): a user's folder that merely
+# looks like one (``best-model-step000999``) is not ours to remove.
+_CHECKPOINT_KINDS = r"-(step|snap|probation|probation-eval)\d{6}"
 _LEFTOVER = re.compile(r"\..+\.(tmp|old)-.+")
 
 
@@ -96,10 +98,12 @@ def _remove_earlier_run(rd: RunDir) -> None:
         for name in OURS:
             for p in (rd.path / name, rd.path / f"{name}.tmp"):
                 p.unlink(missing_ok=True)
+        ours = re.compile(re.escape(rd.checkpoint_prefix) + _CHECKPOINT_KINDS)
+        leftover = re.compile(r"\." + re.escape(rd.checkpoint_prefix) + r"-.+\.(tmp|old)-.+")
         if rd.checkpoint_dir.is_dir():
             for entry in rd.checkpoint_dir.iterdir():
-                if entry.is_dir() and (_CHECKPOINT_NAME.fullmatch(entry.name)
-                                       or _LEFTOVER.fullmatch(entry.name)):
+                if entry.is_dir() and (ours.fullmatch(entry.name)
+                                       or leftover.fullmatch(entry.name)):
                     shutil.rmtree(entry)
             if not any(rd.checkpoint_dir.iterdir()):
                 rd.checkpoint_dir.rmdir()

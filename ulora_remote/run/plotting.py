@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ulora_remote.control.controller import MODE_NAMES
-from ulora_remote.errors import MissingExtraError
+from ulora_remote.extras import import_names
 from ulora_remote.run.storage import write_atomic
 
 __all__ = ["plot_run"]
@@ -82,10 +82,7 @@ def _draw(steps: pd.DataFrame, evals: pd.DataFrame, out: Path, windows: Sequence
 
 
 def _figure(**kwargs: Any) -> Any:
-    try:
-        from matplotlib.figure import Figure
-    except ModuleNotFoundError as exc:
-        raise MissingExtraError("plot", "matplotlib") from exc
+    (Figure,) = import_names("matplotlib.figure", "plot", "Figure")
     return Figure(**kwargs)  # savefig draws it with the Agg canvas; nothing global is touched
 
 

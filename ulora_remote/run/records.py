@@ -73,6 +73,9 @@ def _parse(path: Path, n: int, line: str, fix: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise RunDirError(f"{path}, line {n} is not valid JSON ({exc.msg}): the line is damaged; "
                           f"{fix}") from None
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise RunDirError(f"{path}, line {n} is nested too deeply to be a record of ours: the "
+                          f"line is damaged; {fix}") from None
     ok = (isinstance(record, dict) and isinstance(record.get("step"), int)
           and not isinstance(record.get("step"), bool) and record["step"] >= 0
           and isinstance(record.get("ref"), str) and record["ref"]

@@ -198,8 +198,9 @@ class RunDir:
             return json.loads(path.read_bytes().decode("utf-8"))
         except OSError as exc:
             raise storage_error(exc, "read", path) from exc
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            reason = "it is empty" if not path.stat().st_size else f"not valid JSON: {exc}"
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            reason = ("it is empty" if not path.stat().st_size else "nested too deeply"
+                      if isinstance(exc, RecursionError) else f"not valid JSON: {exc}")
             raise RunDirError(f"{path} is damaged ({reason}); {self.start_over_hint()}") from None
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
@@ -273,7 +274,7 @@ class RunDir:
             try:
                 record = json.loads(line)
                 by_step[int(record["step"])] = record
-            except (json.JSONDecodeError, TypeError, KeyError, ValueError):
+            except (json.JSONDecodeError, TypeError, KeyError, ValueError, RecursionError):
                 raise RunDirError(f"{self.eval_scores_path}, line {n} is damaged; "
                                   f"{self.start_over_hint()}") from None
         return [by_step[k] for k in sorted(by_step)]

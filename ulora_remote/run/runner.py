@@ -488,11 +488,12 @@ class Runner:
         self.tasks.restore({})
         ckpt = self.rundir.last_checkpoint()
         if ckpt is None:
+            # Killed, or the state lost, before the step-0 checkpoint: nothing was trained yet
+            # (that checkpoint precedes the first update), so start over. A backend that lost
+            # its state then rebuilds the fresh one (TrainingBackend: "State lost").
             if required:
-                raise CheckpointError(
-                    f"no checkpoint in {self.rundir.checkpoints_path} to recover from"
-                )
-            # Killed before the step-0 checkpoint: nothing was trained yet, start over.
+                self.console.line("no checkpoint yet and nothing trained: starting over from "
+                                  "step 0")
             self.rundir.truncate_tables(0)
             return 0
         k = int(ckpt["step"])

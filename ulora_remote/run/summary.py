@@ -120,7 +120,13 @@ def _read_run(rd: RunDir) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame,
         raise RunDirError(f"{rd.steps_path} holds {steps_table.rows} rows but the run has "
                           f"{scenario['steps']} steps (config.json): one of the two was edited; "
                           f"{rd.start_over_hint()}")
-    return config, scenario, steps_table.frame(), rd.read_evals().frame()
+    evals = rd.read_evals().frame()
+    if evals.empty:  # the step-0 evaluation is written before the first step's row
+        raise RunDirError(f"{rd.evals_path} holds no rows but {rd.steps_path} holds "
+                          f"{steps_table.rows}: the evaluation at step 0 comes before any step, "
+                          "so evals.csv was emptied or edited; summary.json was left as it was; "
+                          f"{rd.start_over_hint()}")
+    return config, scenario, steps_table.frame(), evals
 
 
 _FIELDS: tuple[tuple[str, type, str], ...] = (

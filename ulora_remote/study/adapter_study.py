@@ -19,7 +19,6 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,19 +151,28 @@ def run_adapter_study(out: Path, *, scenarios: Sequence[str] = SCENARIOS,
                                      (s.run_dir / "cost.json").exists())]
     print(f"adapters study: {len(specs) - len(todo)} runs reused, {len(todo)} to run", flush=True)
     t0 = time.monotonic()
+    pool = None
     if jobs == 1:
         results: Any = map(_run_one, todo)
     else:
         import multiprocessing
 
-        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker)
-        results = pool.map(_run_one, todo)
-    for i, (spec, wall_s) in enumerate(zip(todo, results, strict=True), 1):
-        print(f"adapters study: [{i}/{len(todo)}] {spec.run_dir} {wall_s:.0f} s "
-              f"(elapsed {time.monotonic() - t0:.0f} s)", flush=True)
-    if jobs != 1:
-        pool.shutdown()
+        pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker)
+        results = pool.imap(_run_one, todo)
+    try:
+        for i, (spec, wall_s) in enumerate(zip(todo, results, strict=True), 1):
+            print(f"adapters study: [{i}/{len(todo)}] {spec.run_dir} {wall_s:.0f} s "
+                  f"(elapsed {time.monotonic() - t0:.0f} s)", flush=True)
+    except BaseException:
+        # Ctrl-C, SIGTERM (signals.Terminated) or a failed run: no worker outlives the study.
+        # A run cut short is redone from scratch next time (only finished runs are reused).
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        raise
+    if pool is not None:
+        pool.close()
+        pool.join()
     return specs
 
 

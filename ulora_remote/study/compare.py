@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 
+from ulora_remote.errors import RunDirError
 from ulora_remote.run.builders import method_label
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.run.summary import METRIC_NAMES, build_summary, run_metrics_rows
@@ -106,6 +107,7 @@ def compare_scenario(
         KeyboardInterrupt: Ctrl-C; every run stays resumable and the continue command is printed.
     """
     root, specs = compare_specs(scenario, seeds=seeds, out=out, overrides=overrides)
+    refuse_foreign_tables(root, force=force)  # before any run: nothing of the user's is lost
     again = compare_command(scenario, seeds, root, overrides, concurrency)
     result = run_sweep(specs, concurrency=concurrency, force=force, out=console,
                        continue_command=again, log_path=root / "sweep.log")
@@ -118,6 +120,40 @@ def _methods(base: Any) -> list[list[str]]:
     for lr in base.baselines.fixed_lrs:
         methods.append(['controller.method="fixed"', f"controller.lr={lr!r}"])
     return methods
+
+
+_MD_MARK = "<!-- written by `ulora compare`; rewritten by every compare into this folder -->"
+_MD_TAIL = "Mean over seeds with a 95% interval"  # in every compare.md, marked or older
+_HEADERS = {"compare.csv": "method,window,metric,n,mean,ci_low,ci_high",
+            "compare_runs.csv": "method,seed,window,metric,value"}
+
+
+def _ours(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    if path.name == "compare.md":
+        return text.startswith(_MD_MARK) or _MD_TAIL in text
+    return text.split("\n", 1)[0].strip() == _HEADERS[path.name]
+
+
+def refuse_foreign_tables(root: Path, *, force: bool) -> None:
+    """Refuse to write the tables over files of the same names that ``ulora compare`` did not
+    write (``force`` overwrites them).
+
+    Raises:
+        RunDirError: names the files and the ways out.
+    """
+    foreign = [root / n for n in ("compare.md", *_HEADERS)
+               if (root / n).exists() and not _ours(root / n)]
+    if foreign and not force:
+        raise RunDirError(
+            f"{', '.join(map(str, foreign))} exist{'s' if len(foreign) == 1 else ''} and "
+            "ulora compare did not write "
+            f"{'it' if len(foreign) == 1 else 'them'}; nothing was run or changed: move "
+            f"{'it' if len(foreign) == 1 else 'them'} away, choose another --out, or pass "
+            "--force to overwrite (and run every run again)")
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> CompareTable:
@@ -151,7 +187,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> CompareTabl
 
 def _markdown(table: pd.DataFrame) -> str:
     """One Markdown table per window: metrics as rows, methods as columns, ``mean [lo, hi]``."""
-    parts = []
+    parts = [_MD_MARK, ""]
     for window, g in table.groupby("window", sort=False):
         methods = list(dict.fromkeys(g["method"]))
         parts.append(f"### {window}\n")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ulora_remote.errors import MissingExtraError
+from ulora_remote.extras import import_extra
 from ulora_remote.run.rundir import RunDir
 from ulora_remote.study.plan import StudyRuns
 
@@ -26,13 +26,9 @@ def plot_shock_recovery(runs: StudyRuns, path: Path) -> Path:
     Raises:
         MissingExtraError: matplotlib is not installed (``pip install 'ulora-remote[plot]'``).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ModuleNotFoundError as exc:
-        raise MissingExtraError("plot", "matplotlib") from exc
+    matplotlib = import_extra("matplotlib", "plot")
+    matplotlib.use("Agg")
+    plt = import_extra("matplotlib.pyplot", "plot")
     panels = _panels(runs)
     cols = min(2, max(1, len(panels)))
     rows = max(1, -(-len(panels) // cols))

@@ -108,6 +108,13 @@ def run_sweep(
         raise ConfigurationError(f"--concurrency {concurrency}: give at least 1")
     term = out or sys.stdout
     kinds = {spec: _backend_kind(spec) for spec in specs}  # every scenario validates first
+    seen: set[Path] = set()
+    for spec in specs:  # a folder in the way fails the sweep before any run starts
+        if spec.run_dir in seen:
+            raise ConfigurationError(f"{spec.run_dir} is the run directory of two runs of this "
+                                     "sweep; give each run its own (each seed once)")
+        seen.add(spec.run_dir)
+        RunDir(spec.run_dir).refuse_existing(force=True)  # a user's folder, never a run
     if force:
         for spec in specs:
             RunDir(spec.run_dir).prepare_new(force=True)
