@@ -193,8 +193,10 @@ def _build(model: WheelModel, gguf: Path, entry: Path, say: Progress) -> None:
         _convert(gguf, tmp)
         say(f"'{model.name}': dequantized and saved in {time.perf_counter() - start:.0f} "
             "s; checking the written files")
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                 for p in sorted(tmp.iterdir()) if p.is_file()}
+        files: dict[str, dict[str, Any]] = {
+            p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(tmp.iterdir()) if p.is_file()
+        }
         manifest = {
             "name": model.name, "key": entry.name.rsplit("-", 1)[1],
             "converter": CONVERTER_VERSION, "origin": model.origin, "dtype": "float32",
