@@ -148,4 +148,3 @@ def test_cookbook_supervised_train_against_ulora_serve(server: RunningServer,
     assert len(evals) == 2 and evals[-1] < evals[0]  # held-out NLL falls
     final = [json.loads(line) for line in (log / "checkpoints.jsonl").read_text().splitlines()]
     assert final[-1]["state_path"].endswith("/weights/final")
-    assert server.service.scheduler.wait_timeouts == 0
