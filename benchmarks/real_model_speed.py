@@ -6,11 +6,13 @@ The runner's arms are ``run_scenario`` on a scenario (default ``guard-clean``: P
 prompts, no shock) with ``--base-model smollm2-135m``; their step time is the median step-to-step
 difference of ``steps.csv``'s ``wall_s`` (evaluations run only before the first step and after
 the last, so they are not in it). ``guarded`` screens every batch with a gradient-free forward
-before it trains (the guard's cost); ``fixed`` trains at one rate without a guard. The bare arm
-is the scenario's own batches (``build_source``), rendered once up front, in a plain loop:
-forward, masked cross-entropy, backward, AdamW step; its step time is the median over its steps.
-The arms run one after the other (guarded, fixed, bare), so the load average at the start and
-end is printed: compare numbers from one invocation only.
+before it trains (the guard's cost); ``fixed`` trains at one rate without a guard. Then
+``backend`` (``LocalBackend.forward_backward`` + ``optim_step``) and ``bare`` (a plain loop:
+forward, masked cross-entropy, backward, AdamW step, on batches rendered to tensors up front)
+train the scenario's own batches (``build_source``), alternating step by step so that both see
+the same load; their step times are medians. The two runs and the interleaved pair run one
+after the other, so the load average at the start and end is printed: compare numbers from one
+invocation only.
 
 Run::
 
@@ -57,38 +59,57 @@ def _runner_arm(args: argparse.Namespace, out: Path, method: list[str]) -> dict[
                           console=io.StringIO(), log_every=0)
     steps = result.steps
     per_step = steps["wall_s"].diff().dropna().tolist()
-    return {"s_per_step": statistics.median(per_step), "tokens": float(steps["tokens"].mean()),
-            "kept": float(steps["kept"].mean())}
+    return {"s_per_step": statistics.median(per_step), "tokens": float(steps["tokens"].mean())}
 
 
-def _bare_arm(args: argparse.Namespace) -> dict[str, float]:
-    """The same base model, LoRA (rank 8, alpha 16, all-linear, the scenario's) and batches."""
+def _interleaved_arms(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """``LocalBackend`` (forward_backward + optim_step on ``Example``s) and the bare loop on the
+    same base model, LoRA (the scenario's rank and alpha, all-linear, the same seed) and
+    batches, alternating step by step in this process (the order flips every step), so both see
+    the same load. The bare loop gets its batches as ready-made tensors."""
+    from ulora_remote.backends.local import LocalBackend
+
+    from ulora_remote.backend import AdamParams
+
     scenario = load_scenario(args.scenario, _overrides(args))
     source = build_source(scenario)
+    rank, alpha = scenario.backend.rank, scenario.backend.lora_alpha
+    backend = LocalBackend(MODEL, rank=rank, lora_alpha=alpha, seed=0, progress=None)
     torch.manual_seed(0)
     base = load_base(MODEL, "float32", torch.device("cpu"), None)
-    model = attach_lora(base.model, scenario.backend.rank, scenario.backend.lora_alpha,
-                        "all-linear")
+    model = attach_lora(base.model, rank, alpha, "all-linear")
     model.eval()  # as the backend: no dropout
-    pad = base.tokenizer.pad_token_id
-    pad = base.tokenizer.eos_token_id if pad is None else pad
-    batches = [pad_datums(render_examples(base.tokenizer, source.batch(s).examples,
-                                          base.tokenizer.eos_token_id), pad, "cpu")
-               for s in range(args.steps)]
+    batches = [source.batch(s).examples for s in range(args.steps)]
+    tensors = [pad_datums(render_examples(base.tokenizer, b, backend.eos_token_id),
+                          backend.pad_token_id, "cpu") for b in batches]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
-    times = []
-    for inputs, targets, weights in batches:
-        start = time.perf_counter()
+
+    def bare(step: int) -> None:
+        inputs, targets, weights = tensors[step]
         logits = model(input_ids=inputs).logits.float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets,
                                                 reduction="none")
         ((nll * weights).sum() / weights.sum()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return {"s_per_step": statistics.median(times[1:] or times),
-            "tokens": statistics.mean(float(w.sum()) for _, _, w in batches), "kept": 0.0}
+
+    def local(step: int) -> None:
+        backend.forward_backward(batches[step]).result()
+        backend.optim_step(AdamParams(learning_rate=5e-4)).result()
+
+    times: dict[str, list[float]] = {"backend": [], "bare": []}
+    for step in range(args.steps):
+        arms = [("backend", local), ("bare", bare)]
+        for name, fn in arms if step % 2 == 0 else arms[::-1]:
+            start = time.perf_counter()
+            fn(step)
+            if step > 0 or args.steps == 1:  # the first step pays for warming up
+                times[name].append(time.perf_counter() - start)
+    tokens = statistics.mean(float(w.sum()) for _, _, w in tensors)
+    backend.close()
+    return {name: {"s_per_step": statistics.median(t), "tokens": tokens}
+            for name, t in times.items()}
 
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -99,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                                       ['controller.method="guarded"'])
         arms["fixed"] = _runner_arm(args, Path(tmp) / "fixed",
                                     ['controller.method="fixed"', "controller.lr=5e-4"])
-    arms["bare"] = _bare_arm(args)
+    arms.update(_interleaved_arms(args))
     return arms
 
 
@@ -124,13 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     print("| arm | s/step (median) | × bare | target tokens/step |")
     print("|---|---:|---:|---:|")
     bare = arms["bare"]["s_per_step"]
-    for name in ("guarded", "fixed", "bare"):
+    for name in ("guarded", "fixed", "backend", "bare"):
         a = arms[name]
         print(f"| {name} | {a['s_per_step']:.3f} | {a['s_per_step'] / bare:.2f} | "
               f"{a['tokens']:.1f} |")
     print(f"\nguarded/fixed {arms['guarded']['s_per_step'] / arms['fixed']['s_per_step']:.2f} "
-          "(the guard's screening forward); fixed/bare "
-          f"{arms['fixed']['s_per_step'] / bare:.2f} (the runner and backend)")
+          "(the guard's screening pass); backend/bare "
+          f"{arms['backend']['s_per_step'] / bare:.2f} (the backend's own overhead, interleaved "
+          f"step by step); fixed/bare {arms['fixed']['s_per_step'] / bare:.2f} (runner and "
+          "backend, run apart)")
     return 0
 
 

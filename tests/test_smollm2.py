@@ -279,7 +279,7 @@ def test_a_chat_run_on_it_resumes_bit_identically(smollm2_dir: Path, tmp_path: P
 
 def test_the_speed_benchmark_runs_in_smoke_mode(smollm2_dir: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """benchmarks/real_model_speed.py --smoke: the three arms, each with a positive time and the
+    """benchmarks/real_model_speed.py --smoke: the four arms, each with a positive time and the
     same batches (the same target tokens a step); the README quotes its full output."""
     import runpy
 
@@ -287,6 +287,6 @@ def test_the_speed_benchmark_runs_in_smoke_mode(smollm2_dir: Path,
     assert runpy.run_path(str(script))["main"](["--smoke"]) == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ") and not line.startswith("| arm")]
-    assert [r[0].strip() for r in rows] == ["guarded", "fixed", "bare"]
+    assert [r[0].strip() for r in rows] == ["guarded", "fixed", "backend", "bare"]
     assert all(float(r[1]) > 0 for r in rows)
     assert len({r[3] for r in rows}) == 1  # the bare loop trained on the runner's batches
