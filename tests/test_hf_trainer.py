@@ -10,6 +10,7 @@ leaves the weights alone, and a resumed run continues the controller where it st
 from __future__ import annotations
 
 import math
+import os
 import random
 import subprocess
 import sys
@@ -333,3 +334,18 @@ def test_the_example_script_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "step   0  loss" in done.stdout
     assert "held-out loss" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_example_script_runs_on_the_real_model(tmp_path: Path, smollm2_dir: Path) -> None:
+    """``--base-model smollm2-135m``: the model from the cache (converted by the session's
+    fixture; the subprocess inherits ULORA_CACHE_DIR), its BPE tokenizer, three steps."""
+    pytest.importorskip("peft")
+    script = Path(__file__).resolve().parents[1] / "examples" / "hf_trainer.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two threads on busy cores: 3-5x slower
+    done = subprocess.run([sys.executable, str(script), "--steps", "3", "--base-model",
+                           "smollm2-135m"], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "step   0  loss" in done.stdout and "held-out loss" in done.stdout
+    assert "not cached yet" not in done.stderr  # the session's entry, not a new conversion
