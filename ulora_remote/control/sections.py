@@ -133,6 +133,10 @@ class ScreenGuardSection(BaseModel):
     pass_share: float = Field(default=0.25, gt=0.0, le=1.0)
     probation_lr: LearningRate = 2e-3
     backoff_steps: int = Field(default=60, ge=0, le=10_000_000)
+    contrast: bool = True
+    contrast_max: float = Field(default=0.85, gt=0.0, le=100.0)
+    contrast_gate: float = Field(default=0.7, gt=0.0, le=100.0)
+    contrast_history: int = Field(default=16, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _check(self) -> ScreenGuardSection:

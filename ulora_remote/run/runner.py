@@ -238,7 +238,9 @@ class Runner:
             lr=0.0 if submitted.skipped else setter.lr, switched=setter.switched,
             kept=submitted.kept, skipped=submitted.skipped, tokens=tokens,
             wall_s=round(self._wall_s(), 4), reason=setter.reason, event=submitted.event,
-            snapshot=submitted.snapshot, **(self.routing.row(u) if self.routing else {}),
+            snapshot=submitted.snapshot, corrupted=submitted.corrupted,
+            corrupted_rejected=submitted.corrupted_rejected,
+            **(self.routing.row(u) if self.routing else {}),
         )
         assert self._steps_csv is not None
         self._steps_csv.write(row.as_dict())

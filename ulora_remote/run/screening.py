@@ -27,8 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from ulora_remote.backend import Completed, ForwardBackwardResult, Future, TrainingBackend
-from ulora_remote.control.guard import Action, Guard, Verdict
+from ulora_remote.backend import Completed, Example, ForwardBackwardResult, Future, TrainingBackend
+from ulora_remote.control.contrast import contrast_batch, contrast_result
+from ulora_remote.control.guard import Action, ContrastGuard, Guard, Verdict
 from ulora_remote.control.policy import LrPolicy
 from ulora_remote.errors import CheckpointError
 from ulora_remote.run.console import Console
@@ -62,6 +63,9 @@ class Screening:
         #: forward (module docstring); at lag 0 the screen of step t+1 goes out after them.
         self.screens_first = lag >= 1
         self.block = BLOCK if self.screens_first else 1
+        #: Whether a guard reads contrast pairs: then each screen also holds the batch's
+        #: mismatched pairs (``ulora_remote.control.contrast``), after the batch's own examples.
+        self.contrast = any(isinstance(g, ContrastGuard) and g.uses_contrast for g in guards)
         self.probation: Probation | None = None
         # What the policy observes for a step whose examples were all rejected: the loss of the
         # last examples trained on (rejected data never reaches the policy; E_t says it was).
@@ -96,16 +100,18 @@ class Screening:
         if screen is None:
             return SubmittedStep(t, batch.shock, size, size,
                                  self.backend.forward_backward(examples),
-                                 tasks=tuple(e.task for e in examples))
-        screened = screen.result(self.timeout_s)
+                                 tasks=tuple(e.task for e in examples),
+                                 corrupted=sum(batch.corrupted))
+        screened, contrast = self._split(examples, screen.result(self.timeout_s))
         tasks = [e.task for e in examples]
-        verdict = self._judge(t, screened, tasks)
+        verdict = self._judge(t, screened, tasks, contrast)
         note, event, snapshot = verdict.note, "", ""
         if verdict.action == "rollback":
             settle(t)
             snapshot = self._roll_back(t)
-            screened = self.backend.forward(examples).result(self.timeout_s)
-            verdict, event = self._judge(t, screened, tasks), "rollback"
+            screened, contrast = self._split(
+                examples, self._screen_forward(examples).result(self.timeout_s))
+            verdict, event = self._judge(t, screened, tasks, contrast), "rollback"
         if verdict.action == "probation":
             settle(t)
             snapshot = self.backend.save_state(f"{self.run_name}-probation{t:06d}")
@@ -124,7 +130,10 @@ class Screening:
                   else Completed[ForwardBackwardResult](screened))
         return SubmittedStep(t, batch.shock, size, len(kept), result, guard_lr=verdict.lr,
                              rebase=verdict.action == "shift", event=event, snapshot=snapshot,
-                             tasks=tuple(e.task for e in (kept or examples)))
+                             tasks=tuple(e.task for e in (kept or examples)),
+                             corrupted=sum(batch.corrupted),
+                             corrupted_rejected=sum(c and not k for c, k in zip(
+                                 batch.corrupted, verdict.keep, strict=False)))
 
     def observed_loss(self, submitted: SubmittedStep, loss: float) -> float:
         """The loss the policy observes for a read step (see ``last_trained_loss``)."""
@@ -149,10 +158,10 @@ class Screening:
         if not steps:
             return
         batches = [self.source.batch(u) for u in steps]
-        block = self.backend.forward([e for b in batches for e in b.examples])
+        block = self.backend.forward([e for b in batches for e in self._screened(b.examples)])
         start = 0
         for u, batch in zip(steps, batches, strict=True):
-            end = start + len(batch.examples)
+            end = start + len(self._screened(batch.examples))
             self._ahead.append((u, batch, _Slice(block, start, end)))
             start = end
 
@@ -183,7 +192,25 @@ class Screening:
             _, batch, screen = self._ahead.popleft()
             return batch, screen
         batch = self.source.batch(t)
-        return batch, self.backend.forward(batch.examples) if self.guards else None
+        return batch, self._screen_forward(batch.examples) if self.guards else None
+
+    # The one place where a screen's examples are built: the batch, then (when a guard reads
+    # them) its contrast pairs; ``_split`` takes the result apart again.
+    def _screened(self, examples: list[Example]) -> list[Example]:
+        return examples + contrast_batch(examples) if self.contrast else examples
+
+    def _screen_forward(self, examples: list[Example]) -> Future[ForwardBackwardResult]:
+        return self.backend.forward(self._screened(examples))
+
+    def _split(self, examples: list[Example], whole: ForwardBackwardResult
+               ) -> tuple[ForwardBackwardResult, ForwardBackwardResult | None]:
+        """The batch's own screen, and its contrast (None when no guard reads one)."""
+        n = len(examples)
+        own = ForwardBackwardResult(whole.nll_sums[:n], whole.weight_sums[:n])
+        if not self.contrast:
+            return own, None
+        pairs = ForwardBackwardResult(whole.nll_sums[n:], whole.weight_sums[n:])
+        return own, contrast_result(examples, pairs)
 
     def _roll_back(self, t: int) -> str:
         try:
@@ -191,11 +218,13 @@ class Screening:
         except CheckpointError as exc:
             raise CheckpointError(f"[{t}] {exc}") from None
 
-    def _judge(self, t: int, screened: ForwardBackwardResult, tasks: list[str]) -> Verdict:
+    def _judge(self, t: int, screened: ForwardBackwardResult, tasks: list[str],
+               contrast: ForwardBackwardResult | None = None) -> Verdict:
         """Every guard's verdict on step t: kept where all keep, the first action, the lowest
         learning rate a guard sets. Only one guard may ask for actions (a rollback is judged
         again by all)."""
-        verdicts = [g.judge(t, screened, tasks) for g in self.guards]
+        verdicts = [g.judge(t, screened, tasks, contrast) if isinstance(g, ContrastGuard)
+                    else g.judge(t, screened, tasks) for g in self.guards]
         if any(v.action == "rollback" for v in verdicts):
             return next(v for v in verdicts if v.action == "rollback")
         keep = tuple(all(flags) for flags in zip(*(v.keep for v in verdicts), strict=True))
