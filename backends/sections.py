@@ -1,7 +1,8 @@
 """The scenario's ``[backend]`` section: one pydantic model per backend kind, each building its
 backend. Light: importing this module imports neither torch nor tinker (``build`` does).
 
-    [backend] kind = "local"     base_model = "medium" | "small" | a local Hugging Face directory
+    [backend] kind = "local"     base_model = "medium" | "small" | "smollm2-135m"
+                                 | a local Hugging Face directory
     [backend] kind = "tinker"    base_model = "meta-llama/Llama-3.2-1B", base_url, tokenizer
 
 Adding a backend is its package under ``backends/`` plus one class here (a union member with
@@ -19,6 +20,8 @@ from pydantic import BaseModel, Field, model_validator
 from ulora_remote.backend import TrainingBackend
 from ulora_remote.errors import MissingExtraError
 from ulora_remote.sections import STRICT
+
+from .catalog import WHEEL_MODELS
 
 __all__ = ["BUILTIN_MODELS", "BackendSection", "LocalSection", "TinkerSection", "default_lag"]
 
@@ -53,12 +56,14 @@ class LocalSection(BaseModel):
         """Raises ValueError for a causal-LM base model that is neither built in nor a folder
         (the classifier also takes hub names and checks them itself)."""
         model = self.base_model
-        if classifier or model in BUILTIN_MODELS or Path(model).expanduser().is_dir():
+        if (classifier or model in BUILTIN_MODELS or model in WHEEL_MODELS
+                or Path(model).expanduser().is_dir()):
             return
         raise ValueError(
             f"backend.base_model = {model!r} is neither a built-in model "
-            f"({', '.join(BUILTIN_MODELS)}) nor a local model directory; pick one of those "
-            "or set backend.kind = 'tinker' for a hosted model"
+            f"({', '.join(BUILTIN_MODELS)}), a named model ({', '.join(WHEEL_MODELS)}) nor a "
+            "local model directory; pick one of those or set backend.kind = 'tinker' for a "
+            "hosted model"
         )
 
     def build(self, *, seed: int, checkpoint_dir: Path, classifier: bool = False,

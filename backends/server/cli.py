@@ -28,7 +28,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
     parser.add_argument(
-        "--base-model", default="small", help="small, medium, or a local model directory"
+        "--base-model", default="small",
+        help="small, medium, smollm2-135m, or a local model directory"
     )
     parser.add_argument(
         "--checkpoint-dir",

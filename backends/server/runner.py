@@ -20,6 +20,7 @@ import uvicorn
 
 from ulora_remote.errors import BackendError
 
+from ..catalog import WHEEL_MODELS
 from .app import build_app
 from .config import FaultInjector, ServerConfig, is_loopback
 from .counters import Counters
@@ -157,7 +158,10 @@ def _interrupt(signum: int, frame: object) -> None:
 def serve_forever(config: ServerConfig) -> None:
     """Serve in the foreground until interrupted (Ctrl-C), saying what it does on stdout."""
     say = functools.partial(print, "ulora serve:", flush=True)
-    note = "" if "/" in config.base_model else " (built in: pre-trained on first use, then cached)"
+    note = ("" if "/" in config.base_model else
+            " (converted from its wheel on first use, then cached)"
+            if config.base_model in WHEEL_MODELS else
+            " (built in: pre-trained on first use, then cached)")
     say(f"loading the base model {config.base_model!r}{note}")
     service, _, server, sock = _prepare(config)
     host, port = sock.getsockname()[:2]
@@ -165,7 +169,10 @@ def serve_forever(config: ServerConfig) -> None:
     auth = "API key required" if config.api_key else "no API key"
     say(f"serving {served.name!r} ({served.max_context_length or '?'} positions) on "
         f"http://{host}:{port}, {auth}; checkpoints in {service.index.root}; Ctrl-C stops it")
-    say(f"tinker-cookbook: model_name={served.tokenizer_name!r} (its tokenizer, offline)")
+    named = WHEEL_MODELS.get(config.base_model)
+    renderer = f", renderer_name={named.cookbook_renderer!r}" if named is not None else ""
+    say(f"tinker-cookbook: model_name={served.tokenizer_name!r} (its tokenizer, offline)"
+        f"{renderer}")
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it; by default that would end the
     # process before the line below, so make it end like Ctrl-C instead.
     if threading.current_thread() is threading.main_thread():
