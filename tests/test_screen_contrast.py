@@ -185,3 +185,19 @@ def test_a_conversation_keeps_its_answers_and_system_and_takes_the_partners_ques
         ("assistant", "a2")]
     assert [(m.role, m.content) for m in second.messages] == [("user", "q1"),
                                                               ("assistant", "b1")]
+
+
+def test_a_shock_batch_flags_the_examples_it_corrupted_in_chat_form_too() -> None:
+    from ulora_remote.scenarios.pig_latin import PigLatinTask
+    from ulora_remote.scenarios.shocks import Schedule, ShockStream
+
+    task = PigLatinTask(0, 8, system="Pig Latin.")
+    stream = ShockStream(task, batch_size=8, schedule=Schedule([(2, 4)]),
+                         kind="swapped-answer", fraction=0.25)
+    clean, shock = stream.batch(1), stream.batch(2)
+    assert clean.corrupted == () and not clean.shock
+    assert sum(shock.corrupted) == 2 and shock.shock
+    for e, c, flag in zip(shock.examples, task.train_batch(2, 8), shock.corrupted, strict=True):
+        assert e.messages[0] == Message("system", "Pig Latin.")
+        assert e.messages[1] == c.messages[1]  # the same question
+        assert (e.completion != c.completion) == flag
