@@ -11,6 +11,10 @@ with the clean batch of the same step).
     OMP_NUM_THREADS=1 python benchmarks/guard_dump.py --base-model /work/smollm2-hf \
         --steps 150 --lr 1e-3 --out dump.jsonl
 
+``--chat "Pig Latin."`` renders the examples as chat records with that system message;
+``--clean`` drops the shocks (the learning-rate sweep of benchmarks/RESULTS.md, "On a real
+model", is this with ``--clean --steps 60`` at several ``--lr``).
+
 Each line: {"step", "kind" (shock kind or ""), "own": [...], "contrast": [...],
 "corrupted": [...], "eval": clean held-out loss (every --eval-every steps, else null)}.
 """
@@ -64,6 +68,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chat", default="", help="system message: render as chat records")
     ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--clean", action="store_true",
+                    help="no shocks (a learning-rate sweep by held-out loss)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     from ulora_remote.backends.local import LocalBackend
@@ -77,7 +83,7 @@ def main() -> None:
             t0 = time.time()
             clean = wrap(task.train_batch(t, args.batch))
             kind, batch = "", clean
-            for start, end, k, frac in WINDOWS:
+            for start, end, k, frac in () if args.clean else WINDOWS:
                 if start <= t < end:
                     kind, batch = k, wrap(task.shock_batch(t, args.batch, k, frac))
             flags = [a != b for a, b in zip(batch, clean, strict=True)]

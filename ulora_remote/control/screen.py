@@ -15,6 +15,29 @@ clean data: on the default scenario (fixed 2e-3, seed 0) clean examples' median 
 targets lie above 1.4 (random letters above 4.2); with z = 4 and min_loss = 1, 0.6% of clean
 examples were rejected after step 300 and 95-100% of corrupted ones after step 150.
 
+Contrast. τ needs history and a model whose clean losses sit well below the noise's. While a
+real model is still learning neither holds: on SmolLM2-135M a 25% burst of swapped answers (a
+correct answer to another question) at steps 12-32 had losses inside the clean range, and τ
+rejected 0 of 40 (benchmarks/RESULTS.md, "On a real model"). So each example is also compared
+with its own answer under another example's prompt (``ulora_remote.control.contrast``; the
+runner screens these mismatched pairs in the same forward)::
+
+    reject when  ℓ_i / ℓ(answer_i | prompt_j) > contrast_max  and  ℓ_i > min_loss
+
+A clean answer fits its own prompt better than another one as soon as the model reads its
+prompts at all; a swapped answer or random letters fit it no better. The test applies to a task
+once the median ratio of its last accepted examples (at least ``contrast_history``) is at most
+``contrast_gate``: before that the model ignores its prompts and the ratio says nothing. A loss
+at or below ``min_loss`` passes, as it passes τ: an answer trained on in an earlier epoch is
+predicted well under any prompt (on the built-in model, in its second epoch, clean answers then
+failed the ratio test: 13% of them were rejected without this floor). Measured on recorded
+per-example losses (``benchmarks/guard_dump.py``, ``benchmarks/guard_rules.py``; SmolLM2-135M,
+Pig Latin as chat records, fixed 1e-3): with θ = 0.85, 32 of 40 swapped answers at steps 12-32
+and 20 of 20 random letters at 40-50 were rejected, 1.4% of clean examples before step 40 and
+0.4% after; θ = 0.9 caught 26 of 40 (1.1%, 0.0%), θ = 0.8 37 of 40 (1.8%, 1.3%). On plain
+prompts at the same rate the model stayed near 2.5 nats and the test rejected 8.7% of clean
+examples after step 40: it needs a model that reads its prompts well.
+
 Noise or shift. A lasting change of the data looks like noise at first: every example is
 rejected. When at least ``trigger_share`` of the batch was rejected on ``trigger_steps``
 consecutive steps, the guard asks for a *probation* (``action = "probation"``): the runner saves
@@ -64,7 +87,9 @@ Phase = Literal["normal", "probation", "backoff"]
 @dataclass(frozen=True, kw_only=True)
 class ScreenConfig:
     """The screening guard's parameters (see the module docstring). Counts are in examples
-    (``window``, ``min_history``) or steps; losses in nats per target token."""
+    (``window``, ``min_history``, ``contrast_history``) or steps; losses in nats per target
+    token; ``contrast_max`` and ``contrast_gate`` are ratios of two such losses. ``contrast``
+    false: τ alone judges (the rule before the contrast test)."""
 
     z: float = 4.0
     min_loss: float = 1.0
