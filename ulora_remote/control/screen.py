@@ -28,9 +28,9 @@ A clean answer fits its own prompt better than another one as soon as the model 
 prompts at all; a swapped answer or random letters fit it no better. The test applies to a task
 once the median ratio of its last accepted examples (at least ``contrast_history``) is at most
 ``contrast_gate``: before that the model ignores its prompts and the ratio says nothing. A loss
-at or below ``min_loss`` passes, as it passes τ: an answer trained on in an earlier epoch is
-predicted well under any prompt (on the built-in model, in its second epoch, clean answers then
-failed the ratio test: 13% of them were rejected without this floor). Measured on recorded
+at or below ``min_loss`` passes, as it passes τ: an answer trained on in an earlier epoch can
+be predicted well under any prompt, and a ratio of two tiny losses says nothing (a safeguard:
+in the recorded runs no clean example was rejected by the ratio below 1 nat). Measured on recorded
 per-example losses (``benchmarks/guard_dump.py``, ``benchmarks/guard_rules.py``; SmolLM2-135M,
 Pig Latin as chat records, fixed 1e-3): with θ = 0.85, 32 of 40 swapped answers at steps 12-32
 and 20 of 20 random letters at 40-50 were rejected, 1.4% of clean examples before step 40 and
