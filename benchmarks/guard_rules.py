@@ -4,6 +4,7 @@ rejected (before step 40, while the model still learns, and after); benchmarks/R
 real model".
 
     python benchmarks/guard_rules.py dump.jsonl [more.jsonl ...]
+    python benchmarks/guard_rules.py --first-window-at 5 dump.jsonl
 
 The replay judges the recorded losses in step order (a rule's rejections do not change the
 recorded trajectory: the dump trained on every example). The probation is switched off
@@ -115,10 +116,25 @@ def report(rows: list[Row], rule: Rule, split: int = 40) -> str:
     return " | ".join(parts)
 
 
-def main(paths: list[str]) -> None:
-    for path in paths:
+def moved(rows: list[Row], to: int) -> list[Row]:
+    """The recording with its first shock window moved to start at step ``to`` (its rows cut
+    out and put there, the steps renumbered): a rough stand-in for a burst that arrives
+    earlier, before the test has clean history."""
+    first = next(i for i, r in enumerate(rows) if r["kind"])
+    end = next(i for i in range(first, len(rows)) if rows[i]["kind"] != rows[first]["kind"])
+    out = rows[:to] + rows[first:end] + rows[end:]
+    return [dict(r, step=i) for i, r in enumerate(out)]
+
+
+def main(argv: list[str]) -> None:
+    to = None
+    if argv[:1] == ["--first-window-at"]:
+        to, argv = int(argv[1]), argv[2:]
+    for path in argv:
         rows = [json.loads(line) for line in open(path)]
-        print(f"## {path} ({len(rows)} steps)")
+        if to is not None:
+            rows = moved(rows, to)
+        print(f"## {path} ({len(rows)} steps{'' if to is None else f', first window at {to}'})")
         for name, rule in rules().items():
             print(f"- {name}: {report(rows, rule)}")
 

@@ -17,8 +17,10 @@ examples were rejected after step 300 and 95-100% of corrupted ones after step 1
 
 Contrast. τ needs history and a model whose clean losses sit well below the noise's. While a
 real model is still learning neither holds: on SmolLM2-135M a 25% burst of swapped answers (a
-correct answer to another question) at steps 12-32 had losses inside the clean range, and τ
-rejected 0 of 40 (benchmarks/RESULTS.md, "On a real model"). So each example is also compared
+correct answer to another question) at steps 12-32 lay well above the clean losses of the same
+batches, yet τ rejected 0 of 40: it has no history before step 20, and then its window still
+holds the fast-falling losses of the first steps (benchmarks/RESULTS.md, "On a real model").
+So each example is also compared
 with its own answer under another example's prompt (``ulora_remote.control.contrast``; the
 runner screens these mismatched pairs in the same forward)::
 
@@ -26,17 +28,19 @@ runner screens these mismatched pairs in the same forward)::
 
 A clean answer fits its own prompt better than another one as soon as the model reads its
 prompts at all; a swapped answer or random letters fit it no better. The test applies to a task
-once the median ratio of its last accepted examples (at least ``contrast_history``) is at most
-``contrast_gate``: before that the model ignores its prompts and the ratio says nothing. A loss
+once the lower quartile of the ratios of its last accepted examples (at least
+``contrast_history``) is at most ``contrast_gate``: before that the model ignores its prompts
+and the ratio says nothing. A loss
 at or below ``min_loss`` passes, as it passes τ: an answer trained on in an earlier epoch can
 be predicted well under any prompt, and a ratio of two tiny losses says nothing (a safeguard:
 in the recorded runs no clean example was rejected by the ratio below 1 nat). Measured on recorded
 per-example losses (``benchmarks/guard_dump.py``, ``benchmarks/guard_rules.py``; SmolLM2-135M,
-Pig Latin as chat records, fixed 1e-3): with θ = 0.85, 32 of 40 swapped answers at steps 12-32
-and 20 of 20 random letters at 40-50 were rejected, 1.4% of clean examples before step 40 and
-0.4% after; θ = 0.9 caught 26 of 40 (1.1%, 0.0%), θ = 0.8 37 of 40 (1.8%, 1.3%). On plain
-prompts at the same rate the model stayed near 2.5 nats and the test rejected 8.7% of clean
-examples after step 40: it needs a model that reads its prompts well.
+Pig Latin as chat records, fixed 1e-3; benchmarks/RESULTS.md, "On a real model"): with
+θ = 0.85, 32 of 40 swapped answers at steps 12-32 (and 32 of 40 with that burst moved to step
+5) and 20 of 20 random letters at 40-50 were rejected, against 2.1% of clean examples before
+step 40 and 0.8% after; τ alone rejected none of them. On plain prompts at the same rate the
+model stayed near 2.5 nats and the test rejected 9-11% of clean examples: it needs a model
+that reads its prompts well.
 
 Noise or shift. A lasting change of the data looks like noise at first: every example is
 rejected. When at least ``trigger_share`` of the batch was rejected on ``trigger_steps``
@@ -183,11 +187,13 @@ class ScreenGuard:
 
     def contrast_on(self, task: str = "") -> bool:
         """Whether ``task``'s examples are held to the contrast test: its model reads its
-        prompts (the median own/contrast ratio of its recently accepted examples, at least
-        ``contrast_history`` of them, is ≤ ``contrast_gate``)."""
+        prompts (the lower quartile of the own/contrast ratios of its recently accepted
+        examples, at least ``contrast_history`` of them, is ≤ ``contrast_gate``). A quartile,
+        not the median: a burst of noise that arrives before the test applies is accepted, and
+        its ratios near 1 held the median of a real run above the gate for the whole burst."""
         cfg, ratios = self.config, self._task(task).ratios
         return (cfg.contrast and len(ratios) >= cfg.contrast_history
-                and statistics.median(ratios) <= cfg.contrast_gate)
+                and sorted(ratios)[len(ratios) // 4] <= cfg.contrast_gate)
 
     @property
     def uses_contrast(self) -> bool:
