@@ -20,8 +20,11 @@ from pathlib import Path
 
 from ulora_remote.scenarios import load_scenario
 
-from ulora_remote import AdamParams, Decision, ForwardBackwardResult
+from ulora_remote import AdamParams, Decision, Example, ForwardBackwardResult
+from ulora_remote.control.contrast import contrast_batch, contrast_result
+from ulora_remote.control.guard import ContrastGuard, Verdict
 from ulora_remote.control.policy import Signal
+from ulora_remote.losses import BatchLosses
 from ulora_remote.run.builders import build_source
 
 BLOCK = 3  # at lag ≥ 1 one forward screens the next three steps (docs/design.md, "Guards")
@@ -38,10 +41,28 @@ def main(steps: int = 60, lag: int = 0, overrides: tuple[str, ...] = ()) -> list
 
     decisions: dict[int, Decision] = {}  # the policy's decision after step u
     unread: list[tuple[int, int, int, ForwardBackwardResult, bool]] = []  # trained, not read
-    ahead: dict[int, ForwardBackwardResult] = {}  # screens sent with an earlier step (lag ≥ 1)
+    ahead: dict[int, BatchLosses] = {}  # screens sent with an earlier step (lag ≥ 1)
     probation: tuple[str, dict, float] | None = None  # snapshot, policy state, last loss
     last_trained = math.nan  # what the policy sees for a skipped step
     losses: list[float] = []
+    # The contrast test: a screen also scores each answer under another example's prompt.
+    pairs = isinstance(guard, ContrastGuard) and guard.uses_contrast
+
+    def screen(batch: list[Example]) -> list[Example]:
+        """What a screening forward of ``batch`` scores: the batch, then its contrast pairs."""
+        return batch + contrast_batch(batch) if pairs else batch
+
+    def judge(t: int, batch: list[Example],
+              scored: BatchLosses) -> tuple[ForwardBackwardResult, Verdict]:
+        """Split a screen's losses into the batch's own and its contrast; the guard's verdict."""
+        n = len(batch)
+        own = ForwardBackwardResult(scored.nll_sums[:n], scored.weight_sums[:n])
+        contrast = (contrast_result(batch, BatchLosses(scored.nll_sums[n:],
+                                                       scored.weight_sums[n:])) if pairs else None)
+        tasks = [e.task for e in batch]
+        verdict = (guard.judge(t, own, tasks, contrast) if isinstance(guard, ContrastGuard)
+                   else guard.judge(t, own, tasks))
+        return own, verdict
 
     def lr_of(t: int) -> float:
         """Warm-up, else the decision after step t − lag (the policy's first while t < lag)."""
@@ -68,9 +89,8 @@ def main(steps: int = 60, lag: int = 0, overrides: tuple[str, ...] = ()) -> list
     for t in range(steps):
         # 1. The guards judge batch t from its screening forward (sent ahead at lag ≥ 1).
         batch = stream.batch(t).examples
-        tasks = [e.task for e in batch]
-        screened = ahead.pop(t, None) or backend.forward(batch).result()
-        verdict = guard.judge(t, screened, tasks)
+        screened, verdict = judge(t, batch, ahead.pop(t, None)
+                                  or backend.forward(screen(batch)).result())
         if verdict.action == "rollback":  # the data on probation was noise: undo its updates
             read_through(t - 1)
             assert probation is not None
@@ -79,8 +99,7 @@ def main(steps: int = 60, lag: int = 0, overrides: tuple[str, ...] = ()) -> list
             backend.load_state(ref)
             policy.load_state_dict(policy_state)
             probation = None
-            screened = backend.forward(batch).result()
-            verdict = guard.judge(t, screened, tasks)
+            screened, verdict = judge(t, batch, backend.forward(screen(batch)).result())
             print(f"[{t}] rollback to {ref}")
         if verdict.action == "probation":  # new data: admit it on trial, from a snapshot
             read_through(t - 1)
@@ -93,13 +112,13 @@ def main(steps: int = 60, lag: int = 0, overrides: tuple[str, ...] = ()) -> list
         kept = [e for e, keep in zip(batch, verdict.keep, strict=True) if keep]
         if lag >= 1 and not ahead:  # 2. the next screens ride along with step t's requests
             next_steps = range(t + 1, min(t + 1 + BLOCK, steps))
-            batches = [stream.batch(u).examples for u in next_steps]
+            batches = [screen(stream.batch(u).examples) for u in next_steps]
             block = backend.forward([e for b in batches for e in b]).result() if batches else None
             start = 0
             for u, b in zip(next_steps, batches, strict=True):
                 assert block is not None
-                ahead[u] = ForwardBackwardResult(block.nll_sums[start:start + len(b)],
-                                                 block.weight_sums[start:start + len(b)])
+                ahead[u] = BatchLosses(block.nll_sums[start:start + len(b)],
+                                       block.weight_sums[start:start + len(b)])
                 start += len(b)
         # 3. Train on the kept examples; a step with none kept is skipped (no update).
         result = backend.forward_backward(kept).result() if kept else screened

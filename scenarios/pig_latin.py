@@ -6,7 +6,10 @@ lowercase ASCII letters, 3-10 long, holding a vowel (``aeiou``, or ``y`` after t
 letter); the 4,000 first by SHA-256 of the word, then sorted alphabetically.
 
 Examples are ``Example(prompt=f"{word} ->", completion=f" {pig}")``: the leading space is part
-of the completion, so the loss falls on it too.
+of the completion, so the loss falls on it too. With ``system`` set (``[task] system = "..."``)
+they are chat records instead: the system message, the word as the user's turn and its Pig
+Latin as the assistant's, rendered by the backend through the model's chat template (a real
+model's; an explicit system message also replaces a template's long default one).
 
 The held-out evaluation pool is the ``EVAL_POOL_SIZE`` words first in SHA-256 order of
 ``"eval:" + word``. It does not depend on the seed, so every seed and method is scored on the same
@@ -25,7 +28,8 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel
 from ulora_remote.scenarios.shocks import SHOCK_KINDS, corrupt_answer, shock_positions
 
-from ulora_remote.backend import Example
+from ulora_remote.backend import Example, Message
+from ulora_remote.chat import chat_example
 from ulora_remote.errors import ConfigurationError, InputError
 from ulora_remote.sections import STRICT
 from ulora_remote.task import Scores, exact_match
@@ -104,7 +108,8 @@ class PigLatinTask:
         ConfigurationError: ``eval_size`` outside 1..``EVAL_POOL_SIZE`` or an unknown rule.
     """
 
-    def __init__(self, seed: int, eval_size: int, rule: str = "pig-latin") -> None:
+    def __init__(self, seed: int, eval_size: int, rule: str = "pig-latin",
+                 system: str | None = None) -> None:
         if not 1 <= eval_size <= EVAL_POOL_SIZE:
             raise ConfigurationError(
                 f"eval_size={eval_size}: the held-out pool has {EVAL_POOL_SIZE} words; "
@@ -113,6 +118,7 @@ class PigLatinTask:
         if rule not in RULES:
             raise ConfigurationError(f"rule {rule!r}: choose one of {sorted(RULES)}")
         self.seed = seed
+        self.system = system
         self.eval_size = eval_size
         self.rule = RULES[rule]
         self.shock_kinds = SHOCK_KINDS
@@ -129,12 +135,7 @@ class PigLatinTask:
         """
         if step < 0 or batch_size < 1:
             raise InputError(f"step={step}, batch_size={batch_size}: need step >= 0, size >= 1")
-        n = len(self.train_words)
-        first = step * batch_size
-        words = []
-        for i in range(first, first + batch_size):
-            words.append(self._epoch_order(i // n)[i % n])
-        return [_example(w, self._answers[w]) for w in words]
+        return [self._example(w, self._answers[w]) for w in self._words(step, batch_size)]
 
     def shock_batch(
         self, step: int, batch_size: int, kind: str, fraction: float = 1.0
@@ -152,19 +153,31 @@ class PigLatinTask:
         """
         rng, positions = shock_positions("pig-latin", self.seed, step, batch_size, fraction)
         batch = self.train_batch(step, batch_size)
+        words = self._words(step, batch_size)
         for i in positions:
-            word = batch[i].prompt.removesuffix(" ->")
+            word = words[i]
             wrong = corrupt_answer(kind, word, self._answers[word], rng, self._donors)
-            batch[i] = _example(word, wrong)
+            batch[i] = self._example(word, wrong)
         return batch
 
     def eval_examples(self) -> list[Example]:
         """The clean held-out examples; none of their words is ever in a training batch."""
-        return [_example(w, self.rule(w)) for w in self.eval_words]
+        return [self._example(w, self.rule(w)) for w in self.eval_words]
 
     def score(self, outputs: Sequence[str]) -> Scores:
         """Exact match of the generations against the held-out words' Pig Latin."""
         return Scores(exact_match=exact_match(outputs, self.eval_examples()))
+
+    def _words(self, step: int, batch_size: int) -> list[str]:
+        n = len(self.train_words)
+        return [self._epoch_order(i // n)[i % n]
+                for i in range(step * batch_size, (step + 1) * batch_size)]
+
+    def _example(self, word: str, answer: str) -> Example:
+        if self.system is None:
+            return _example(word, answer)
+        return chat_example((Message("system", self.system), Message("user", word),
+                             Message("assistant", answer)))
 
     def _epoch_order(self, epoch: int) -> tuple[str, ...]:
         return _permutation(self.train_words, self.seed, epoch)
@@ -192,6 +205,8 @@ class PigLatinSection(BaseModel):
     shock_kinds: ClassVar[tuple[str, ...]] = SHOCK_KINDS
     shift_rules: ClassVar[tuple[str, ...]] = ("reversed",)
     needs_classifier: ClassVar[bool] = False
+    #: Chat records with this system message (module docstring); None: plain prompts.
+    system: str | None = None
 
     def build(self, *, seed: int, eval_size: int, rule: str | None = None) -> PigLatinTask:
-        return PigLatinTask(seed, eval_size, rule or "pig-latin")
+        return PigLatinTask(seed, eval_size, rule or "pig-latin", self.system)

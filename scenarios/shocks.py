@@ -198,12 +198,15 @@ class ShockStream:
 
     def batch(self, step: int) -> Batch:
         task = self._task_at(step)
-        if self.kind == FROM_FILE and self.schedule.is_shock(step):
-            return Batch(self._from_file(task, step), shock=True)
-        if self.kind is not None and self.schedule.is_shock(step):
-            examples = task.shock_batch(step, self.batch_size, self.kind, self.fraction)
-            return Batch(examples, shock=True)
-        return Batch(task.train_batch(step, self.batch_size), shock=False)
+        clean = task.train_batch(step, self.batch_size)
+        if self.kind is None or not self.schedule.is_shock(step):
+            return Batch(clean, shock=False)
+        examples = (self._from_file(task, step) if self.kind == FROM_FILE
+                    else task.shock_batch(step, self.batch_size, self.kind, self.fraction))
+        # An example is corrupted when the shock changed it (batches are pure functions of
+        # the step, so the clean batch of the same step is the reference).
+        flags = tuple(e != c for e, c in zip(examples, clean, strict=True))
+        return Batch(examples, shock=True, corrupted=flags)
 
     def _from_file(self, task: Task, step: int) -> list[Example]:
         batch = task.train_batch(step, self.batch_size)

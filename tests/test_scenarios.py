@@ -217,8 +217,21 @@ def test_shipped_scenarios_load_and_match_the_seeds_schedules() -> None:
         # per-task adapters (docs/design.md, "Per-task adapters")
         "rules-conflict",
         "rules-help",
+        # the guard's shock suite on a real model, late and early, and word-tasks on it
+        "smollm2-clean",
+        "smollm2-persistent-15",
+        "smollm2-late-letters",
+        "smollm2-late-swapped-25",
+        "smollm2-late-shift",
+        "smollm2-early-letters",
+        "smollm2-early-swapped-25",
+        "smollm2-early-shift",
+        "smollm2-word-tasks",
     }
     assert all(names.values())
+    real = [load_scenario(n) for n in names if n.startswith("smollm2-")]
+    assert all(s.backend.base_model == "smollm2-135m" for s in real)
+    assert all(s.task.system == "Pig Latin." for s in real if s.task.kind == "pig-latin")
     suite = [load_scenario(n) for n in names if n.startswith("guard-")]
     assert all(s.eval.size >= 250 and s.controller.method == "guarded" for s in suite)
     assert {s.shocks.fraction for s in suite if s.shocks} == {1.0, 0.1, 0.25, 0.5, 0.15}

@@ -82,10 +82,15 @@ class Task(Protocol):
 
 @dataclass(frozen=True)
 class Batch:
-    """One step's examples and whether the step lies in a shock window."""
+    """One step's examples and whether the step lies in a shock window.
+
+    ``corrupted`` flags, per example, the ones a shock changed (empty: none), so that a run
+    can report how many corrupted examples its guard kept out.
+    """
 
     examples: list[Example] = field(default_factory=list)
     shock: bool = False
+    corrupted: tuple[bool, ...] = ()
 
 
 class BatchSource(Protocol):

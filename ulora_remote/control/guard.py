@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from ulora_remote.errors import ConfigurationError
 from ulora_remote.losses import BatchLosses
 
-__all__ = ["Action", "Guard", "Verdict", "ZScoreGuard", "example_losses"]
+__all__ = ["Action", "ContrastGuard", "Guard", "Verdict", "ZScoreGuard", "example_losses"]
 
 #: What a guard asks the runner to do at a step, besides keeping examples (docs/design.md,
 #: "Guards"): ``"probation"``: save a stability snapshot before this step and train it at
@@ -89,6 +89,27 @@ class Guard(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
+
+
+@runtime_checkable
+class ContrastGuard(Guard, Protocol):
+    """A guard that can also read each example's answer under another example's prompt.
+
+    When ``uses_contrast`` is true the runner screens, besides the batch, its contrast pairs
+    (``ulora_remote.control.contrast.contrast_batch``: about one more forward of the batch) and
+    passes ``contrast``: one entry per example of the batch, in order, with weight 0 where the
+    example has no partner. Called without ``contrast`` (None), the guard judges the losses
+    alone; everything else is ``Guard``'s contract.
+    """
+
+    @property
+    def uses_contrast(self) -> bool:
+        ...
+
+    def judge(self, step: int, screened: BatchLosses,
+              tasks: Sequence[str] | None = None,
+              contrast: BatchLosses | None = None) -> Verdict:
         ...
 
 

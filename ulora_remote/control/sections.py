@@ -189,6 +189,10 @@ class ScreenGuardSection(BaseModel):
     pass_share: float = Field(default=_SCREEN.pass_share, gt=0.0, le=1.0)
     probation_lr: LearningRate = _SCREEN.probation_lr
     backoff_steps: int = Field(default=_SCREEN.backoff_steps, ge=0, le=10_000_000)
+    contrast: bool = _SCREEN.contrast
+    contrast_max: float = Field(default=_SCREEN.contrast_max, gt=0.0, le=100.0)
+    contrast_gate: float = Field(default=_SCREEN.contrast_gate, gt=0.0, le=100.0)
+    contrast_history: int = Field(default=_SCREEN.contrast_history, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _check(self) -> ScreenGuardSection:

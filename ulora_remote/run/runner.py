@@ -232,18 +232,22 @@ class Runner:
         if screen is None:
             step = SubmittedStep(t, batch.shock, size, size,
                                  self.backend.forward_backward(examples),
-                                 tasks=tuple(e.task for e in examples))
+                                 tasks=tuple(e.task for e in examples),
+                                 corrupted=sum(batch.corrupted))
             self.tasks.submitted(t, self._routed())
             return step
-        screened = screen.result(self.settings.result_timeout_s)
+        screened, contrast = self.screening.split(
+            examples, screen.result(self.settings.result_timeout_s))
         tasks = [e.task for e in examples]
-        verdict = self.screening.judge(t, screened, tasks)
+        verdict = self.screening.judge(t, screened, tasks, contrast)
         note, event, snapshot = verdict.note, "", ""
         if verdict.action == "rollback":
             self._settle(t)
             snapshot = self._close_probation(t).ref
-            screened = self.backend.forward(examples).result(self.settings.result_timeout_s)
-            verdict, event = self.screening.judge(t, screened, tasks), "rollback"
+            screened, contrast = self.screening.split(examples, self.backend.forward(
+                self.screening.screened_examples(examples)).result(
+                    self.settings.result_timeout_s))
+            verdict, event = self.screening.judge(t, screened, tasks, contrast), "rollback"
         if verdict.action == "probation":
             self._settle(t)
             snapshot = self.backend.save_state(f"{self.settings.run_name}-probation{t:06d}")
@@ -257,11 +261,14 @@ class Runner:
         if self._screens_first:
             self._submit_screens(t)
         result = (self.backend.forward_backward(kept) if kept
-                  else Completed[ForwardBackwardResult](screened))
+                  else Completed(ForwardBackwardResult(screened.nll_sums, screened.weight_sums)))
         self.tasks.submitted(t, self._routed())
         return SubmittedStep(t, batch.shock, size, len(kept), result, guard_lr=verdict.lr,
                              rebase=verdict.action == "shift", event=event, snapshot=snapshot,
-                             tasks=tuple(e.task for e in (kept or examples)))
+                             tasks=tuple(e.task for e in (kept or examples)),
+                             corrupted=sum(batch.corrupted),
+                             corrupted_rejected=sum(c and not k for c, k in zip(
+                                 batch.corrupted, verdict.keep, strict=False)))
 
     def _read_through(self, limit: int) -> None:
         """Read steps up to ``limit`` in order: loss → policy → row. A read step's optimizer
@@ -325,7 +332,9 @@ class Runner:
             _, batch, screen = self._ahead.popleft()
             return batch, screen
         batch = self.source.batch(t)
-        return batch, self.backend.forward(batch.examples) if self.screening.active else None
+        if not self.screening.active:
+            return batch, None
+        return batch, self.backend.forward(self.screening.screened_examples(batch.examples))
 
     def _submit_screens(self, t: int) -> None:
         """Make sure the screen of step t+1 is out: when it is not, submit one forward for the
@@ -338,10 +347,11 @@ class Runner:
         if not steps:
             return
         batches = [self.source.batch(u) for u in steps]
-        future = self.backend.forward([e for b in batches for e in b.examples])
+        screened = [self.screening.screened_examples(b.examples) for b in batches]
+        future = self.backend.forward([e for examples in screened for e in examples])
         start = 0
-        for u, batch in zip(steps, batches, strict=True):
-            end = start + len(batch.examples)
+        for u, batch, examples in zip(steps, batches, screened, strict=True):
+            end = start + len(examples)
             self._ahead.append((u, batch, ScreenSlice(future, start, end)))
             start = end
 
@@ -520,7 +530,8 @@ class Runner:
             lr=0.0 if step.skipped else setter.lr, switched=setter.switched,
             kept=step.kept, skipped=step.skipped, tokens=float(result.tokens),
             wall_s=round(self._wall_s(), 4), reason=setter.reason, event=step.event,
-            snapshot=step.snapshot, **self.tasks.row(u),
+            snapshot=step.snapshot, corrupted=step.corrupted,
+            corrupted_rejected=step.corrupted_rejected, **self.tasks.row(u),
         )
         assert self._steps_csv is not None
         self._steps_csv.write(row.as_dict())

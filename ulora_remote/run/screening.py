@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from ulora_remote.control.guard import Action, BatchLosses, Guard, Verdict
+from ulora_remote.backend import Example
+from ulora_remote.control.contrast import contrast_batch, contrast_result
+from ulora_remote.control.guard import Action, BatchLosses, ContrastGuard, Guard, Verdict
 from ulora_remote.errors import CheckpointError
 from ulora_remote.run.steps import Probation
 
@@ -32,16 +34,39 @@ class Screening:
         # last examples trained on (rejected data never reaches the policy; E_t says it was).
         self.last_trained_loss = math.nan
 
+        #: Whether a guard reads contrast pairs: then each screen also holds the batch's
+        #: mismatched pairs (``ulora_remote.control.contrast``), after the batch's own examples.
+        self.contrast = any(isinstance(g, ContrastGuard) and g.uses_contrast for g in guards)
+
     @property
     def active(self) -> bool:
         """Whether batches are screened at all (a run without guards sends no screen)."""
         return bool(self.guards)
 
-    def judge(self, t: int, screened: BatchLosses, tasks: Sequence[str]) -> Verdict:
+    # The one place where a screen's examples are built: the batch, then (when a guard reads
+    # them) its contrast pairs; ``split`` takes the screen's losses apart again.
+    def screened_examples(self, examples: list[Example]) -> list[Example]:
+        """What the screening forward of ``examples`` scores."""
+        return examples + contrast_batch(examples) if self.contrast else examples
+
+    def split(self, examples: Sequence[Example], whole: BatchLosses
+              ) -> tuple[BatchLosses, BatchLosses | None]:
+        """The batch's own losses, and its contrast (None when no guard reads one), from the
+        losses of ``screened_examples(examples)``."""
+        n = len(examples)
+        own = BatchLosses(tuple(whole.nll_sums[:n]), tuple(whole.weight_sums[:n]))
+        if not self.contrast:
+            return own, None
+        pairs = BatchLosses(tuple(whole.nll_sums[n:]), tuple(whole.weight_sums[n:]))
+        return own, contrast_result(examples, pairs)
+
+    def judge(self, t: int, screened: BatchLosses, tasks: Sequence[str],
+              contrast: BatchLosses | None = None) -> Verdict:
         """Every guard's verdict on step t: kept where all keep, the first action, the lowest
         learning rate a guard sets. Only one guard may ask for actions (a rollback is judged
-        again by all)."""
-        verdicts = [g.judge(t, screened, tasks) for g in self.guards]
+        again by all). ``contrast`` goes to the guards that read it."""
+        verdicts = [g.judge(t, screened, tasks, contrast) if isinstance(g, ContrastGuard)
+                    else g.judge(t, screened, tasks) for g in self.guards]
         if any(v.action == "rollback" for v in verdicts):
             return next(v for v in verdicts if v.action == "rollback")
         keep = tuple(all(flags) for flags in zip(*(v.keep for v in verdicts), strict=True))

@@ -78,6 +78,8 @@ class SubmittedStep:
     event: str = ""
     snapshot: str = ""
     tasks: tuple[str, ...] = ()
+    corrupted: int = 0
+    corrupted_rejected: int = 0
 
     @property
     def skipped(self) -> bool:
@@ -115,7 +117,9 @@ class StepRow:
     resumed runs included. ``event``: what a guard made the runner do before this step
     ("probation": a stability snapshot was saved and the new data admitted on probation;
     "rollback": that snapshot was restored; "shift": the new data was found learnable), and
-    ``snapshot`` the reference of that snapshot (kept on record).
+    ``snapshot`` the reference of that snapshot (kept on record). ``corrupted``: examples of
+    the batch that a shock corrupted (the run knows which); ``corrupted_rejected``: how many of
+    them the guards rejected.
 
     Multi-task runs (``[adapters]``, ``ulora_remote.control.task_signals``; ``TASK_STEP_COLUMNS``,
     which steps.csv holds in such runs only, so that every other run writes the table it always
@@ -142,6 +146,8 @@ class StepRow:
     reason: str = ""
     event: str = ""
     snapshot: str = ""
+    corrupted: int = 0
+    corrupted_rejected: int = 0
     error: float = float("nan")
     conflict: float = float("nan")
     conflict_w: float = float("nan")

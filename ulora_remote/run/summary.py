@@ -104,7 +104,39 @@ def _guard_summary(steps: pd.DataFrame, scenario: dict[str, Any]) -> dict[str, A
                    for r in events.itertuples()],
         "shift_declared_after_steps": (found[0] - int(shift["start"])
                                        if shift and found else None),
+        **_corrupted_summary(steps, events, _windows(scenario), batch),
     }
+
+
+def _corrupted_summary(steps: pd.DataFrame, events: pd.DataFrame,
+                       windows: list[tuple[int, int]], batch: int) -> dict[str, Any]:
+    """How many corrupted examples the guards kept out of the final model, per shock window:
+    rejected, or trained on during a probation that was rolled back (the steps from its
+    ``probation`` event up to the ``rollback`` that undid them); and the share of clean
+    examples rejected."""
+    if "corrupted" not in steps or not batch:
+        return {}
+    undone = pd.Series(False, index=steps.index)
+    start = None
+    for r in events.itertuples():
+        if r.event == "probation":
+            start = int(r.step)
+        elif r.event == "rollback" and start is not None:
+            undone |= (steps["step"] >= start) & (steps["step"] < int(r.step))
+            start = None
+    corrupted, rejected = steps["corrupted"], steps["corrupted_rejected"]
+    rolled = (corrupted - rejected).where(undone, 0)
+    per_window = []
+    for a, b in windows:
+        inside = (steps["step"] >= a) & (steps["step"] < b)
+        n, rej, back = (int(x[inside].sum()) for x in (corrupted, rejected, rolled))
+        per_window.append({"start": a, "end": b, "corrupted": n, "rejected": rej,
+                           "rolled_back": back,
+                           "kept_out_share": (rej + back) / n if n else None})
+    clean = batch * len(steps) - int(corrupted.sum())
+    clean_rejected = int((batch - steps["kept"]).clip(lower=0).sum() - rejected.sum())
+    return {"corrupted_windows": per_window,
+            "clean_rejected_share": clean_rejected / clean if clean else None}
 
 def _read_run(rd: RunDir) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """config.json, its scenario, steps.csv and evals.csv, each checked before use."""
