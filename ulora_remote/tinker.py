@@ -53,7 +53,8 @@ class GuardedFuture:
 
 
 def guard(training_client: Any, *, service_client: Any = None, out: str | Path | None = None,
-          controller: bool = False, console: TextIO | None = None) -> GuardedTrainingClient:
+          controller: bool = False, console: TextIO | None = None,
+          screen: Any = None) -> GuardedTrainingClient:
     """Wrap an SDK ``TrainingClient`` in the screening guard.
 
     Args:
@@ -63,24 +64,26 @@ def guard(training_client: Any, *, service_client: Any = None, out: str | Path |
         out: a folder for the records (``steps.csv``, ``metrics.jsonl``); None: console only.
         controller: the seed's controller sets the learning rate (else the script's stands).
         console: where the probation/shift/rollback lines go (default stderr).
+        screen: the guard's parameters (``ulora_remote.control.screen.ScreenConfig``); None:
+            the defaults of ``ulora run``.
     """
     return GuardedTrainingClient(training_client, service_client=service_client,
                                  out=Path(out) if out is not None else None,
-                                 controller=controller, console=console)
+                                 controller=controller, console=console, screen=screen)
 
 
 class GuardedTrainingClient:
     """A training client's methods, sync and async, with the guard between (module doc)."""
 
     def __init__(self, training_client: Any, *, service_client: Any, out: Path | None,
-                 controller: bool, console: TextIO | None) -> None:
+                 controller: bool, console: TextIO | None, screen: Any = None) -> None:
         from ulora_remote.backends.proxy.core import GuardCore, StepRecords, folder_name
 
         self._tc = training_client
         self._service = service_client
         model_id = str(training_client.model_id)
         records = StepRecords(out / folder_name(model_id) if out else None, model_id, console)
-        self.core = GuardCore(records, controller=controller)
+        self.core = GuardCore(records, screen=screen, controller=controller)
         self._step: list[tuple[list[Any], Any]] = []  # the step's (data, SDK future) passes
         self._snapshot: Any = None
         self._ops: queue.Queue[Callable[[], None] | None] = queue.Queue()

@@ -38,7 +38,7 @@ from ulora_remote.control.screen import ScreenConfig
 from ulora_remote.errors import InputError
 
 from .core import GuardCore, StepRecords, folder_name
-from .lane import Item, Lane, LocalFuture
+from .lane import MAX_SEQ_AHEAD, Item, Lane, LocalFuture
 from .upstream import HOP_HEADERS, PROTO, Reply, Upstream
 
 __all__ = ["ProxyConfig", "build_proxy_app"]
@@ -166,7 +166,7 @@ class Proxy:
             return await self._retrieve(body, headers)
         if path == "/api/v1/forward_backward":
             msg = self._fwdbwd(body, headers)
-            if msg is not None and msg.seq_id > 0:
+            if msg is not None and self._in_window(msg.model_id, msg.seq_id):
                 headers = {k: v for k, v in headers.items() if k.lower() != "content-encoding"}
                 return await self._submit(Item(msg.seq_id, path, headers, proto=msg),
                                           msg.model_id)
@@ -175,12 +175,21 @@ class Proxy:
         if data is None:
             return await self._forward("POST", path, body, headers)
         model_id, seq = data.get("model_id"), data.get("seq_id")
-        if isinstance(model_id, str) and _is_seq(seq):
-            return await self._submit(Item(int(seq), path, headers, body=data), model_id)
+        if isinstance(model_id, str) and isinstance(seq, int) and self._in_window(model_id, seq):
+            return await self._submit(Item(seq, path, headers, body=data), model_id)
         lane = self.lanes.get(model_id) if isinstance(model_id, str) else None
         if lane is not None and lane.upstream_id != model_id:
             body = json.dumps({**data, "model_id": lane.upstream_id}).encode()
         return await self._forward("POST", path, body, headers)
+
+    def _in_window(self, model_id: str, seq: object) -> bool:
+        """A request for a lane: a positive seq_id of a model the proxy guards, or of a new one
+        that can start at it (anything else the upstream answers as it would directly)."""
+        if not _is_seq(seq):
+            return False
+        # A lane orders every seq_id of its model (a stale or far one gets its answer there:
+        # forwarded with the client's numbering, it could run out of order upstream).
+        return model_id in self.lanes or int(seq) < MAX_SEQ_AHEAD  # type: ignore[call-overload]
 
     def _fwdbwd(self, body: bytes, headers: dict[str, str]) -> pb.ForwardBackwardRequest | None:
         if PROTO not in headers.get("content-type", ""):

@@ -34,13 +34,15 @@ from tinker.proto.response_conv import deserialize_forward_backward_output
 from .core import GuardCore, StepPlan, example_loss
 from .upstream import PollFailed, Reply, Upstream
 
-__all__ = ["Item", "Lane", "LocalFuture"]
+__all__ = ["MAX_SEQ_AHEAD", "Item", "Lane", "LocalFuture"]
 
 logger = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 # Upstream models the proxy creates on a rollback are numbered far above the client's own.
 ROLLBACK_SEQ_BASE = 1_000_000
+# As ulora serve's scheduler: a seq_id this far ahead of the next is a gap that never closes.
+MAX_SEQ_AHEAD = 1024
 
 
 @dataclass
@@ -161,31 +163,45 @@ class Lane:
         self.headers = {k: v for k, v in item.headers.items() if k.lower() == "x-api-key"}
         if item.seq < self.next_seq:
             return await self._retried(item)
+        if item.seq >= self.next_seq + MAX_SEQ_AHEAD:
+            message = (f"seq_id {item.seq} is too far ahead of this model's next "
+                       f"({self.next_seq}); send requests in order")
+            return Reply.of_json(400, {"detail": message, "error": message})
         if item.seq in self.pending:
             return Reply.of_json(400, {"detail": f"seq_id {item.seq} was already submitted",
                                        "error": f"seq_id {item.seq} was already submitted"})
         self.pending[item.seq] = item
         self.pump()
         if item.sent is not None and item.local is None:
-            return await item.sent
+            reply = await item.sent
+            if reply.status != 200:
+                self._undo(item)
+            return reply
         if item.local is None:
             item.local = LocalFuture()
         return Reply.of_json(200, {"request_id": item.local.request_id,
                                    "model_id": self.model_id})
 
+    def _undo(self, item: Item) -> None:
+        """The upstream refused a request before taking it (a 4xx, or 408/429/5xx that the SDK
+        retries with the same seq_id): give its seq_id back on both sides when nothing was sent
+        after it, so that a retry, or the client's next request, follows on without a gap."""
+        if self.blocked or item.up_seq != self.up_seq or item.seq != self.next_seq - 1:
+            return
+        self.up_seq -= 1
+        self.next_seq -= 1
+        self.done.pop(item.seq, None)
+        self.step = [(i, t) for i, t in self.step if i is not item]
+
     async def _retried(self, item: Item) -> Reply:
-        """The SDK submits again, with the same seq_id, what failed with 408/429/5xx: send it
-        again with the same upstream seq_id."""
+        """A seq_id already taken: the SDK submits again what it did not hear the answer of."""
         prev = self.done.get(item.seq)
-        if prev is None or prev.sent is None or prev.local is not None:
-            return Reply.of_json(400, {"detail": f"seq_id {item.seq} is behind this model's "
-                                                 f"next ({self.next_seq})",
-                                       "error": "seq_id out of order"})
-        last = await prev.sent
-        if last.status == 200:
-            return last  # answered already: the client lost the answer, not the request
-        prev.sent = self.spawn(self._send(prev))
-        return await prev.sent
+        if prev is not None and prev.local is None and prev.sent is not None:
+            last = await prev.sent
+            if last.status == 200:
+                return last
+        message = f"seq_id {item.seq} is behind this model's next ({self.next_seq})"
+        return Reply.of_json(400, {"detail": message, "error": message})
 
     def pump(self) -> None:
         """Send every request that may go now, in order (synchronous: no other coroutine runs
@@ -197,7 +213,7 @@ class Lane:
             self.next_seq += 1
             if item.is_optim and self.step:
                 self.blocked = True
-                item.local = LocalFuture()
+                item.local = item.local or LocalFuture()  # deferred already: keep its id
                 self.spawn(self._judge_then_step(item))
                 return
             self._launch(item)
@@ -205,11 +221,15 @@ class Lane:
     def _launch(self, item: Item) -> None:
         self.up_seq += 1
         item.up_seq = self.up_seq
+        logger.debug("%s: seq %d -> upstream seq %d (%s)", self.model_id, item.seq, item.up_seq,
+                     item.path.rsplit("/", 1)[-1])
         item.sent = self.spawn(self._send(item))
         if item.local is not None:
             self.spawn(self._resolve_later(item))
         if item.screened:
-            self.step.append((item, self.spawn(self._result(item))))
+            task = self.spawn(self._result(item))
+            task.add_done_callback(_quiet)  # its failure is the client's to hear, not a log's
+            self.step.append((item, task))
 
     def _encoded(self, item: Item) -> tuple[bytes, dict[str, str]]:
         headers = dict(item.headers)
@@ -286,6 +306,7 @@ class Lane:
         client_lr = _client_lr(optim.body)
         lr = self.core.finish(plan, losses, client_lr)
         if plan.skip:
+            assert optim.local is not None
             optim.local.finish(Reply.of_json(200, {"metrics": {}}))
             return
         if lr is not None and optim.body is not None:
@@ -373,6 +394,11 @@ def _log_failure(model_id: str, path: str) -> Callable[[asyncio.Task[Reply]], No
             logger.warning("the proxy's own %s for %s failed: %s", path.rsplit("/", 1)[-1],
                            model_id, task.exception())
     return check
+
+
+def _quiet(task: asyncio.Task[Reply]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def types_json(body: dict[str, Any]) -> bytes:
