@@ -39,7 +39,7 @@ from ulora_remote.errors import InputError
 
 from .core import GuardCore, StepRecords, folder_name
 from .lane import MAX_SEQ_AHEAD, Item, Lane, LocalFuture
-from .upstream import HOP_HEADERS, PROTO, Reply, Upstream
+from .upstream import PROTO, REQUEST_HOP_HEADERS, Reply, Upstream
 
 __all__ = ["ProxyConfig", "build_proxy_app"]
 
@@ -112,7 +112,7 @@ class Proxy:
 
     def _headers(self, request: Request) -> dict[str, str] | None:
         """The headers to send upstream; None when a client key is required and missing."""
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in REQUEST_HOP_HEADERS}
         if self._client_key is not None:
             given = request.headers.get("x-api-key", "").encode()
             if not hmac.compare_digest(given, self._client_key):

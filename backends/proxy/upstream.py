@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["Reply", "Upstream", "PollFailed"]
+__all__ = ["HOP_HEADERS", "REQUEST_HOP_HEADERS", "PollFailed", "Reply", "Upstream"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ HOP_HEADERS = frozenset({
     "accept-encoding", "content-encoding", "proxy-authorization", "proxy-connection", "date",
     "server",
 })
+# A request body goes on as it came, so its Content-Encoding goes with it (a response body is
+# decoded by httpx, so its Content-Encoding is dropped above).
+REQUEST_HOP_HEADERS = HOP_HEADERS - {"content-encoding"}
 SUBMIT_TRIES = 10
 POLL_S = 30.0
 
