@@ -18,11 +18,12 @@ from ulora_remote.tinker import guard
 
 
 def main(base_url: str, model: str, data: str, steps: int = 60, lr: float = 5e-3,
-         guarded: bool = True, out: str = "guard-records", test: int = 48) -> float:
+         guarded: bool = True, out: str = "guard-records", test: int = 48,
+         screen: object = None) -> float:
     service = tinker.ServiceClient(base_url=base_url)
     tc = service.create_lora_training_client(base_model=model, rank=8).result()
     if guarded:
-        tc = guard(tc, service_client=service, out=out)  # the one line
+        tc = guard(tc, service_client=service, out=out, screen=screen)  # the one line
     renderer = renderers.get_renderer("role_colon", get_tokenizer(model))
     with open(data) as f:
         datums = [conversation_to_datum(json.loads(x)["messages"], renderer, 64) for x in f]

@@ -182,10 +182,13 @@ def _screen(cut: float) -> ScreenConfig:
 
 
 def _state(server: RunningServer, model_id: str) -> list[torch.Tensor]:
+    """Each LoRA matrix (by name) and its AdamW state (step, moments), in a fixed order."""
     engine: Any = server.service.model(model_id).engine
-    tensors = [p.detach().clone() for _, p in engine.params]
-    for group in engine.optimizer.state.values():
-        tensors += [v.detach().clone() for v in group.values() if isinstance(v, torch.Tensor)]
+    tensors = []
+    for _, p in sorted(engine.params, key=lambda item: item[0]):
+        state = engine.optimizer.state.get(p, {})
+        tensors += [p.detach().clone()] + [state[k].detach().clone().float() for k in
+                                            sorted(state) if isinstance(state[k], torch.Tensor)]
     return tensors
 
 
@@ -291,3 +294,34 @@ def test_a_remote_bind_needs_its_own_client_key(tmp_path: Path) -> None:
     config: Any = proxy_config(args, {"PROXY_KEY": "tml-client", "TINKER_API_KEY": KEY})
     assert config.client_key == "tml-client" and config.upstream_key == KEY
     assert os.environ.get("PROXY_KEY") is None
+
+
+@pytest.mark.parametrize("way", [_via_proxy, _via_wrapper], ids=["proxy", "wrapper"])
+def test_probation_that_fails_rolls_back_to_the_snapshot(
+    server: RunningServer, tmp_path: Path, way: Way
+) -> None:
+    service = tinker.ServiceClient(base_url=server.base_url, api_key=KEY)
+    direct = service.create_lora_training_client(base_model=_base(server.base_url), rank=4,
+                                                 seed=1).result(60)
+    clean, junk, cut = _pools(direct)
+    # Two steps mostly rejected start a probation; it lasts two steps and no example passes τ.
+    screen = ScreenConfig(z=1e-3, min_loss=cut, min_history=4, window=64, trigger_steps=2,
+                          probation_steps=2, judge_steps=1, backoff_steps=5)
+    guarded, proxy, upstream_id = way(server, tmp_path / "out", screen, service)
+    first = guarded.model_id  # the upstream model is the client's own until a rollback
+    _steps(guarded, [clean[:4], clean[4:], junk, junk, junk, junk])
+    _steps(direct, [clean[:4], clean[4:]])
+    # Steps 3 and 4 trained the noise on probation; step 5 rolled them back: a new upstream
+    # model from the snapshot taken before step 3's update, with its AdamW state.
+    assert upstream_id() != first
+    assert _relative_gap(_state(server, upstream_id()), _state(server, direct.model_id)) < 1e-6
+    _steps(guarded, [clean[:4]])  # the client's model id goes on training
+    _steps(direct, [clean[:4]])
+    assert _relative_gap(_state(server, upstream_id()), _state(server, direct.model_id)) < 1e-5
+    rows = [r.split(",") for r in next((tmp_path / "out").iterdir()).joinpath(
+        "steps.csv").read_text().splitlines()[1:]]
+    assert [r[3] for r in rows] == ["", "", "", "probation", "", "rollback", ""]
+    assert [int(r[1]) for r in rows] == [4, 4, 0, 2, 2, 0, 4]
+    if proxy is not None:
+        proxy.stop()
+    service.close("success").result(60)

@@ -94,6 +94,10 @@ class Proxy:
         self.futures: OrderedDict[str, LocalFuture] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._client_key = config.client_key.encode() if config.client_key else None
+        # Training models created through this proxy (``{session}:train:{seq}``, as the SDK
+        # and the service derive them). Only those get a lane: after a restart the proxy cannot
+        # know where an older model's seq_ids stand upstream (docs/proxy.md, "Restarts").
+        self.known: set[str] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -174,6 +178,10 @@ class Proxy:
         data = _json(body)
         if data is None:
             return await self._forward("POST", path, body, headers)
+        session, model_seq = data.get("session_id"), data.get("model_seq_id")
+        creates = path in ("/api/v1/create_model", "/api/v1/load_weights")
+        if creates and isinstance(session, str) and (model_seq == 0 or _is_seq(model_seq)):
+            self.known.add(f"{session}:train:{model_seq}")
         model_id, seq = data.get("model_id"), data.get("seq_id")
         if isinstance(model_id, str) and isinstance(seq, int) and self._in_window(model_id, seq):
             return await self._submit(Item(seq, path, headers, body=data), model_id)
@@ -204,6 +212,12 @@ class Proxy:
         return msg if msg.model_id and msg.data else None
 
     async def _submit(self, item: Item, model_id: str) -> Reply:
+        if model_id not in self.lanes and model_id not in self.known:
+            message = (f"ulora proxy does not know training model {clip(model_id, 80)}: it was "
+                       "created before the proxy (re)started, so where its requests stand "
+                       "upstream is lost; resume from your last checkpoint (a new training "
+                       "client through this proxy)")
+            return Reply.of_json(410, {"detail": message, "error": message})
         lane = self.lane(model_id)
         reply = await lane.submit(item)
         if item.local is not None and item.local.request_id not in self.futures:
