@@ -325,3 +325,27 @@ def test_probation_that_fails_rolls_back_to_the_snapshot(
     if proxy is not None:
         proxy.stop()
     service.close("success").result(60)
+
+
+def test_after_a_restart_an_older_model_id_is_gone_and_resume_works(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    before = _proxy(server, None)
+    service = tinker.ServiceClient(base_url=before.base_url, api_key=KEY)
+    tc = service.create_lora_training_client(base_model=_base(before.base_url), rank=4).result(60)
+    tok = tc.get_tokenizer()
+    _steps(tc, [[_datum(tok, "tree", "eetray")]])
+    saved = tc.save_state("before-restart").result(60).path
+    service.close("success").result(60)
+    before.stop()
+    with _proxy(server, None) as after, httpx.Client(base_url=after.base_url,
+                                                      headers={"X-API-Key": KEY}) as http:
+        body = {"model_id": tc.model_id, "seq_id": 4, "adam_params": {"learning_rate": LR}}
+        gone = http.post("/api/v1/optim_step", json=body)
+        assert gone.status_code == 410 and "resume from your last checkpoint" in gone.text
+        # The cookbook's resume: a new training client from the checkpoint, through the proxy.
+        again = tinker.ServiceClient(base_url=after.base_url, api_key=KEY)
+        resumed = again.create_training_client_from_state_with_optimizer(saved).result(60)
+        _steps(resumed, [[_datum(tok, "tree", "eetray")]])
+        again.close("success").result(60)
+    assert server.counters.get(resumed.model_id).inherited_optim_step == 1
