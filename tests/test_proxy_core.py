@@ -44,8 +44,8 @@ def test_a_step_plan_its_learning_rate_and_its_records(tmp_path: Path) -> None:
     core.finish(plan, [6.0, 7.0], client_lr=1e-4)
     rows = list(csv.reader((tmp_path / "steps.csv").open()))
     assert rows[0] == ["step", "kept", "rejected", "event", "lr", "loss"]
-    assert [r[:5] for r in rows[1:]] == [["0", "4", "0", "", "0.0001"], ["1", "1", "1", "", "0.0001"],
-                                         ["2", "0", "2", "", ""]]
+    assert [r[:5] for r in rows[1:]] == [
+        ["0", "4", "0", "", "0.0001"], ["1", "1", "1", "", "0.0001"], ["2", "0", "2", "", ""]]
     metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [0, 1, 2] and metrics[2]["ulora/skipped"] is True
     assert metrics[1]["num_sequences"] == 1 and metrics[1]["train_mean_nll"] == 1.0
