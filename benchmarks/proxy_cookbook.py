@@ -143,8 +143,8 @@ def run(steps: int, out: Path, smoke: bool, screen: Any = None, parts: str = "al
                 print(f"cookbook {way:6s} {kind:8s} test/nll {final_nll(rows):.4f} "
                       f"({time.monotonic() - t0:.0f} s)", flush=True)
         result["guard_rows"] = len(guard_rows(out / "guard"))
-        if not smoke and parts in ("all", "nll"):
-            for kind in kinds:
+        if parts in ("all", "nll"):
+            for kind in ("clean",) if smoke else kinds:
                 for guarded in (False, True):
                     way = "guarded" if guarded else "plain"
                     nll = _script(server.base_url, name, files[kind], steps, lr, guarded,

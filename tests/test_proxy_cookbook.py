@@ -1,7 +1,8 @@
 """The proxy benchmark's smoke mode (benchmarks/proxy_cookbook.py --smoke): tinker-cookbook's
 ``supervised.train``, unmodified, through ``ulora proxy`` with only ``base_url`` changed, against
-going direct. Four steps: the guard keeps everything while it builds its reference, so the run
-through the proxy must give the direct run's test NLL exactly, and one record row a step."""
+going direct, and examples/guarded_script.py guarded against plain. Four steps: the guard keeps
+everything while it builds its reference, so the guarded runs must give the unguarded test NLL
+exactly, with one record row a step."""
 
 from __future__ import annotations
 
@@ -32,4 +33,8 @@ def test_cookbook_through_the_proxy_smoke(tmp_path: Path, monkeypatch: pytest.Mo
     assert nll["cookbook proxy clean"] == nll["cookbook direct clean"]
     assert nll["cookbook proxy swapped"] == nll["cookbook direct swapped"]  # before the burst
     assert result["guard_rows"] == 2 * 5  # two runs of 5 steps (max_steps = steps + 1)
+    # examples/guarded_script.py, guarded and not: nothing rejected yet, the same test NLL.
+    assert nll["script guarded clean"] == nll["script plain clean"]
+    rows = (next((tmp_path / "script-guarded-clean").iterdir()) / "steps.csv").read_text()
+    assert len(rows.splitlines()) == 1 + 4
     assert "proxy_cookbook" in sys.modules
