@@ -349,3 +349,22 @@ def test_after_a_restart_an_older_model_id_is_gone_and_resume_works(
         _steps(resumed, [[_datum(tok, "tree", "eetray")]])
         again.close("success").result(60)
     assert server.counters.get(resumed.model_id).inherited_optim_step == 1
+
+
+def test_a_chunked_batch_is_screened_whole(server: RunningServer, tmp_path: Path) -> None:
+    """1,100 data: the SDK sends two chunks, the second first; the proxy orders them, screens
+    the step's 1,100 examples as one batch, and the upstream accumulates both chunks."""
+    with _proxy(server, tmp_path / "records") as proxy:
+        service = tinker.ServiceClient(base_url=proxy.base_url, api_key=KEY)
+        tc = service.create_lora_training_client(base_model=_base(proxy.base_url),
+                                                 rank=4).result(60)
+        data = [types.Datum(model_input=types.ModelInput.from_ints([5, 6 + i % 7, 7]),
+                            loss_fn_inputs={"target_tokens": [6 + i % 7, 7, 8],
+                                            "weights": [1.0, 1.0, 1.0]}) for i in range(1100)]
+        (fb, _), = _steps(tc, [data])
+        assert len(fb.loss_fn_outputs) == 1100
+        upstream = proxy.proxy.lanes[tc.model_id].upstream_id
+        service.close("success").result(60)
+    assert server.counters.get(upstream).forward_backward == 2  # two chunks, no cancel
+    rows = next((tmp_path / "records").iterdir()).joinpath("steps.csv").read_text()
+    assert rows.splitlines()[1].startswith("0,1100,0,")
