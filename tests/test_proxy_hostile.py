@@ -56,9 +56,14 @@ def test_hostile_request_through_the_proxy(
     assert case.fragment in detail and len(detail) <= MAX_MESSAGE_CHARS + 40
     assert KEY not in resp.text
     assert served.calls == calls and srv.counters.snapshot() == counts  # nothing ran upstream
-    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
-    assert "Traceback" not in logged and KEY not in logged
-    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    # The proxy's and the server's own loggers (an SDK client of another test, still sending
+    # heartbeats to a proxy that test stopped, may log its connection errors meanwhile).
+    ours = [r for r in caplog.records if r.name.startswith(("ulora_remote", "uvicorn",
+                                                            "starlette"))]
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in ours)
+    assert "Traceback" not in logged
+    assert KEY not in "\n".join(r.getMessage() for r in caplog.records)
+    assert [r for r in ours if r.levelno >= logging.ERROR] == []
 
 
 def test_the_model_still_trains_through_the_proxy(
