@@ -368,3 +368,28 @@ def test_a_chunked_batch_is_screened_whole(server: RunningServer, tmp_path: Path
     assert server.counters.get(upstream).forward_backward == 2  # two chunks, no cancel
     rows = next((tmp_path / "records").iterdir()).joinpath("steps.csv").read_text()
     assert rows.splitlines()[1].startswith("0,1100,0,")
+
+
+def test_the_ulora_proxy_command(server: RunningServer, tmp_path: Path) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "ulora_remote.cli", "proxy", "--upstream", server.base_url,
+           "--port", "0", "--out", str(tmp_path / "records")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        url = re.search(r"guarding (http://127\.0\.0\.1:\d+) ->", first)
+        assert url is not None, first
+        with httpx.Client(base_url=url.group(1), headers={"X-API-Key": KEY}) as http:
+            assert http.get("/api/v1/healthz").json() == {"status": "ok"}  # via the upstream
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 0, err
+    assert KEY not in first + out + err
