@@ -232,7 +232,7 @@ def test_rejected_examples_are_cancelled_exactly(
     _steps(guarded, [clean[:4], clean[4:], clean[:4] + junk])
     _steps(direct, [clean[:4], clean[4:], clean[:4]])
     gap = _relative_gap(_state(server, upstream_id()), _state(server, direct.model_id))
-    assert gap < 1e-5, gap  # float32 rounding of the cancelled sum, nothing more
+    assert gap < 2e-6, gap  # float32 rounding of the cancelled sum (measured 3.8e-7)
     assert server.counters.get(upstream_id()).forward_backward == 4  # 3 passes + 1 cancel
 
     # A step with nothing kept: its gradient is cancelled and no optimizer step is sent.
