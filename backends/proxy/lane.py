@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import math
 from collections.abc import Callable, Coroutine
@@ -402,6 +403,5 @@ def _quiet(task: asyncio.Task[Reply]) -> None:
 
 
 def types_json(body: dict[str, Any]) -> bytes:
-    import json
-
+    """A JSON request body."""
     return json.dumps(body).encode()
