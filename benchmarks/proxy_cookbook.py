@@ -48,26 +48,67 @@ def _offline() -> None:
                       NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
 
 
-def write_file(path: Path, kind: str, n: int, seed: int = 0) -> Path:
-    """``n`` Pig Latin records; those in [0.4n, 0.6n) corrupted as ``kind`` says."""
+def corrupted_records(n: int, placement: str, epoch_seed: int = 0) -> range | list[int]:
+    """File indices of the records to corrupt in a file of ``n`` records.
+
+    "file": those between 40% and 60% of the file. "trained": those that the cookbook trains
+    between 40% and 60% of its first epoch. ``supervised.train`` calls
+    ``dataset.set_epoch(seed=epoch)``, which shuffles the training split
+    (``hf_dataset.shuffle(seed=epoch)``) even with ``shuffle_seed=None``; that permutation
+    depends only on the split's length, so the same ``datasets`` calls on the record indices
+    give it (the training split is the file after its first ``TEST`` records).
+    """
+    if placement == "file":
+        return range(int(0.4 * n), int(0.6 * n))
+    import datasets
+
+    split = datasets.Dataset.from_list([{"i": i} for i in range(n)]).skip(TEST)
+    order = split.shuffle(seed=epoch_seed)["i"]
+    lo, hi = int(0.4 * len(order)), int(0.6 * len(order))
+    return sorted(order[lo:hi])
+
+
+def write_file(path: Path, kind: str, n: int, seed: int = 0, placement: str = "file") -> Path:
+    """``n`` Pig Latin records; those ``corrupted_records(n, placement)`` names corrupted as
+    ``kind`` says ("swapped": another record's answer; "letters": random letters)."""
     from ulora_remote.scenarios.pig_latin import load_words, to_pig_latin
 
     rng = random.Random(seed)
     words = load_words()[:n]
     answers = [to_pig_latin(w) for w in words]
-    lo, hi = int(0.4 * n), int(0.6 * n)
+    bad = set(corrupted_records(n, placement)) if kind != "clean" else set()
     with path.open("w") as f:
         for i, word in enumerate(words):
             answer = answers[i]
-            if lo <= i < hi and kind == "swapped":
+            if i in bad and kind == "swapped":
                 answer = answers[(i + n // 3) % n]
-            elif lo <= i < hi and kind == "letters":
+            elif i in bad and kind == "letters":
                 answer = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz")
                                  for _ in range(len(answer)))
             messages = [{"role": "user", "content": word},
                         {"role": "assistant", "content": answer}]
             f.write(json.dumps({"messages": messages}) + "\n")
     return path
+
+
+def corrupted_steps(data: Path, name: str) -> list[int]:
+    """How many corrupted records each step of the cookbook's first epoch trains, read back
+    from the cookbook's own dataset: ``FromConversationFileBuilder`` as the benchmark builds
+    it, ``set_epoch(seed=0)`` as ``supervised.train`` calls it, and the rows ``get_batch``
+    selects (a record is corrupted when its answer is not its word's Pig Latin)."""
+    from tinker_cookbook.supervised.data import FromConversationFileBuilder
+    from ulora_remote.scenarios.pig_latin import to_pig_latin
+
+    train_set, _ = FromConversationFileBuilder(
+        common_config=_common(name), file_path=str(data), test_size=TEST,
+        shuffle_seed=None)()  # type: ignore[arg-type]
+    train_set.set_epoch(seed=0)
+    rows = train_set.shuffle_dataset  # type: ignore[attr-defined]  # what get_batch selects from
+    counts = []
+    for b in range(len(train_set)):
+        batch = rows.select(range(b * BATCH, (b + 1) * BATCH))["messages"]
+        counts.append(sum(m[1]["content"] != to_pig_latin(m[0]["content"]) for m in batch))
+    return counts
 
 
 def model_name(base_url: str) -> str:
@@ -82,11 +123,8 @@ def cookbook(base_url: str, name: str, data: Path, log: Path, steps: int, eval_e
     """One ``supervised.train`` run; its metrics.jsonl rows."""
     from tinker_cookbook.supervised import train
     from tinker_cookbook.supervised.data import FromConversationFileBuilder
-    from tinker_cookbook.supervised.types import ChatDatasetBuilderCommonConfig
 
-    common = ChatDatasetBuilderCommonConfig(model_name_for_tokenizer=name, renderer_name=RENDERER,
-                                            max_length=64, batch_size=BATCH)
-    builder = FromConversationFileBuilder(common_config=common, file_path=str(data),
+    builder = FromConversationFileBuilder(common_config=_common(name), file_path=str(data),
                                           test_size=TEST, shuffle_seed=None)  # type: ignore[arg-type]
     config = train.Config(log_path=str(log), model_name=name, recipe_name="proxy-benchmark",
                           renderer_name=RENDERER, dataset_builder=builder, learning_rate=lr,
@@ -94,6 +132,13 @@ def cookbook(base_url: str, name: str, data: Path, log: Path, steps: int, eval_e
                           max_steps=steps + 1)
     asyncio.run(train.main(config))
     return [json.loads(x) for x in (log / "metrics.jsonl").read_text().splitlines()]
+
+
+def _common(name: str) -> Any:
+    from tinker_cookbook.supervised.types import ChatDatasetBuilderCommonConfig
+
+    return ChatDatasetBuilderCommonConfig(model_name_for_tokenizer=name, renderer_name=RENDERER,
+                                          max_length=64, batch_size=BATCH)
 
 
 def final_nll(rows: list[dict[str, Any]]) -> float:
@@ -114,8 +159,16 @@ def _script(base_url: str, name: str, data: Path, steps: int, lr: float, guarded
                                      guarded=guarded, out=str(out), test=TEST, screen=screen))
 
 
-def run(steps: int, out: Path, smoke: bool, screen: Any = None, parts: str = "all"
-        ) -> dict[str, Any]:
+# The cookbook's corrupted files: "… burst" corrupts the records it trains between 40% and 60%
+# of its (shuffled) first epoch, so the corruption is a burst in training time; the plain kind
+# corrupts the records between 40% and 60% of the file, which the cookbook spreads over the run.
+# The wrapper script reads the file in order, so the plain kind is its burst.
+COOKBOOK_KINDS = ("clean", "swapped burst", "letters burst", "swapped", "letters")
+SCRIPT_KINDS = ("clean", "swapped", "letters")
+
+
+def run(steps: int, out: Path, smoke: bool, screen: Any = None, parts: str = "all",
+        repeats: int = 2, clock_steps: int = 40) -> dict[str, Any]:
     import torch
     from ulora_remote.backends.proxy import ProxyConfig, proxy_in_thread
     from ulora_remote.backends.server import ServerConfig, serve_in_thread
@@ -125,43 +178,80 @@ def run(steps: int, out: Path, smoke: bool, screen: Any = None, parts: str = "al
     n = TEST + BATCH * (steps + 1)
     eval_every = steps if smoke else steps // 3
     lr = 5e-3
-    files = {k: write_file(out / f"{k}.jsonl", k, n) for k in ("clean", "swapped", "letters")}
-    result: dict[str, Any] = {"steps": steps, "records": n, "nll": {}, "rows": {}}
-    server = serve_in_thread(ServerConfig(port=0, checkpoint_dir=out / "ckpt", api_key=KEY),
-                             start_timeout_s=300)
-    proxy = proxy_in_thread(ProxyConfig(upstream=server.base_url, out=out / "guard",
-                                        screen=screen))
-    try:
-        name = model_name(server.base_url)
-        kinds = ("clean", "swapped") if smoke else ("clean", "swapped", "letters")
-        for kind in kinds:
-            for way, url in (("direct", server.base_url), ("proxy", proxy.base_url)):
-                t0 = time.monotonic()
-                rows = cookbook(url, name, files[kind], out / f"{way}-{kind}", steps,
-                                eval_every, lr)
-                result["nll"][f"cookbook {way} {kind}"] = final_nll(rows)
-                print(f"cookbook {way:6s} {kind:8s} test/nll {final_nll(rows):.4f} "
-                      f"({time.monotonic() - t0:.0f} s)", flush=True)
-        result["guard_rows"] = len(guard_rows(out / "guard"))
-        if parts in ("all", "nll"):
-            for kind in ("clean",) if smoke else kinds:
+    files = {k: write_file(out / f"{k.replace(' ', '-')}.jsonl", k.split()[0], n,
+                           placement="trained" if k.endswith("burst") else "file")
+             for k in COOKBOOK_KINDS}
+    result: dict[str, Any] = {"steps": steps, "records": n, "nll": {}, "burst": {}}
+    if parts in ("all", "nll"):
+        server = serve_in_thread(ServerConfig(port=0, checkpoint_dir=out / "ckpt", api_key=KEY),
+                                 start_timeout_s=300)
+        proxy = proxy_in_thread(ProxyConfig(upstream=server.base_url, out=out / "guard",
+                                            screen=screen))
+        try:
+            name = model_name(server.base_url)
+            kinds = ("clean", "swapped") if smoke else COOKBOOK_KINDS
+            for kind in kinds:
+                if kind.endswith("burst"):
+                    result["burst"][kind] = {"per_step": corrupted_steps(files[kind], name)}
+                for way, url in (("direct", server.base_url), ("proxy", proxy.base_url)):
+                    before = set(_folders(out / "guard"))
+                    t0 = time.monotonic()
+                    rows = cookbook(url, name, files[kind], out / f"{way}-{kind}", steps,
+                                    eval_every, lr)
+                    result["nll"][f"cookbook {way} {kind}"] = final_nll(rows)
+                    print(f"cookbook {way:6s} {kind:13s} test/nll {final_nll(rows):.4f} "
+                          f"({time.monotonic() - t0:.0f} s)", flush=True)
+                    if kind in result["burst"]:
+                        _read_back(result["burst"][kind], way, rows,
+                                   [f for f in _folders(out / "guard") if f not in before])
+            result["guard_rows"] = len(guard_rows(out / "guard"))
+            for kind in ("clean",) if smoke else SCRIPT_KINDS:
                 for guarded in (False, True):
                     way = "guarded" if guarded else "plain"
                     nll = _script(server.base_url, name, files[kind], steps, lr, guarded,
                                   out / f"script-{way}-{kind}", screen)
                     result["nll"][f"script {way} {kind}"] = nll
-                    print(f"script   {way:7s} {kind:8s} test nll {nll:.4f}", flush=True)
-    finally:
-        proxy.stop()
-        server.stop()
+                    print(f"script   {way:7s} {kind:13s} test nll {nll:.4f}", flush=True)
+        finally:
+            proxy.stop()
+            server.stop()
     if not smoke and parts in ("all", "timing"):
-        result["timing"] = timing(out, name_steps=min(steps, 40), lr=lr, files=files)
+        result["timing"] = timing(out, clock_steps, lr, files, repeats)
     result["targets"] = targets(result)
     return result
 
 
-def timing(out: Path, name_steps: int, lr: float, files: dict[str, Path]) -> dict[str, float]:
-    """Seconds per step direct and through the proxy on a clocked server (one invocation)."""
+def _folders(guard: Path) -> list[Path]:
+    return sorted(guard.iterdir()) if guard.exists() else []
+
+
+def _read_back(burst: dict[str, Any], way: str, rows: list[dict[str, Any]],
+               folders: list[Path]) -> None:
+    """Where the corrupted records were trained, read back from the runs: the cookbook's own
+    ``train_mean_nll`` per step (direct) and the proxy's ``steps.csv`` (rejections per step),
+    inside the steps that train a corrupted record and outside them."""
+    hit = {i for i, c in enumerate(burst["per_step"]) if c}
+    burst["first_step"], burst["last_step"] = min(hit), max(hit)
+    burst["corrupted"] = sum(burst["per_step"])
+    nll = {int(r["step"]): float(r["train_mean_nll"]) for r in rows if "train_mean_nll" in r}
+    inside = [v for k, v in nll.items() if k in hit]
+    outside = [v for k, v in nll.items() if k not in hit]
+    burst[f"{way} train_mean_nll inside, outside"] = [statistics.fmean(inside),
+                                                      statistics.fmean(outside)]
+    if folders:
+        csv_rows = [r.split(",") for f in folders
+                    for r in (f / "steps.csv").read_text().splitlines()[1:]]
+        burst["proxy rejected inside, outside"] = [
+            sum(int(r[2]) for r in csv_rows if int(r[0]) in hit),
+            sum(int(r[2]) for r in csv_rows if int(r[0]) not in hit)]
+        burst["proxy events"] = [(int(r[0]), r[3]) for r in csv_rows if r[3]]
+
+
+def timing(out: Path, clock_steps: int, lr: float, files: dict[str, Path],
+           repeats: int) -> dict[str, Any]:
+    """Seconds per step direct and through the proxy on a clocked server (one invocation):
+    ``repeats`` alternating pairs, each (wall of a ``clock_steps`` run − wall of a 2-step run)
+    / (clock_steps − 2), so that start-up and the final checkpoint cancel."""
     from ulora_remote.backends.proxy import ProxyConfig, proxy_in_thread
     from ulora_remote.backends.server import ServerConfig, serve_in_thread
 
@@ -170,36 +260,53 @@ def timing(out: Path, name_steps: int, lr: float, files: dict[str, Path]) -> dic
     proxy = proxy_in_thread(ProxyConfig(upstream=server.base_url, out=out / "guard-clock"))
     try:
         name = model_name(server.base_url)
-        found: dict[str, float] = {}
-        for way, url in (("direct", server.base_url), ("proxy", proxy.base_url),
-                         ("direct again", server.base_url), ("proxy again", proxy.base_url)):
-            wall, cycles = {}, {}
-            for n in (2, name_steps):
-                t0, c0 = time.monotonic(), server.cycles
-                cookbook(url, name, files["clean"], out / f"clock-{way}-{n}", n, 10_000, lr)
-                wall[n], cycles[n] = time.monotonic() - t0, server.cycles - c0
-            # The difference of a long and a short run: start-up and the final save cancel.
-            found[way] = (wall[name_steps] - wall[2]) / (name_steps - 2)
-            found[f"{way} cycles"] = (cycles[name_steps] - cycles[2]) / (name_steps - 2)
-            print(f"clocked  {way:12s} {found[way]:.3f} s/step, "
-                  f"{found[f'{way} cycles']:.2f} cycles/step", flush=True)
-        return found
+        found: dict[str, list[float]] = {"direct": [], "proxy": [], "direct cycles": [],
+                                         "proxy cycles": []}
+        for r in range(repeats):
+            for way, url in (("direct", server.base_url), ("proxy", proxy.base_url)):
+                wall, cycles = {}, {}
+                for n in (2, clock_steps):
+                    t0, c0 = time.monotonic(), server.cycles
+                    cookbook(url, name, files["clean"], out / f"clock-{way}-{r}-{n}", n, 10_000,
+                             lr)
+                    wall[n], cycles[n] = time.monotonic() - t0, server.cycles - c0
+                found[way].append((wall[clock_steps] - wall[2]) / (clock_steps - 2))
+                found[f"{way} cycles"].append((cycles[clock_steps] - cycles[2])
+                                              / (clock_steps - 2))
+                print(f"clocked  {way:6s} #{r} {found[way][-1]:.3f} s/step, "
+                      f"{found[f'{way} cycles'][-1]:.2f} cycles/step", flush=True)
+        return {"clock_steps": clock_steps, **found}
     finally:
         proxy.stop()
         server.stop()
 
 
+def ratio_interval(direct: list[float], proxied: list[float]) -> dict[str, float]:
+    """The ratio of mean seconds per step (proxy / direct) and a 95% interval for it from the
+    per-pair ratios (pairs alternate, so a slow spell of the machine hits both of a pair):
+    mean ± t(0.975, n−1)·sd/√n, with n ≥ 2."""
+    pairs = [p / d for d, p in zip(direct, proxied, strict=True)]
+    t975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+    half = (t975.get(len(pairs) - 1, 2.0) * statistics.stdev(pairs) / len(pairs) ** 0.5
+            if len(pairs) > 1 else float("nan"))
+    mean = statistics.fmean(pairs)
+    return {"ratio": statistics.fmean(proxied) / statistics.fmean(direct),
+            "pair_mean": mean, "low": mean - half, "high": mean + half}
+
+
 def targets(r: dict[str, Any]) -> dict[str, Any]:
     """Each target with its numbers (met or missed)."""
     nll, out = r["nll"], {}
-    for prefix, base, guarded in (("cookbook", "direct", "proxy"), ("script", "plain", "guarded")):
+    for prefix, base, guarded, kinds in (
+            ("cookbook", "direct", "proxy", COOKBOOK_KINDS[1:]),
+            ("script", "plain", "guarded", SCRIPT_KINDS[1:])):
         clean = nll.get(f"{prefix} {base} clean")
         if clean is None:
             continue
         g_clean = nll[f"{prefix} {guarded} clean"]
         out[f"{prefix}: clean within 1%"] = {"relative": (g_clean - clean) / clean,
                                              "met": abs(g_clean - clean) <= 0.01 * clean}
-        for kind in ("swapped", "letters"):
+        for kind in kinds:
             if f"{prefix} {base} {kind}" not in nll:
                 continue
             rise = nll[f"{prefix} {base} {kind}"] - clean
@@ -210,13 +317,11 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
                 "met": rise > 0 and g_rise <= 0.1 * rise}
     if "timing" in r:
         t = r["timing"]
-        direct = statistics.fmean([t["direct"], t["direct again"]])
-        proxied = statistics.fmean([t["proxy"], t["proxy again"]])
-        out["seconds per step ≤ 1.1x direct"] = {"ratio": proxied / direct,
-                                                  "met": proxied <= 1.1 * direct}
+        ratio = ratio_interval(t["direct"], t["proxy"])
+        out["seconds per step ≤ 1.1x direct"] = {**ratio, "met": ratio["ratio"] <= 1.1}
         out["cycles per step (direct, proxy)"] = {
-            "direct": statistics.fmean([t["direct cycles"], t["direct again cycles"]]),
-            "proxy": statistics.fmean([t["proxy cycles"], t["proxy again cycles"]])}
+            "direct": statistics.fmean(t["direct cycles"]),
+            "proxy": statistics.fmean(t["proxy cycles"])}
     return out
 
 
@@ -227,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="4 steps, clean and swapped only")
     parser.add_argument("--parts", choices=("all", "nll", "timing"), default="all",
                         help="the wrapper script's runs (nll) and the clocked runs (timing)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="alternating direct/proxy pairs of clocked runs")
+    parser.add_argument("--clock-steps", type=int, default=40,
+                        help="steps of a clocked run (a 2-step run is subtracted)")
     parser.add_argument("--screen", default="", metavar="K=V,...",
                         help="ScreenConfig fields for the proxy and the wrapper, e.g. z=2")
     args = parser.parse_args(argv)
@@ -238,7 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        result = run(steps, out, args.smoke, screen, args.parts)
+        result = run(steps, out, args.smoke, screen, args.parts, args.repeats,
+                     args.clock_steps)
         result["screen"] = fields
         print(json.dumps(result["targets"], indent=1))
         (out / "result.json").write_text(json.dumps(result, indent=1))

@@ -256,6 +256,54 @@ def test_rejected_examples_are_cancelled_exactly(
     service.close("success").result(60)
 
 
+@pytest.mark.parametrize("way", [_via_proxy, _via_wrapper], ids=["proxy", "wrapper"])
+def test_the_guard_judges_what_the_screen_of_ulora_run_would_see(
+    server: RunningServer, tmp_path: Path, way: Way, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step's losses reach the guard as ``ulora run``'s screening ``forward`` would give
+    them: measured on the weights before the step's update, after the previous steps' kept
+    examples only (not after a cancelled gradient, nor after the step's own update)."""
+    from ulora_remote.backends.proxy.core import GuardCore
+
+    judged: list[list[float]] = []
+    original = GuardCore.judge
+
+    def spy(self: GuardCore, losses: Any) -> Any:
+        judged.append([float(x) for x in losses])
+        return original(self, losses)
+
+    monkeypatch.setattr(GuardCore, "judge", spy)
+    service = tinker.ServiceClient(base_url=server.base_url, api_key=KEY)
+    direct = service.create_lora_training_client(base_model=_base(server.base_url), rank=4,
+                                                 seed=1).result(60)
+    clean, junk, cut = _pools(direct)
+    guarded, proxy, _ = way(server, tmp_path / "out", _screen(cut), service)
+    batches = [clean[:4], clean[4:], clean[:4] + junk, junk, clean[4:] + junk[:1], clean[:4]]
+    _steps(guarded, batches)
+    # The twin: a screening forward of each batch, then a step on its kept examples only.
+    screened = []
+    for batch in batches:
+        out = direct.forward(batch, "cross_entropy").result(60)
+        losses = [-sum(lp * w for lp, w in zip(o["logprobs"].tolist(),
+                                               d.loss_fn_inputs["weights"].tolist(),
+                                               strict=True)) / sum(d.loss_fn_inputs[
+                                                   "weights"].tolist())
+                  for o, d in zip(out.loss_fn_outputs, batch, strict=True)]
+        screened.append(losses)
+        kept = [d for d, x in zip(batch, losses, strict=True) if x <= cut]
+        if kept:
+            _steps(direct, [kept])
+    assert [len(x) for x in judged] == [len(b) for b in batches]
+    gap = max(abs(a - b) / abs(b) for j, s in zip(judged, screened, strict=True)
+              for a, b in zip(j, s, strict=True))
+    assert gap < 1e-5, gap
+    # the screen's verdicts, so that the twin trained on what the guard kept
+    assert [sum(x <= cut for x in s) for s in screened] == [4, 4, 4, 0, 4, 4]
+    if proxy is not None:
+        proxy.stop()
+    service.close("success").result(60)
+
+
 def test_key_is_never_logged_or_stored(
     server: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
