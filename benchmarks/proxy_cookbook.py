@@ -2,19 +2,25 @@
 guarded wrapper script (examples/guarded_script.py) against the same script unguarded, all on
 ``ulora serve`` in this process ("small" model), with only ``base_url`` changed for the cookbook.
 
-The data: a conversation file of Pig Latin records (``word`` → its Pig Latin) whose records
-between 40% and 60% of the file are corrupted, once with another record's answer ("swapped"),
-once with random letters ("letters"), and once not at all ("clean"). ``shuffle_seed=None`` and
-the test split (the file's first ``TEST`` records) is clean.
+The data: a conversation file of Pig Latin records (``word`` → its Pig Latin) with 20% of its
+records corrupted, once with another record's answer ("swapped"), once with random letters
+("letters"), and once not at all ("clean"). ``shuffle_seed=None`` and the test split (the file's
+first ``TEST`` records) is clean. The cookbook shuffles its training split every epoch anyway, so
+the corrupted records are placed two ways: "… burst", the records its first epoch trains between
+40% and 60% (a burst in training time; ``corrupted_records``), and plain, the records between 40%
+and 60% of the file (spread over the run by the cookbook; a burst for the wrapper script, which
+reads the file in order).
 
 Measured:
 * rise: the cookbook's own final ``test/nll`` minus the direct clean run's; through the proxy it
   must be at most 10% of the direct run's rise;
 * the clean file's final ``test/nll`` through the proxy within 1% of direct;
+* where the burst was trained, read back from the cookbook's dataset and from the runs;
 * seconds per step through the proxy at most 1.1x direct, on a second server with
-  ``--cycle-s 0.3 --latency-s 0.1``: (wall of a 40-step run − wall of a 2-step run) / 38, so
-  that start-up and the final checkpoint cancel; direct and proxy alternate twice and each is
-  the mean of its two; the server's clock cycles per step are counted too (load-independent);
+  ``--cycle-s 0.3 --latency-s 0.1``: (wall of a ``--clock-steps`` run − wall of a 2-step run) /
+  (steps − 2), so that start-up and the final checkpoint cancel; direct and proxy alternate
+  ``--repeats`` times; the ratio's 95% interval from the per-pair ratios; the server's clock
+  cycles per step are counted too (load-independent);
 * the wrapper script, guarded against unguarded, on the same two NLL numbers.
 
 Run:  python benchmarks/proxy_cookbook.py [--steps 60] [--out DIR]     (a few minutes)
