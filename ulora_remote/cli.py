@@ -30,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ulora``; returns the exit status."""
     started = time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser(serving=bool(argv) and argv[0] == "serve")
+    parser = _parser(serving=bool(argv) and argv[0] == "serve",
+                     proxying=bool(argv) and argv[0] == "proxy")
     args = parser.parse_args(argv)
     args.started = started
     try:
@@ -77,7 +78,7 @@ def _with_advice(exc: BaseException) -> str:
     return text if hint in text else f"{text}; {hint}"
 
 
-def _parser(*, serving: bool = False) -> argparse.ArgumentParser:
+def _parser(*, serving: bool = False, proxying: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ulora", description="LoRA training under the Unified-LoRA controller."
     )
@@ -117,6 +118,7 @@ def _parser(*, serving: bool = False) -> argparse.ArgumentParser:
     scenarios.set_defaults(func=_cmd_scenarios)
 
     _add_serve(sub, load=serving)
+    _add_proxy(sub, load=proxying)
     return parser
 
 
@@ -157,6 +159,25 @@ def _add_serve(sub: Any, *, load: bool) -> None:
     serve = sub.add_parser("serve", help=help_text)
     server_cli.add_serve_arguments(serve)
     serve.set_defaults(func=server_cli.serve_main)
+
+
+def _add_proxy(sub: Any, *, load: bool) -> None:
+    """``proxy`` needs the 'server' extra too; its options load only for ``ulora proxy``."""
+    help_text = "guard any Tinker program: a screening proxy in front of the service"
+    if not load:
+        sub.add_parser("proxy", help=help_text)
+        return
+    try:
+        proxy_cli = importlib.import_module("ulora_remote.backends.proxy.cli")
+    except ImportError as exc:
+        missing = exc.module if isinstance(exc, MissingExtraError) else exc.name or "a dependency"
+        proxy = sub.add_parser("proxy", help=help_text, prefix_chars="\0", add_help=False)
+        proxy.add_argument("ignored", nargs="*")
+        proxy.set_defaults(func=lambda _args: _missing_server_extra(missing))
+        return
+    proxy = sub.add_parser("proxy", help=help_text)
+    proxy_cli.add_proxy_arguments(proxy)
+    proxy.set_defaults(func=proxy_cli.proxy_main)
 
 
 def _missing_server_extra(module: str) -> int:
