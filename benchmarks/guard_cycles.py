@@ -43,7 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--cycle-s", type=float, default=0.3)
     parser.add_argument("--latency-s", type=float, default=0.1)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few steps, to check that the script runs (numbers mean nothing)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps, args.cycle_s, args.latency_s = 4, 0.05, 0.0
     os.environ.setdefault("TINKER_TELEMETRY", "0")
     os.environ["TINKER_API_KEY"] = FAKE_KEY
     from ulora_remote.backends.server import ServerConfig, serve_in_thread
@@ -60,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ulora serve {model!r}: cycle {args.cycle_s} s, latency {args.latency_s} s; "
                   f"{args.steps} steps of pig-latin-shock, batch 8, no shock, lag 1", flush=True)
             common = [f"steps={args.steps}", "shocks.windows=[]", f"eval.every={args.steps}",
-                      "eval.size=8", "checkpoint.every=0", 'backend.kind="tinker"',
+                      f"eval.size={4 if args.smoke else 8}", "checkpoint.every=0",
+                      *(["eval.max_tokens=6"] if args.smoke else []),
+                      'backend.kind="tinker"',
                       f'backend.base_model="{model}"', f'backend.base_url="{server.base_url}"',
                       "backend.rank=8"]
             for name, overrides in METHODS.items():

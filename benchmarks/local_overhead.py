@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--smoke", action="store_true",
+                        help="a few steps, to check that the script runs (numbers mean nothing)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.size, args.steps, args.warmup, args.threads = "small", 3, 1, 1
     torch.set_num_threads(args.threads)
     res = run(args.size, args.steps, args.batch_size, args.warmup, args.lr, args.device)
     med = {k: statistics.median(v) for k, v in res["times"].items()}

@@ -109,7 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--base-model", default="small", help="the server's engine model")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the engine")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few steps, to check that the script runs (numbers mean nothing)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps, args.cycle_s = 3, 0.02
 
     os.environ.setdefault("TINKER_TELEMETRY", "0")
     os.environ["TINKER_API_KEY"] = FAKE_KEY

@@ -38,12 +38,14 @@ def _free_port() -> int:
 
 
 def _start_server(port: int, ckpt: str, threads: int | None) -> subprocess.Popen[str]:
+    from ulora_remote.backends.server import ready_url
+
     cmd = [sys.executable, "-m", "ulora_remote.cli", "serve", "--port", str(port)]
     cmd += ["--checkpoint-dir", ckpt] + ([] if threads is None else ["--threads", str(threads)])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
-    for line in proc.stdout:  # wait for "serving ..."
-        if "serving" in line:
+    for line in proc.stdout:  # wait for the ready line (``ulora serve: ready <url>``)
+        if ready_url(line) is not None:
             return proc
     raise SystemExit(f"ulora serve did not start: exit {proc.wait()}")
 
@@ -68,7 +70,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50, help="requests per burst")
     parser.add_argument("--idle-s", type=float, default=40.0, help="idle time before the first")
     parser.add_argument("--repeat", type=int, default=2, help="bursts after the first")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few steps, to check that the script runs (numbers mean nothing)")
     args = parser.parse_args()
+    if args.smoke:
+        args.requests, args.idle_s, args.repeat = 3, 0.0, 1
     os.environ.setdefault("TINKER_TELEMETRY", "0")
 
     import tinker

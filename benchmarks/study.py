@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from ulora_remote.errors import UloraError
 from ulora_remote.run.builders import parse_seeds
+from ulora_remote.signals import Terminated, sigterm_as_interrupt
 from ulora_remote.study.plan import METHODS, NO_SHOCK_METHODS, StudyPlan, run_study, study_specs
 from ulora_remote.study.report import write_study_report
 
@@ -40,11 +41,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="methods also run without shocks ('fixed' = every fixed LR; '' = none)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="scenario override applied to every run (repeatable)")
+    p.add_argument("--smoke", action="store_true",
+                   help="one scenario, seed and method, a few steps on the small model, to check "
+                        "that the script runs (numbers mean nothing)")
     return p
+
+
+SMOKE = ("steps=4", 'backend.base_model="small"', "batch_size=4", "eval.every=2", "eval.size=4",
+         "eval.max_tokens=6", "shocks.windows=[[1,2]]", "baselines.fixed_lrs=[2e-3]",
+         "checkpoint.every=2")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.smoke:
+        args.scenarios, args.seeds, args.methods = "pig-latin-shock", "0,1", "seed"  # 2: intervals
+        args.no_shock = ""
+        args.concurrency, args.overrides = 1, [*SMOKE, *args.overrides]
     split = lambda text: tuple(x for x in text.split(",") if x.strip())  # noqa: E731
     try:
         plan = StudyPlan(scenarios=split(args.scenarios), seeds=tuple(parse_seeds(args.seeds)),
@@ -57,12 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_estimate(estimate_runs(specs), load_prices(args.prices)))
             return 0
         t0 = time.monotonic()
-        runs = run_study(plan, args.out, concurrency=args.concurrency)
+        # SIGTERM stops the sweep as Ctrl-C does: its worker processes end with it.
+        with sigterm_as_interrupt():
+            runs = run_study(plan, args.out, concurrency=args.concurrency)
         wall_s = time.monotonic() - t0
         report = write_study_report(runs, wall_s=wall_s)
     except UloraError as exc:
         print(f"study: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        return 143
     except KeyboardInterrupt:
         return 130
     print(f"study: done in {wall_s:.0f} s; report {report}")

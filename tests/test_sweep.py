@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import shlex
+import shutil
 
 import pandas as pd
 import pytest
@@ -109,8 +110,9 @@ def test_a_failed_run_does_not_stop_the_others_and_resumes_alone(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("peft")
     _, specs = compare_specs("pig-latin-shock", seeds=(0,), out=tmp_path, overrides=TINY)
-    broken = specs[0].run_dir  # guarded s0: a folder in the way, with a damaged config.json
-    broken.mkdir(parents=True)
+    broken = specs[0].run_dir  # guarded s0: a run directory of ours with a damaged config.json
+    broken.mkdir(parents=True)  # (a folder that is no run is refused before the sweep starts)
+    (broken / "ulora-run.json").write_text('{"format": "ulora-run", "version": 1}')
     (broken / "config.json").write_text('{"scenario": {"name": 1}}')
     term = io.StringIO()
     with pytest.raises(BackendError, match="1 of 3 runs failed") as err:
@@ -122,7 +124,7 @@ def test_a_failed_run_does_not_stop_the_others_and_resumes_alone(tmp_path):
     assert (specs[1].run_dir / "summary.json").exists()  # the other run finished
     assert "Traceback" in broken.with_name(broken.name + ".log").read_text()
 
-    (broken / "config.json").unlink()  # the cause fixed: the same call continues the sweep
+    shutil.rmtree(broken)  # the cause fixed: the same call continues the sweep
     again = io.StringIO()
     table = compare_scenario("pig-latin-shock", seeds=(0,), out=tmp_path, overrides=TINY,
                              console=again)  # concurrency 1: the same rule inline
