@@ -347,6 +347,10 @@ class Runner:
         assert self._steps_csv is not None and self._evals_csv is not None
         self._steps_csv.flush()
         self._evals_csv.flush()
+        # A resume screens step k afresh on the checkpoint's weights (screens in flight are not
+        # saved); so does the uninterrupted run, or at lag ≥ 1 its screens, sent a few steps
+        # ahead on older weights, could judge differently from the resumed run's.
+        self.screening.drop_screen_ahead()
         ref = self.backend.save_state(f"{self.s.run_name}-step{k:06d}")
         # The LRs of steps k..k+L-1 come from the decisions after steps k-L..k-1.
         carried = {str(u): asdict(self._decisions[u]) for u in range(max(0, k - self.s.lag), k)}
