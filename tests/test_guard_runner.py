@@ -98,6 +98,18 @@ def test_a_rollback_restores_the_probation_snapshot_exactly(tmp_path: Path) -> N
             assert torch.equal(other, value) if torch.is_tensor(value) else other == value
     assert [e["event"] for e in result.summary["guard"]["events"]] == ["probation", "rollback"]
     assert result.summary["guard"]["events"][1]["snapshot"] == snapshot  # kept on record
+    # Every shock step holds corrupted examples; those trained on during the rolled-back
+    # probation (steps 31-36) count as kept out of the final model, with the rejected ones.
+    steps, (window,) = result.steps, result.summary["guard"]["corrupted_windows"]
+    shock = steps[steps["shock"]]
+    assert (shock["corrupted"] > 0).all() and steps.loc[~steps["shock"], "corrupted"].eq(0).all()
+    undone = shock[(shock["step"] >= 31) & (shock["step"] < 37)]
+    assert window["corrupted"] == int(shock["corrupted"].sum())
+    assert window["rejected"] == int(shock["corrupted_rejected"].sum())
+    assert window["rolled_back"] == int((undone["corrupted"] - undone["corrupted_rejected"]).sum())
+    assert window["rolled_back"] > 0
+    assert window["kept_out_share"] == pytest.approx(
+        (window["rejected"] + window["rolled_back"]) / window["corrupted"])
     assert Path(snapshot).is_dir()
 
 

@@ -475,6 +475,10 @@ class Runner:
         assert self._steps_csv is not None and self._evals_csv is not None
         self._steps_csv.flush()
         self._evals_csv.flush()
+        # A resume screens step k afresh on the checkpoint's weights (screens in flight are not
+        # saved); so does the uninterrupted run, or at lag ≥ 1 its screens, sent a few steps
+        # ahead on older weights, could judge differently from the resumed run's.
+        self._drop_screens()
         ref = self.backend.save_state(f"{self.settings.run_name}-step{k:06d}")
         # The LRs of steps k..k+L-1 come from the decisions after steps k-L..k-1.
         lag = self.settings.lag
