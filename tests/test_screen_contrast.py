@@ -14,7 +14,7 @@ from ulora_remote.control.guard import ContrastGuard, ZScoreGuard
 from ulora_remote.control.screen import ScreenConfig, ScreenGuard
 
 CFG = ScreenConfig(window=80, min_history=40, trigger_steps=3, probation_steps=10,
-                   judge_steps=3, backoff_steps=20)
+                   judge_steps=3, backoff_steps=20, contrast=True)
 
 
 def _fb(losses: list[float]) -> ForwardBackwardResult:
@@ -160,6 +160,7 @@ def test_only_the_screening_guard_asks_for_contrast_pairs() -> None:
     assert isinstance(ScreenGuard(CFG), ContrastGuard) and ScreenGuard(CFG).uses_contrast
     assert not isinstance(ZScoreGuard(), ContrastGuard)
     assert not ScreenGuard(ScreenConfig(contrast=False)).uses_contrast
+    assert not ScreenGuard().uses_contrast  # opt-in until it meets the built-in suite too
 
 
 def test_contrast_pairs_stay_within_a_task_and_swap_only_the_prompt() -> None:

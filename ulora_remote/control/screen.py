@@ -40,7 +40,9 @@ Pig Latin as chat records, fixed 1e-3; benchmarks/RESULTS.md, "On a real model")
 5) and 20 of 20 random letters at 40-50 were rejected, against 2.1% of clean examples before
 step 40 and 0.8% after; τ alone rejected none of them. On plain prompts at the same rate the
 model stayed near 2.5 nats and the test rejected 9-11% of clean examples: it needs a model
-that reads its prompts well.
+that reads its prompts well. It is opt-in (``contrast = False`` by default; the ``smollm2-*``
+scenarios turn it on): on the built-in model's guard-shift scenario it delayed the declared shift
+from 33 to 85 steps (seed 0), a target τ alone met.
 
 Noise or shift. A lasting change of the data looks like noise at first: every example is
 rejected. When at least ``trigger_share`` of the batch was rejected on ``trigger_steps``
@@ -106,7 +108,7 @@ class ScreenConfig:
     pass_share: float = 0.25
     probation_lr: float = 2e-3
     backoff_steps: int = 60
-    contrast: bool = True
+    contrast: bool = False
     contrast_max: float = 0.85
     contrast_gate: float = 0.7
     contrast_history: int = 16
