@@ -219,9 +219,12 @@ class ProcessPool:
         return [w for w in self.workers if w.spec is not None]
 
     def _assign(self, todo: list[RunSpec]) -> None:
-        for worker in self.workers:
+        for worker in list(self.workers):
+            if worker.spec is None and not worker.process.is_alive():  # died between two runs
+                self._drop(worker)
+        for worker in list(self.workers):
             if worker.spec is None and todo:
-                self._send(worker, todo.pop(0))
+                self._send(worker, todo)
         while todo and len(self.workers) < self.concurrency:
             parent, child = self.context.Pipe()
             log = str(self.log_path) if self.log_path is not None else None
@@ -231,11 +234,23 @@ class ProcessPool:
             child.close()  # only the worker holds its end: a dead worker reads as EOF here
             worker = _Worker(process, parent)
             self.workers.append(worker)
-            self._send(worker, todo.pop(0))
+            self._send(worker, todo)
 
-    def _send(self, worker: _Worker, spec: RunSpec) -> None:
+    def _send(self, worker: _Worker, todo: list[RunSpec]) -> None:
+        """The next run of ``todo`` to ``worker``; back to ``todo`` if the worker is gone."""
+        spec = todo.pop(0)
+        try:
+            worker.conn.send((spec, self.actions[spec]))
+        except OSError:  # BrokenPipeError: it died before it took the run, which never began
+            todo.insert(0, spec)
+            self._drop(worker)
+            return
         worker.spec = spec
-        worker.conn.send((spec, self.actions[spec]))
+
+    def _drop(self, worker: _Worker) -> None:
+        worker.process.join()
+        worker.conn.close()
+        self.workers.remove(worker)  # a new worker takes the runs still to do
 
     def _watch(self, outcomes: list[RunOutcome]) -> None:
         busy = self._busy()
@@ -268,8 +283,7 @@ class ProcessPool:
                  f"{_death(worker.process.exitcode)} during the run; the run directory holds it "
                  "up to its last checkpoint")
         self._ended(worker, RunOutcome(spec, "failed", 0.0, error), outcomes)
-        worker.conn.close()
-        self.workers.remove(worker)  # a new worker takes the runs still to do
+        self._drop(worker)
 
     def _ended(self, worker: _Worker, outcome: RunOutcome, outcomes: list[RunOutcome]) -> None:
         worker.spec = None
