@@ -99,12 +99,14 @@ def finals(counts: dict[str, Any], before: set[str]) -> list[Any]:
             and (c.lineage_forward_backward, c.lineage_optim_step) == (STEPS, STEPS)]
 
 
+@pytest.mark.parametrize("concurrency", [4, N])
 def test_runs_in_flight_together_equal_the_runs_made_alone(
-    server: Any, solo: Path, tmp_path: Path
+    server: Any, solo: Path, tmp_path: Path, concurrency: int
 ) -> None:
     term = io.StringIO()
     before = set(server.counters.snapshot())
-    compare_scenario("pig-latin-shock", seeds=SEEDS, out=tmp_path, console=term, concurrency=N,
+    compare_scenario("pig-latin-shock", seeds=SEEDS, out=tmp_path, console=term,
+                     concurrency=concurrency,
                      overrides=overrides(server.base_url, server.service.base_model_name))
     assert_same_runs(tmp_path, solo)
     assert term.getvalue().count(" finished in ") == N  # one summary line per run
@@ -115,6 +117,25 @@ def test_runs_in_flight_together_equal_the_runs_made_alone(
     compare_scenario("pig-latin-shock", seeds=SEEDS, out=tmp_path, console=again, concurrency=N,
                      overrides=overrides(server.base_url, server.service.base_model_name))
     assert f"{N} runs: {N} reused, 0 to start, 0 to resume" in again.getvalue()
+
+
+def test_sixteen_runs_in_flight_equal_the_runs_made_alone(server: Any, tmp_path: Path) -> None:
+    """18 tiny runs (6 seeds × 3 methods) on 16 threads, each against itself made alone."""
+    seeds = tuple(range(6))
+    tiny = [*overrides(server.base_url, server.service.base_model_name), "steps=3",
+            "shocks.windows=[[1,2]]", "eval.every=3", "checkpoint.every=3"]
+    alone, together = tmp_path / "alone", tmp_path / "together"
+    compare_scenario("pig-latin-shock", seeds=seeds, out=alone, console=io.StringIO(),
+                     overrides=tiny)
+    term = io.StringIO()
+    compare_scenario("pig-latin-shock", seeds=seeds, out=together, console=term, concurrency=16,
+                     overrides=tiny)
+    assert "concurrency 16" in term.getvalue()
+    runs = [f"{m}-s{s}" for m in METHODS for s in seeds]
+    for run in runs:
+        mine, solo = steps(together, run), steps(alone, run)
+        assert len(mine) == 3, run
+        pd.testing.assert_frame_equal(mine, solo, check_exact=True, obj=run)
 
 
 def test_a_fault_storm_loses_or_doubles_no_step(server: Any, solo: Path, tmp_path: Path) -> None:

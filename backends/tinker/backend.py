@@ -21,10 +21,12 @@ session, rendering, checkpoints and adapters are already modules of their own.
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import re
 import secrets
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -538,8 +540,21 @@ class TinkerBackend:
 _open_backends: weakref.WeakSet[TinkerBackend] = weakref.WeakSet()
 
 
-@atexit.register
 def _close_open_backends() -> None:
     # An open session keeps billing: end the ones a crashed or interrupted run left behind.
     for backend in list(_open_backends):
         backend.close("interrupted")
+
+
+# Registered with threading's exit hooks, which run before concurrent.futures stops its worker
+# threads (last registered, first run), not with ``atexit``, which runs after: the SDK's close
+# flushes its telemetry through its event loop's default executor, and from ``atexit`` (a sweep
+# left at once by a second Ctrl-C, its run threads still in flight) that executor was already
+# shut down, so every open session printed "RuntimeError: cannot schedule new futures after
+# shutdown" on the way out.
+# concurrent.futures imports its thread module (and registers its own hook) lazily, on the first
+# ThreadPoolExecutor, often after this module: imported here so that its hook comes first and
+# runs last.
+importlib.import_module("concurrent.futures.thread")
+_register_atexit: Any = getattr(threading, "_register_atexit", atexit.register)
+_register_atexit(_close_open_backends)

@@ -12,7 +12,9 @@ Where the runs go, with ``concurrency`` N:
 - Tinker (``backend.kind = "tinker"``): N threads in this process, each run with its own
   ``TinkerBackend`` (its own SDK session, training client and run directory). The SDK's futures
   do the waiting, so N runs share one process and the service's clock cycles.
-- local: N worker processes (one torch thread each), as the study always did.
+- local: N worker processes (one torch thread each), as the study always did. A worker that
+  dies (SIGKILL, out of memory) fails its own run alone, and a new worker takes the rest
+  (``sweep_pools.ProcessPool``).
 
 With N > 1 each run's console goes to ``<run directory>.log`` beside it, the process's log records
 and warnings to ``sweep.log`` beside the runs, and the terminal shows ``progress.SweepProgress``.
